@@ -1,0 +1,1 @@
+"""pwfn_viz: probabilistic weight fixing, recorded and visualised."""

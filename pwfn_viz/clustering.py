@@ -1,0 +1,218 @@
+"""One PWFN clustering round: a pure function over flat ``mu`` and ``sigma`` tensors.
+
+Read top to bottom: candidate centres (powers of two and their sums), then the greedy loop of
+``cluster_round`` (METHOD.md section 5). A weight *fits* a centre ``c`` when ``c`` lies inside its
+interval ``[mu - delta*sigma, mu + delta*sigma]``; the centre that fits the most unassigned weights
+wins and takes them closest-first (distance ``|mu - c| / sigma``), capped at the round's target.
+
+Memory stays O(N + K): coverage counts come from sorted interval ends with ``searchsorted``, the
+winner's fitting weights from a contiguous window of the mu-sorted order, and the counts are
+updated incrementally when weights are taken. No K x N matrix is ever built.
+
+Example:
+    >>> import torch
+    >>> mu = torch.tensor([0.5, 0.52, 0.001, -0.26]); sigma = torch.tensor([0.01, 0.05, 0.001, 0.02])
+    >>> res = cluster_round(mu, sigma, fraction=1.0)
+    >>> res.mu.tolist()
+    [0.5, 0.5, 0.0, -0.25]
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+SIGMA_JOINS = ("std_mu", "keep", "divide")
+STEP_COLUMNS = ["round", "pass_index", "step", "P", "delta", "centre", "n_fit", "n_taken",
+                "mu_mean", "mu_std", "sigma_mean", "sigma_std"]
+
+
+@dataclass
+class ClusterConfig:
+    """Settings of one clustering round (paper defaults)."""
+    zero_fix: bool = True          # |mu| < 2^-b fits the zero centre at distance 0
+    b: int = 7                     # smallest power of two is 2^-b
+    max_order: int = 4             # centres are sums of up to max_order powers of two
+    delta: float = 1.0             # starting width of the acceptance band, in sigmas
+    sigma_floor: float = 2.0 ** -20
+    sigma_join: str = "std_mu"     # new sigma of a snapped weight: std_mu | keep | divide
+    sigma_divisor: float = 10.0    # used by sigma_join="divide"
+
+    def __post_init__(self):
+        if self.sigma_join not in SIGMA_JOINS:
+            raise ValueError(f"sigma_join={self.sigma_join!r} is unknown; choose one of {SIGMA_JOINS}")
+        if not 1 <= self.max_order <= 4:
+            raise ValueError(f"max_order={self.max_order} must be between 1 and 4")
+        if not (self.delta > 0 and self.sigma_floor > 0 and self.sigma_divisor > 0):
+            raise ValueError("delta, sigma_floor and sigma_divisor must be positive")
+
+
+@dataclass
+class ClusterResult:
+    """What one round produced: the snapped tensors and how each greedy step got there."""
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    fixed_mask: torch.Tensor
+    assignment: torch.Tensor       # index into ``centres``, -1 where not fixed
+    centres: torch.Tensor          # float64, winners in the order they were chosen
+    steps: pd.DataFrame = field(repr=False)
+
+    def __repr__(self):
+        n = self.fixed_mask.numel()
+        return (f"ClusterResult(N={n}, fixed={int(self.fixed_mask.sum())} "
+                f"({self.fixed_mask.float().mean().item():.1%}), centres={len(self.centres)}, "
+                f"steps={len(self.steps)})")
+
+
+def target_count(fraction: float, n: int) -> int:
+    """Number of weights a round fixes: ceil(fraction * n), robust to float error (0.7 * 10 -> 7)."""
+    return min(n, math.ceil(round(fraction * n, 6)))
+
+
+def candidate_centres(order: int, max_abs: float, b: int = 7) -> torch.Tensor:
+    """All sums of ``order`` elements of {0, 2^-b, ..., 2^(m-1)} (m = ceil(log2 max_abs)) that are
+    <= max_abs, mirrored to negatives, sorted by (|c|, c): 0, -2^-b, 2^-b, ...
+
+    >>> len(candidate_centres(1, 1.0))
+    15
+    """
+    if not max_abs >= 2.0 ** -b:
+        return torch.zeros(1, dtype=torch.float64)
+    m = math.ceil(math.log2(max_abs))
+    powers = [2.0 ** e for e in range(-b, m)]
+    sums = {0.0}
+    for _ in range(order):  # sums of exactly `order` elements of S = {0} + powers, with repetition
+        sums = sums | {a + p for a in sums for p in powers}
+    positive = sorted(c for c in sums if 0 < c <= max_abs)
+    values = [0.0] + [v for c in positive for v in (-c, c)]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _check_inputs(mu, sigma, fraction):
+    if not isinstance(mu, torch.Tensor) or not isinstance(sigma, torch.Tensor):
+        raise ValueError("mu and sigma must be torch tensors")
+    if mu.shape != sigma.shape or mu.dim() != 1:
+        raise ValueError(f"mu and sigma must be 1-D tensors of the same shape, got {tuple(mu.shape)} "
+                         f"and {tuple(sigma.shape)}; flatten them with torch.cat([t.flatten() ...])")
+    if mu.numel() == 0:
+        raise ValueError("mu is empty: there is nothing to cluster")
+    if not torch.isfinite(mu).all() or not torch.isfinite(sigma).all():
+        raise ValueError("mu and sigma must be finite; found NaN or inf "
+                         f"(mu: {int((~torch.isfinite(mu)).sum())}, sigma: {int((~torch.isfinite(sigma)).sum())} entries)")
+    if not (0.0 < fraction <= 1.0):
+        raise ValueError(f"fraction={fraction} must be in (0, 1]")
+
+
+def _stable_order(*keys: torch.Tensor) -> torch.Tensor:
+    """Indices sorting by keys[0], then keys[1], ... (lexicographic, stable)."""
+    order = torch.arange(keys[0].numel(), device=keys[0].device)
+    for key in reversed(keys):
+        order = order[torch.sort(key[order], stable=True).indices]
+    return order
+
+
+def _coverage(lo_sorted, hi_sorted, centres):
+    """Number of intervals [lo, hi] that contain each centre: #(lo <= c) - #(hi < c)."""
+    return (torch.searchsorted(lo_sorted, centres, right=True)
+            - torch.searchsorted(hi_sorted, centres, right=False))
+
+
+def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
+                  config: ClusterConfig | None = None, round_index: int = 0) -> ClusterResult:
+    """Fix ``target_count(fraction, N)`` weights to shared centres, from scratch (METHOD.md section 5).
+
+    ``mu`` and ``sigma`` are flat tensors over the whole network (any float dtype, any device).
+    Returns the snapped ``mu``/``sigma``, the ``fixed_mask``, each weight's centre and a table with
+    one row per greedy step.
+    """
+    cfg = config or ClusterConfig()
+    _check_inputs(mu, sigma, fraction)
+    device, n = mu.device, mu.numel()
+    m = mu.detach().double()
+    s = sigma.detach().double().clamp(min=cfg.sigma_floor)
+    abs_m = m.abs()
+    zero_band = 2.0 ** -cfg.b
+    target = target_count(fraction, n)
+
+    order_by_mu = torch.argsort(m, stable=True)       # one sort per round; each pass filters it
+    alive = torch.ones(n, dtype=torch.bool, device=device)   # not yet assigned
+    assignment = torch.full((n,), -1, dtype=torch.long, device=device)
+    new_mu, new_sigma = mu.detach().clone(), sigma.detach().clone()
+    centres, rows = [], []
+    n_assigned, order, delta, grow_order_next, pass_index = 0, 1, cfg.delta, True, 0
+
+    while n_assigned < target:
+        # The unassigned weights of this pass, in mu order, so that every centre's candidates
+        # lie in one contiguous slice (a view, no gather).
+        p_idx = order_by_mu[alive[order_by_mu]]
+        pm, ps = m[p_idx], s[p_idx]
+        plo, phi = pm - delta * ps, pm + delta * ps
+        p_alive = torch.ones_like(pm, dtype=torch.bool)
+        p_band = pm.abs() < zero_band if cfg.zero_fix else torch.zeros_like(p_alive)
+        band_only = p_band & ~((plo <= 0) & (phi >= 0))   # fit zero through the band alone
+        cands = candidate_centres(order, pm.abs().max().item(), cfg.b).to(device)
+        counts = _coverage(torch.sort(plo).values, torch.sort(phi).values, cands)
+        zero_pos = 0  # candidates are sorted by |c|: the zero centre is first, found by value
+        assert cands[zero_pos].item() == 0.0
+        counts[zero_pos] += band_only.sum()
+        reach = 2 * delta * ps.max().item()   # widened for rounding: no fitting weight lies further
+        while True:
+            best = int(torch.argmax(counts))   # first maximum: ties go to the smaller |c|, then c < 0
+            n_fit = int(counts[best])
+            if n_fit <= 0:
+                break
+            c = cands[best].item()
+            counts[best] = -1                   # a centre wins at most once per pass
+            lo_v, hi_v = c - reach, c + reach
+            if c == 0.0:
+                lo_v, hi_v = min(lo_v, -zero_band), max(hi_v, zero_band)
+            a, z = torch.searchsorted(pm, torch.tensor([lo_v, hi_v], dtype=torch.float64,
+                                                       device=device)).tolist()
+            fits = p_alive[a:z] & (plo[a:z] <= c) & (phi[a:z] >= c)
+            if c == 0.0:
+                fits |= p_alive[a:z] & p_band[a:z]
+            local = fits.nonzero().squeeze(1) + a
+            assert local.numel() == n_fit, "coverage count and window disagree"
+            need = target - n_assigned
+            if n_fit > need:  # the cap bites: closest first, ties by |mu|, then position
+                dist = (pm[local] - c).abs() / ps[local]
+                if c == 0.0:
+                    dist = torch.where(p_band[local], torch.zeros_like(dist), dist)
+                local = local[_stable_order(dist, pm[local].abs(), p_idx[local])[:need]]
+            take = p_idx[local]
+
+            # Snap: record the step, move mu to the centre, set sigma by the join rule.
+            taken_mu, taken_sigma = m[take], sigma[take].double()
+            rows.append(dict(round=round_index, pass_index=pass_index, step=len(rows), P=order,
+                             delta=delta, centre=c, n_fit=n_fit, n_taken=take.numel(),
+                             mu_mean=taken_mu.mean().item(), mu_std=taken_mu.std(unbiased=False).item(),
+                             sigma_mean=taken_sigma.mean().item(),
+                             sigma_std=taken_sigma.std(unbiased=False).item()))
+            new_mu[take] = c
+            if cfg.sigma_join == "std_mu":
+                new_sigma[take] = taken_mu.std(unbiased=False).to(sigma.dtype)
+            elif cfg.sigma_join == "divide":
+                new_sigma[take] = sigma[take] / cfg.sigma_divisor
+            assignment[take] = len(centres)
+            centres.append(c)
+            alive[take] = False
+            p_alive[local] = False
+            n_assigned += take.numel()
+            if n_assigned >= target:
+                break
+            # The taken weights no longer count for the remaining centres.
+            counts -= _coverage(torch.sort(plo[local]).values, torch.sort(phi[local]).values, cands)
+            counts[zero_pos] -= band_only[local].sum()
+        if n_assigned < target:  # grow: alternate one more power of two and a wider band
+            if grow_order_next and order < cfg.max_order:
+                order += 1
+            else:
+                delta *= 2
+            grow_order_next = not grow_order_next
+            pass_index += 1
+
+    return ClusterResult(mu=new_mu, sigma=new_sigma, fixed_mask=~alive, assignment=assignment,
+                         centres=torch.tensor(centres, dtype=torch.float64),
+                         steps=pd.DataFrame(rows, columns=STEP_COLUMNS))
