@@ -1,0 +1,253 @@
+"""Bayesian conversion: every conv/linear weight and bias becomes mu (its value) and sigma.
+
+``convert(model)`` works on any ``nn.Module`` without touching its ``forward``: each converted
+tensor ``weight`` is replaced by the parameters ``weight_mu``, ``weight_sigma`` and the buffers
+``weight_fixed`` (bool mask) and ``weight_fixed_value``; a forward pre-hook computes the tensor the
+layer's own forward reads (METHOD.md section 1):
+
+    training:   w = mu + max(sigma, 2^-30) * eps,  eps ~ N(0, 1), drawn once per forward pass
+    evaluation: w = mu
+    fixed:      w = fixed_value exactly (no task gradient reaches mu or sigma there)
+
+All state lives in parameters and buffers, so ``state_dict``, ``.to()``, ``deepcopy`` and any
+optimiser work as usual. Norm layers, embeddings and tokens are left deterministic.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> model = convert(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
+    >>> [t.name for t in bayes_tensors(model)]
+    ['0.weight', '0.bias', '2.weight', '2.bias']
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+SIGMA_MIN = 2.0 ** -30      # floor applied whenever sigma is used to sample
+REG_LAMBDA = 2.0 ** -11     # regulariser weight (METHOD.md section 3)
+REG_CAP = 0.05              # sigma is pushed up towards this cap
+CONVERTIBLE = (nn.Linear, nn.modules.conv._ConvNd)
+
+# ---------------------------------------------------------------------------------------------
+# Sigma initialisation (METHOD.md section 2), a registry so that ablations can add their own.
+SIGMA_INITS: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def register_sigma_init(name: str):
+    def wrap(fn):
+        SIGMA_INITS[name] = fn
+        return fn
+    return wrap
+
+
+def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(x, q)`` (linear interpolation) for tensors of any size: torch.quantile
+    refuses more than 2^24 entries, kthvalue does not."""
+    flat = x.flatten()
+    pos = q * (flat.numel() - 1)
+    lo, hi = int(pos), min(int(pos) + 1, flat.numel() - 1)
+    v_lo = flat.kthvalue(lo + 1).values
+    v_hi = flat.kthvalue(hi + 1).values if hi != lo else v_lo
+    return v_lo + (pos - lo) * (v_hi - v_lo)
+
+
+def power_of_two_gap(mu: torch.Tensor) -> torch.Tensor:
+    """r = (t - 1)(2 - t) / t^2 for |mu| = t * 2^k, t in [1, 2): 0 on a power of two (and at 0),
+    largest half-way between two powers of two. Computed in float64."""
+    a = mu.detach().double().abs()
+    mantissa, _ = torch.frexp(a)          # a = mantissa * 2^e with mantissa in [0.5, 1)
+    t = 2 * mantissa
+    r = (t - 1) * (2 - t) / t.clamp(min=1) ** 2
+    return torch.where(a == 0, torch.zeros_like(r), r)  # exact zeros sit on the zero centre
+
+
+@register_sigma_init("pwfn")
+def pwfn_sigma_init(mu: torch.Tensor, scale: float = 0.0025, cap: float = 0.05) -> torch.Tensor:
+    """sigma0 = clip(scale * r / q75(r), 2^-30, cap), per tensor.
+
+    Edge cases: exact zeros get r = 0 (certain, like a power of two); when q75(r) is 0 (most
+    entries on a power of two, or a single such entry) the largest r is the reference instead,
+    and when every r is 0 every sigma is the floor.
+
+    >>> [round(v, 6) for v in pwfn_sigma_init(torch.tensor([1.0, 1.5, 0.75, 0.0])).tolist()]
+    [0.0, 0.0025, 0.0025, 0.0]
+    """
+    r = power_of_two_gap(mu)
+    ref = quantile(r, 0.75)
+    if ref <= 0:
+        ref = r.max()
+    if ref <= 0:
+        return torch.full_like(mu, SIGMA_MIN)
+    return (scale * r / ref).clamp(SIGMA_MIN, cap).to(mu.dtype)
+
+
+@register_sigma_init("constant")
+def constant_sigma_init(mu: torch.Tensor, value: float = 1e-4) -> torch.Tensor:
+    """The ablation alternative: the same sigma0 for every weight."""
+    return torch.full_like(mu, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
+def _sample_hook(module: nn.Module, args):
+    """Forward pre-hook: put the tensor this pass uses where the layer's forward reads it."""
+    for name in module._pwfn_names:
+        mu = getattr(module, f"{name}_mu")
+        if module.training:
+            eps = torch.randn_like(mu)
+            w = mu + getattr(module, f"{name}_sigma").clamp(min=SIGMA_MIN) * eps
+            module._pwfn_eps[name] = eps.detach()   # the regulariser needs this pass's noise
+        else:
+            w = mu
+        w = torch.where(getattr(module, f"{name}_fixed"), getattr(module, f"{name}_fixed_value"), w)
+        setattr(module, name, w)
+
+
+def _convert_module(module: nn.Module, module_name: str, sigma_fn) -> None:
+    names = []
+    for name in ("weight", "bias"):
+        param = module._parameters.get(name)
+        if param is None:
+            continue
+        if isinstance(param, nn.parameter.UninitializedParameter):
+            raise ValueError(f"{module_name}.{name} is not initialised yet (lazy module): run one "
+                             "forward pass before converting")
+        if not torch.isfinite(param).all():
+            bad = int((~torch.isfinite(param)).sum())
+            raise ValueError(f"{module_name or type(module).__name__}.{name} has {bad} non-finite "
+                             "values (NaN/inf); fix or re-initialise the model before converting")
+        data = param.detach()
+        delattr(module, name)
+        module.register_parameter(f"{name}_mu", nn.Parameter(data.clone()))
+        module.register_parameter(f"{name}_sigma", nn.Parameter(sigma_fn(data).to(data.dtype)))
+        module.register_buffer(f"{name}_fixed", torch.zeros_like(data, dtype=torch.bool))
+        module.register_buffer(f"{name}_fixed_value", data.clone())
+        setattr(module, name, data.clone())   # readable outside forward; refreshed every pass
+        names.append(name)
+    module._pwfn_names = tuple(names)
+    module._pwfn_eps = {}
+    module.register_forward_pre_hook(_sample_hook)
+
+
+def convert(model: nn.Module, sigma_init: str = "pwfn", **init_kwargs) -> nn.Module:
+    """Make every convolution and linear layer of ``model`` Bayesian, in place; returns ``model``.
+
+    ``sigma_init`` names an entry of ``SIGMA_INITS`` ("pwfn" or "constant"); extra keyword
+    arguments go to it (e.g. ``convert(model, "constant", value=1e-4)``).
+    """
+    if sigma_init not in SIGMA_INITS:
+        raise ValueError(f"unknown sigma_init {sigma_init!r}; available: {sorted(SIGMA_INITS)}")
+    if any(is_converted(m) for m in model.modules()):
+        raise ValueError("model is already converted")
+    sigma_fn = lambda mu: SIGMA_INITS[sigma_init](mu, **init_kwargs)  # noqa: E731
+    # nn.MultiheadAttention reads out_proj.weight directly, bypassing its forward and our hook.
+    skip = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    todo = [(n, m) for n, m in model.named_modules() if isinstance(m, CONVERTIBLE) and id(m) not in skip]
+    if skip:
+        warnings.warn("nn.MultiheadAttention layers stay deterministic (their forward reads the "
+                      "weights directly); use timm-style attention built from nn.Linear to convert them")
+    if not todo:
+        raise ValueError(f"{type(model).__name__} has no convolution or linear layer to convert "
+                         "(norm layers, embeddings and tokens are never converted)")
+    for name, module in todo:
+        _convert_module(module, name, sigma_fn)
+    return model
+
+
+def is_converted(module: nn.Module) -> bool:
+    return hasattr(module, "_pwfn_names")
+
+
+@dataclass(frozen=True)
+class BayesTensor:
+    """One converted tensor: ``name`` is the original parameter's name, e.g. ``"conv1.weight"``."""
+    name: str
+    module: nn.Module
+    attr: str   # "weight" or "bias"
+
+    mu = property(lambda self: getattr(self.module, f"{self.attr}_mu"))
+    sigma = property(lambda self: getattr(self.module, f"{self.attr}_sigma"))
+    fixed = property(lambda self: getattr(self.module, f"{self.attr}_fixed"))
+    fixed_value = property(lambda self: getattr(self.module, f"{self.attr}_fixed_value"))
+
+    @property
+    def value(self) -> torch.Tensor:
+        """The mean weight the network uses in evaluation (fixed value where fixed)."""
+        return torch.where(self.fixed, self.fixed_value, self.mu.detach())
+
+    def __repr__(self):
+        return (f"BayesTensor({self.name!r}, shape={tuple(self.mu.shape)}, "
+                f"fixed={self.fixed.float().mean().item():.1%})")
+
+
+def bayes_tensors(model: nn.Module) -> list[BayesTensor]:
+    """The converted tensors of ``model`` in network order (weight before bias)."""
+    return [BayesTensor(f"{mname}.{attr}" if mname else attr, m, attr)
+            for mname, m in model.named_modules() if is_converted(m) for attr in m._pwfn_names]
+
+
+def flat_state(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All converted tensors flattened into one vector each: (mu, sigma, fixed_mask), with mu the
+    value the network uses (the fixed value where fixed)."""
+    ts = bayes_tensors(model)
+    return (torch.cat([t.value.flatten() for t in ts]),
+            torch.cat([t.sigma.detach().flatten() for t in ts]),
+            torch.cat([t.fixed.flatten() for t in ts]))
+
+
+@torch.no_grad()
+def load_flat_state(model: nn.Module, mu: torch.Tensor, sigma: torch.Tensor, fixed: torch.Tensor) -> None:
+    """Write flat vectors (as from ``flat_state`` or a clustering round) back into the layers;
+    fixed weights get their fixed value."""
+    offset = 0
+    for t in bayes_tensors(model):
+        n = t.mu.numel()
+        sl = slice(offset, offset + n)
+        shape = t.mu.shape
+        t.mu.copy_(mu[sl].view(shape))
+        t.sigma.copy_(sigma[sl].view(shape))
+        t.fixed.copy_(fixed[sl].view(shape))
+        t.fixed_value.copy_(torch.where(t.fixed, t.mu, torch.zeros_like(t.mu)))
+        offset += n
+    if offset != mu.numel():
+        raise ValueError(f"flat state has {mu.numel()} entries, the model's converted tensors {offset}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss terms: the sigma regulariser and weight decay that spares fixed weights.
+def sigma_regulariser(model: nn.Module, lam: float = REG_LAMBDA, cap: float = REG_CAP) -> torch.Tensor:
+    """R = (lam / 2) * sum |eps| * max(0, cap - sigma)^2 over unfixed weights (METHOD.md section 3),
+    with eps the noise of each layer's latest training forward pass. Its gradient on sigma is
+    -lam * max(0, cap - sigma) * |eps|: every sigma is pushed up towards ``cap``."""
+    total = None
+    for t in bayes_tensors(model):
+        eps = t.module._pwfn_eps.get(t.attr)
+        if eps is None:
+            continue
+        term = (eps.abs() * (cap - t.sigma).clamp(min=0) ** 2 * ~t.fixed).sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise RuntimeError("sigma_regulariser needs a training-mode forward pass first "
+                           "(model.train(); loss = task_loss + sigma_regulariser(model))")
+    return lam / 2 * total
+
+
+def masked_weight_decay(model: nn.Module, weight_decay: float) -> torch.Tensor:
+    """(wd / 2) * sum mu^2 over unfixed weights: SGD's weight decay as a loss term that leaves fixed
+    weights exactly on their values (their optimiser group then uses weight_decay=0)."""
+    terms = [(t.mu ** 2 * ~t.fixed).sum() for t in bayes_tensors(model)]
+    return weight_decay / 2 * torch.stack(terms).sum()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimiser groups: converted mu and sigma without the optimiser's decay (mu gets
+    ``masked_weight_decay`` instead; sigma is governed by the regulariser), everything else
+    (norm layers, embeddings, tokens) with ``weight_decay``."""
+    bayes = {id(p) for t in bayes_tensors(model) for p in (t.mu, t.sigma)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if id(p) in bayes], "weight_decay": 0.0},
+            {"params": [p for p in params if id(p) not in bayes], "weight_decay": weight_decay}]
