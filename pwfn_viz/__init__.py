@@ -1,1 +1,23 @@
-"""pwfn_viz: probabilistic weight fixing, recorded and visualised."""
+"""pwfn_viz: probabilistic weight fixing (PWFN), recorded round by round and visualised.
+
+One-line entry points::
+
+    import pwfn_viz
+    run = pwfn_viz.run()                      # digits CNN, all ten rounds, written to runs/...
+    run = pwfn_viz.load_run("runs/...")       # replay without re-training
+    run.rounds[3].sigma["0.weight"]           # any tensor of any round, by name
+    model = run.model_at(3)                   # the network after round 3
+"""
+from .bayes import bayes_tensors, convert, flat_state, load_flat_state, sigma_regulariser
+from .clustering import ClusterConfig, ClusterResult, candidate_centres, cluster_round
+from .data import create_dataset, list_datasets
+from .metrics import codebook_stats, evaluate, layer_table
+from .models import create_model, list_models
+from .pipeline import PAPER_FRACTIONS, RunConfig, run
+from .record import Round, Run, load_run
+
+__version__ = "0.1.0"
+__all__ = ["ClusterConfig", "ClusterResult", "PAPER_FRACTIONS", "Round", "Run", "RunConfig", "bayes_tensors",
+           "candidate_centres", "cluster_round", "codebook_stats", "convert", "create_dataset", "create_model",
+           "evaluate", "flat_state", "layer_table", "list_datasets", "list_models", "load_flat_state",
+           "load_run", "run", "sigma_regulariser"]

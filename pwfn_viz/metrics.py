@@ -1,0 +1,71 @@
+"""What a run measures (METHOD.md section 6): accuracy, unique values, entropy, per-layer tables.
+
+Pure functions over tensors and models; plotting lives elsewhere.
+
+Example:
+    >>> import torch
+    >>> codebook_stats(torch.tensor([0.0, 0.0, 0.5, 0.5, 0.25, -0.25]))["unique"]
+    4
+"""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from .bayes import bayes_tensors, quantile
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device="cpu") -> dict:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` in eval mode (mean
+    weights). The model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = total = 0
+    loss_sum = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
+        top = out.topk(min(5, out.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        total += y.numel()
+    model.train(was_training)
+    if total == 0:
+        raise ValueError("the evaluation loader yielded no samples")
+    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total}
+
+
+def entropy_bits(values: torch.Tensor) -> float:
+    """Shannon entropy (bits) of the empirical distribution of ``values``; 0 for an empty tensor."""
+    if values.numel() == 0:
+        return 0.0
+    _, counts = torch.unique(values, return_counts=True)
+    p = counts.double() / counts.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def codebook_stats(values: torch.Tensor) -> dict:
+    """Unique values and entropy in bits, with and without zero (WFN reported without)."""
+    flat = values.detach().flatten()
+    nonzero = flat[flat != 0]
+    return {"unique": int(torch.unique(flat).numel()), "unique_nonzero": int(torch.unique(nonzero).numel()),
+            "entropy": entropy_bits(flat), "entropy_nonzero": entropy_bits(nonzero)}
+
+
+def layer_table(model: nn.Module) -> pd.DataFrame:
+    """One row per converted tensor: unique values, entropy, fraction fixed, sigma statistics."""
+    rows = []
+    for t in bayes_tensors(model):
+        sigma = t.sigma.detach().flatten().double()
+        qs = [quantile(sigma, q) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
+        stats = codebook_stats(t.value)
+        rows.append({"name": t.name, "shape": "x".join(map(str, t.mu.shape)), "numel": t.mu.numel(),
+                     "unique": stats["unique"], "entropy": stats["entropy"],
+                     "fraction_fixed": t.fixed.float().mean().item(),
+                     "sigma_mean": sigma.mean().item(), "sigma_median": qs[2].item(),
+                     "sigma_q05": qs[0].item(), "sigma_q25": qs[1].item(),
+                     "sigma_q75": qs[3].item(), "sigma_q95": qs[4].item()})
+    return pd.DataFrame(rows)

@@ -1,0 +1,290 @@
+"""The rounds pipeline (METHOD.md section 4): train, convert, then fix weights in rounds.
+
+Read top to bottom: ``RunConfig`` (every default visible), ``train_steps`` (one optimiser loop for
+both the deterministic pre-training and the Bayesian re-training), then ``run``:
+
+    pre-train (optional) -> convert -> for each fraction: re-train, evaluate, cluster, snap,
+    evaluate again, write the round -> the final model has every converted weight on a centre.
+
+Each round's training starts from a seed derived from (seed, round), so a run resumed after a
+crash continues exactly as the uninterrupted run would have (on CPU).
+
+Example:
+    >>> import pwfn_viz
+    >>> run = pwfn_viz.run(pwfn_viz.RunConfig(epochs_per_round=1), out_dir="runs/quick")  # doctest: +SKIP
+    >>> run.table()[["fraction", "top1_before", "top1_after", "unique"]]               # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from . import bayes
+from .clustering import ClusterConfig, cluster_round
+from .data import create_dataset, make_loader
+from .metrics import codebook_stats, evaluate, layer_table
+from .models import create_model, load_checkpoint
+from .record import (FORMAT_VERSION, Run, atomic_append_csv, atomic_save_tensors, atomic_write_text,
+                     load_run, round_file, snapshot_tensors, state_dict_from_snapshot)
+
+PAPER_FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Training settings default to the paper's (section 4)."""
+    model: str = "digits_cnn"
+    dataset: str = "digits"
+    data_root: str | None = None
+    image_size: int | None = None            # resize inputs (e.g. digits for timm models)
+    in_chans: int | None = None              # None: the dataset's own
+    model_kwargs: dict = field(default_factory=dict)
+    pretrained: bool = False                 # passed through to timm.create_model
+    checkpoint: str | None = None            # local safetensors / state_dict file
+    pretrain_epochs: float = 40              # deterministic training before conversion (0: none)
+    pretrain_lr: float = 0.05
+    fractions: tuple = PAPER_FRACTIONS
+    first_round_epochs: float = 0.05         # training before round 0, in epochs
+    epochs_per_round: float = 3              # training before every later round
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    batch_size: int = 128
+    sigma_init: str = "pwfn"                 # or "constant" (sigma_init_value)
+    sigma_init_value: float = 1e-4
+    reg_lambda: float = bayes.REG_LAMBDA
+    reg_cap: float = bayes.REG_CAP
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    seed: int = 0
+    device: str = "auto"                     # auto: cuda when present, else cpu
+    threads: int = 0                         # CPU threads; 0: 1 for models under 1M weights, else torch's
+
+    def __post_init__(self):
+        if isinstance(self.cluster, dict):
+            self.cluster = ClusterConfig(**self.cluster)
+        self.fractions = tuple(float(f) for f in self.fractions)
+        f = self.fractions
+        if not f or any(not 0 < a <= 1 for a in f) or any(b <= a for a, b in zip(f, f[1:])):
+            raise ValueError(f"fractions {f} must be increasing values in (0, 1]")
+        if f[-1] != 1.0:
+            raise ValueError(f"the last fraction is {f[-1]}; it must be 1.0 so that every weight ends on a centre")
+        for name in ("pretrain_epochs", "first_round_epochs", "epochs_per_round"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("batch_size must be >= 1 and lr > 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
+    return torch.device(device)
+
+
+def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum: float, weight_decay: float,
+                grad_clip: float, device, bayesian: bool, reg_lambda: float = bayes.REG_LAMBDA,
+                reg_cap: float = bayes.REG_CAP, progress: bool = True, desc: str = "train") -> float:
+    """SGD for ``epochs`` (fractions allowed, at least one step) with a fresh optimiser; returns the
+    mean loss. Bayesian models add the sigma regulariser and decay that spares fixed weights."""
+    n_steps = max(1, round(epochs * len(loader))) if epochs > 0 else 0
+    if n_steps == 0:
+        return math.nan
+    groups = bayes.param_groups(model, weight_decay) if bayesian else model.parameters()
+    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=0.0 if bayesian else weight_decay)
+    model.train()
+    total, done = 0.0, 0
+    bar = tqdm(total=n_steps, desc=desc, leave=False, disable=not progress)
+    while done < n_steps:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = nn.functional.cross_entropy(model(x), y)
+            total += loss.item()
+            if bayesian:
+                loss = loss + bayes.sigma_regulariser(model, reg_lambda, reg_cap) \
+                    + bayes.masked_weight_decay(model, weight_decay)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            done += 1
+            bar.update()
+            if done == n_steps:
+                break
+    bar.close()
+    return total / n_steps
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("pwfn_viz", "torch", "timm", "numpy", "safetensors"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def format_round(m: dict) -> str:
+    return (f"round {m['round']:2d} | fixed {m['fraction']:6.1%} | top-1 {m['top1_before']:6.2f} -> "
+            f"{m['top1_after']:6.2f} | unique {m['unique']:4d} ({m['unique_nonzero']:4d} w/o 0) | "
+            f"entropy {m['entropy']:.2f} bits ({m['entropy_nonzero']:.2f} w/o 0)")
+
+
+class _Log:
+    """Prints a line and appends it to the run's log.txt."""
+
+    def __init__(self, path: Path, echo: bool):
+        self.path, self.echo = path, echo
+
+    def __call__(self, line: str):
+        if self.echo:
+            tqdm.write(line)
+        with open(self.path, "a") as f:
+            f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}\n")
+
+
+def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress: bool = True,
+        verbose: bool = True, _stop_after_round: int | None = None) -> Run:
+    """Run (or, with ``resume=DIR``, continue) the whole PWFN pipeline; returns the loaded :class:`Run`.
+
+    ``out_dir`` defaults to ``runs/<model>-<dataset>-<timestamp>``; it must be new or empty.
+    """
+    if resume is not None:
+        out = Path(resume)
+        meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
+        if meta is None:
+            raise FileNotFoundError(f"{out / 'run.json'} not found: nothing to resume (start with `pwfn-viz run --out {out}`)")
+        if meta.get("status") == "complete":
+            if verbose:
+                print(f"{out} is already complete ({len(meta['rounds'])} rounds)")
+            return load_run(out)
+        config = RunConfig.from_dict(meta["config"])
+    else:
+        config = config or RunConfig()
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(out_dir) if out_dir else Path("runs") / f"{config.model}-{config.dataset}-{stamp}"
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not empty; choose another --out or continue it with --resume {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        meta = None
+    device = resolve_device(config.device)
+    log = _Log(out / "log.txt", verbose)
+    torch.manual_seed(config.seed)
+
+    data = create_dataset(config.dataset, root=config.data_root, image_size=config.image_size,
+                          in_chans=config.in_chans, seed=config.seed)
+    spec = {"name": config.model, "num_classes": data.num_classes, "in_chans": data.in_chans,
+            "kwargs": dict(config.model_kwargs)}
+    if config.model in ("digits_mlp",) and "image_size" not in spec["kwargs"]:
+        spec["kwargs"]["image_size"] = data.image_size
+    model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
+                         pretrained=config.pretrained if meta is None else False, **spec["kwargs"]).to(device)
+    if device.type == "cpu":  # small models: thread start-up costs more than it saves
+        small = sum(p.numel() for p in model.parameters()) < 1_000_000
+        torch.set_num_threads(config.threads or (1 if small else torch.get_num_threads()))
+    test_loader = make_loader(data.test, batch_size=max(256, config.batch_size), shuffle=False)
+    train_kw = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                    grad_clip=config.grad_clip, device=device, progress=progress)
+
+    if meta is None:  # a new run: pre-train, convert, record the start
+        if config.checkpoint:
+            load_checkpoint(model, config.checkpoint)
+        if config.pretrain_epochs > 0:
+            loader = make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed)
+            train_steps(model, loader, config.pretrain_epochs, bayesian=False,
+                        **{**train_kw, "lr": config.pretrain_lr}, desc="pre-train")
+        baseline = evaluate(model, test_loader, device)
+        n_params = sum(p.numel() for p in model.parameters())
+        bayes.convert(model, config.sigma_init, **({"value": config.sigma_init_value}
+                                                   if config.sigma_init == "constant" else {}))
+        n_conv = sum(t.mu.numel() for t in bayes.bayes_tensors(model))
+        atomic_save_tensors(out / "start.safetensors", snapshot_tensors(model))
+        meta = {"format_version": FORMAT_VERSION, "status": "running", "config": config.to_dict(),
+                "model_spec": spec, "versions": _versions(), "device": str(device),
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+                "seed": config.seed, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                "n_params": n_params, "n_converted": n_conv,
+                "tensors": {t.name: list(t.mu.shape) for t in bayes.bayes_tensors(model)},
+                "baseline": baseline, "rounds": []}
+        atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
+        log(f"{config.model} on {config.dataset} ({device}): {n_conv:,} converted weights; "
+            f"unquantised top-1 {baseline['top1']:.2f}, top-5 {baseline['top5']:.2f}")
+    else:  # resume: rebuild the model as it was after the last completed round
+        done = meta["rounds"]
+        snap = out / (round_file(done[-1]["round"]) if done else "start.safetensors")
+        from safetensors.torch import load_file
+        bayes.convert(model, "constant", value=0.0)
+        model.load_state_dict(state_dict_from_snapshot(load_file(str(snap))))
+        model.to(device)
+        log(f"resuming {out} after round {done[-1]['round'] if done else '(none)'}")
+
+    first = len(meta["rounds"])
+    bar = tqdm(total=len(config.fractions), initial=first, desc="rounds", disable=not progress)
+    for r in range(first, len(config.fractions)):
+        fraction = config.fractions[r]
+        t0 = time.time()
+        torch.manual_seed(config.seed * 1_000_003 + r)   # each round reproducible on its own
+        loader = make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed * 1_000_003 + r)
+        epochs = config.first_round_epochs if r == 0 else config.epochs_per_round
+        train_loss = train_steps(model, loader, epochs, bayesian=True, reg_lambda=config.reg_lambda,
+                                 reg_cap=config.reg_cap, desc=f"round {r} train", **train_kw)
+        before = evaluate(model, test_loader, device)
+        mu, sigma, fixed = bayes.flat_state(model)
+        pre = {}
+        for t in bayes.bayes_tensors(model):
+            pre[f"mu/{t.name}"], pre[f"sigma/{t.name}"], pre[f"fixed/{t.name}"] = t.value, t.sigma.detach().clone(), t.fixed.clone()
+        result = cluster_round(mu, sigma, fraction, config=config.cluster, round_index=r)
+        bayes.load_flat_state(model, result.mu, result.sigma, result.fixed_mask)
+        after = evaluate(model, test_loader, device)
+        stats = codebook_stats(result.mu)
+        metrics = {"round": r, "fraction": fraction, "n_fixed": int(result.fixed_mask.sum()),
+                   "top1_before": before["top1"], "top1_after": after["top1"],
+                   "top5_before": before["top5"], "top5_after": after["top5"],
+                   "loss_before": before["loss"], "loss_after": after["loss"], "train_loss": train_loss,
+                   **stats, "n_centres": len(result.centres), "n_steps": len(result.steps),
+                   "seconds": round(time.time() - t0, 3)}
+        # Write the round: tensors and tables first, run.json last (the commit point for resume).
+        atomic_save_tensors(out / round_file(r), snapshot_tensors(model, pre))
+        atomic_append_csv(out / "steps.csv", result.steps)
+        atomic_append_csv(out / "layers.csv", layer_table(model).assign(round=r))
+        meta["rounds"].append(metrics)
+        if r == len(config.fractions) - 1:
+            meta["status"] = "complete"
+        atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
+        log(format_round(metrics))
+        bar.update()
+        if _stop_after_round is not None and r >= _stop_after_round:
+            break
+    bar.close()
+    if meta["status"] == "complete":
+        final = meta["rounds"][-1]
+        log(f"done: top-1 {meta['baseline']['top1']:.2f} unquantised -> {final['top1_after']:.2f} with "
+            f"{final['unique']} unique values ({final['entropy_nonzero']:.2f} bits w/o 0); record in {out}")
+    return load_run(out)

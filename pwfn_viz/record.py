@@ -1,0 +1,249 @@
+"""Run records: everything a run produced, on disk, replayable without re-training.
+
+Layout of a run directory::
+
+    run.json                 config, package versions, device, seed, baseline and per-round metrics
+                             (written last after each round: it is the commit point for --resume)
+    start.safetensors        the converted network before round 0 (nothing fixed)
+    round_00.safetensors ... one per completed round: pre-snap mu/sigma/fixed ("pre/..."), post-snap
+                             mu/sigma/fixed, and the rest of the state_dict ("state/...")
+    steps.csv                one row per greedy clustering step, all rounds
+    layers.csv               the per-layer table after each round's snap
+    log.txt                  what the run printed
+
+Every file is written to a temporary name and renamed, so a killed run never leaves a half file.
+Nothing is unpickled: tensors are safetensors, tables CSV, metadata JSON.
+
+Example:
+    >>> run = load_run("runs/digits")                      # doctest: +SKIP
+    >>> run.rounds[3].sigma["conv1.weight"].shape          # doctest: +SKIP
+    >>> model = run.model_at(3)                            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from .bayes import bayes_tensors
+
+FORMAT_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _temp_beside(path: Path) -> str:
+    """A temporary file next to ``path`` (same file system, so os.replace is atomic), with the
+    permissions a plain open() would give."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    return tmp
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_append_csv(path: Path, frame: pd.DataFrame) -> None:
+    """Rewrite ``path`` with ``frame``'s rows appended (atomic; files stay small)."""
+    old = pd.read_csv(path) if Path(path).exists() else None
+    new = frame if old is None or old.empty else pd.concat([old, frame], ignore_index=True)
+    buf = io.StringIO()
+    new.to_csv(buf, index=False)
+    atomic_write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots of a converted model
+def snapshot_tensors(model: torch.nn.Module, pre: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """mu/sigma/fixed of every converted tensor under its original name, the rest of the
+    state_dict under "state/", and optional pre-snap tensors under "pre/"."""
+    out = {}
+    bayes_keys = set()
+    for t in bayes_tensors(model):
+        out[f"mu/{t.name}"] = t.value
+        out[f"sigma/{t.name}"] = t.sigma.detach()
+        out[f"fixed/{t.name}"] = t.fixed
+        prefix = t.name[: -len(t.attr)]
+        bayes_keys |= {f"{prefix}{t.attr}_{s}" for s in ("mu", "sigma", "fixed", "fixed_value")}
+    for k, v in model.state_dict().items():
+        if k not in bayes_keys:
+            out[f"state/{k}"] = v
+    for k, v in (pre or {}).items():
+        out[f"pre/{k}"] = v
+    return out
+
+
+def state_dict_from_snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The converted model's state_dict rebuilt from a snapshot."""
+    sd = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
+    for k, mu in tensors.items():
+        if not k.startswith("mu/"):
+            continue
+        name = k[len("mu/"):]
+        fixed = tensors[f"fixed/{name}"].bool()
+        sd[f"{name}_mu"] = mu
+        sd[f"{name}_sigma"] = tensors[f"sigma/{name}"]
+        sd[f"{name}_fixed"] = fixed
+        sd[f"{name}_fixed_value"] = torch.where(fixed, mu, torch.zeros_like(mu))
+    return sd
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run back
+@dataclass
+class Round:
+    """One fixing round: its metrics and (loaded on first use) its tensors, by tensor name.
+
+    ``mu``/``sigma``/``fixed`` are after the snap, ``pre_mu``/``pre_sigma``/``pre_fixed`` before it.
+    """
+    index: int
+    metrics: dict
+    path: Path
+    steps: pd.DataFrame = field(repr=False)
+    layers: pd.DataFrame = field(repr=False)
+
+    @cached_property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path))
+
+    def _group(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in self.tensors.items()
+                if k.startswith(prefix) and k.count("/") == prefix.count("/")}
+
+    mu = property(lambda self: self._group("mu/"))
+    sigma = property(lambda self: self._group("sigma/"))
+    fixed = property(lambda self: {k: v.bool() for k, v in self._group("fixed/").items()})
+    pre_mu = property(lambda self: self._group("pre/mu/"))
+    pre_sigma = property(lambda self: self._group("pre/sigma/"))
+    pre_fixed = property(lambda self: {k: v.bool() for k, v in self._group("pre/fixed/").items()})
+
+    @property
+    def fraction(self) -> float:
+        return self.metrics["fraction"]
+
+    def flat(self, which: str = "post") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, sigma, fixed) over the whole network, flattened in network order."""
+        p = "" if which == "post" else "pre_"
+        mu, sigma, fixed = getattr(self, p + "mu"), getattr(self, p + "sigma"), getattr(self, p + "fixed")
+        names = list(mu)
+        return (torch.cat([mu[n].flatten() for n in names]), torch.cat([sigma[n].flatten() for n in names]),
+                torch.cat([fixed[n].flatten() for n in names]))
+
+    def __repr__(self):
+        m = self.metrics
+        return (f"Round({self.index}: fixed {m['fraction']:.1%}, top-1 {m['top1_before']:.2f} -> "
+                f"{m['top1_after']:.2f}, unique {m['unique']}, entropy {m['entropy']:.2f} bits)")
+
+
+class Run:
+    """A run directory, read back. ``run.rounds[i]`` is a :class:`Round`; ``run.table()`` the
+    per-round metrics; ``run.model_at(i)`` rebuilds the network after round ``i``."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        meta_path = self.path / "run.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{meta_path} does not exist: {self.path} is not a pwfn_viz run "
+                                    "directory (create one with `pwfn-viz run --out DIR`)")
+        self.meta = json.loads(meta_path.read_text())
+        steps = pd.read_csv(self.path / "steps.csv") if (self.path / "steps.csv").exists() else pd.DataFrame()
+        layers = pd.read_csv(self.path / "layers.csv") if (self.path / "layers.csv").exists() else pd.DataFrame()
+        self.rounds = [Round(m["round"], m, self.path / round_file(m["round"]),
+                             steps[steps["round"] == m["round"]].reset_index(drop=True) if len(steps) else steps,
+                             layers[layers["round"] == m["round"]].reset_index(drop=True) if len(layers) else layers)
+                       for m in self.meta["rounds"]]
+
+    config = property(lambda self: self.meta["config"])
+    baseline = property(lambda self: self.meta["baseline"])
+    complete = property(lambda self: self.meta.get("status") == "complete")
+
+    @cached_property
+    def start(self) -> dict[str, torch.Tensor]:
+        """Tensors of the converted network before round 0."""
+        return load_file(str(self.path / "start.safetensors"))
+
+    @property
+    def steps(self) -> pd.DataFrame:
+        return pd.concat([r.steps for r in self.rounds], ignore_index=True) if self.rounds else pd.DataFrame()
+
+    def table(self) -> pd.DataFrame:
+        """One row per round: fraction fixed, accuracy before/after the snap, unique values, entropy."""
+        return pd.DataFrame(self.meta["rounds"]).set_index("round")
+
+    def model_at(self, round_index: int | None = None, model: torch.nn.Module | None = None) -> torch.nn.Module:
+        """The converted network after round ``round_index`` (None: before round 0), in eval mode.
+
+        ``model`` is an unconverted instance of the architecture; by default it is created from the
+        run's config with :func:`pwfn_viz.models.create_model`.
+        """
+        from .bayes import convert
+        if model is None:
+            from .models import create_model
+            spec = self.meta["model_spec"]
+            model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
+                                 **spec.get("kwargs", {}))
+        if round_index is None:
+            tensors = self.start
+        else:
+            if not -len(self.rounds) <= round_index < len(self.rounds):
+                raise IndexError(f"round {round_index} not recorded; this run has rounds 0..{len(self.rounds) - 1}")
+            tensors = self.rounds[round_index].tensors
+        model = convert(model, "constant", value=0.0)
+        model.load_state_dict(state_dict_from_snapshot(tensors))
+        return model.eval()
+
+    def __repr__(self):
+        status = "complete" if self.complete else f"incomplete ({len(self.rounds)} rounds)"
+        c = self.config
+        return f"Run({str(self.path)!r}, model={c['model']}, dataset={c['dataset']}, {status})"
+
+    def _repr_html_(self):
+        return f"<p><code>{self!r}</code></p>" + self.table().to_html(float_format=lambda v: f"{v:.4g}")
+
+
+def round_file(index: int) -> str:
+    return f"round_{index:02d}.safetensors"
+
+
+def load_run(path) -> Run:
+    """Read a run directory written by :func:`pwfn_viz.run`."""
+    return Run(path)
