@@ -107,6 +107,13 @@ def _sample_hook(module: nn.Module, args):
         setattr(module, name, w)
 
 
+def _detach_hook(module: nn.Module, args, output):
+    """Forward hook: the pass is done, keep a detached copy readable (autograd holds what it needs),
+    so that the module can still be deep-copied like any other."""
+    for name in module._pwfn_names:
+        setattr(module, name, getattr(module, name).detach())
+
+
 def _convert_module(module: nn.Module, module_name: str, sigma_fn) -> None:
     names = []
     for name in ("weight", "bias"):
@@ -131,6 +138,7 @@ def _convert_module(module: nn.Module, module_name: str, sigma_fn) -> None:
     module._pwfn_names = tuple(names)
     module._pwfn_eps = {}
     module.register_forward_pre_hook(_sample_hook)
+    module.register_forward_hook(_detach_hook)
 
 
 def convert(model: nn.Module, sigma_init: str = "pwfn", **init_kwargs) -> nn.Module:
@@ -203,8 +211,12 @@ def flat_state(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 def load_flat_state(model: nn.Module, mu: torch.Tensor, sigma: torch.Tensor, fixed: torch.Tensor) -> None:
     """Write flat vectors (as from ``flat_state`` or a clustering round) back into the layers;
     fixed weights get their fixed value."""
+    tensors = bayes_tensors(model)
+    total = sum(t.mu.numel() for t in tensors)
+    if not mu.numel() == sigma.numel() == fixed.numel() == total:
+        raise ValueError(f"flat state has {mu.numel()} entries, the model's converted tensors {total}")
     offset = 0
-    for t in bayes_tensors(model):
+    for t in tensors:
         n = t.mu.numel()
         sl = slice(offset, offset + n)
         shape = t.mu.shape
@@ -213,8 +225,6 @@ def load_flat_state(model: nn.Module, mu: torch.Tensor, sigma: torch.Tensor, fix
         t.fixed.copy_(fixed[sl].view(shape))
         t.fixed_value.copy_(torch.where(t.fixed, t.mu, torch.zeros_like(t.mu)))
         offset += n
-    if offset != mu.numel():
-        raise ValueError(f"flat state has {mu.numel()} entries, the model's converted tensors {offset}")
 
 
 # ---------------------------------------------------------------------------------------------
