@@ -186,6 +186,8 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
                 print(f"{out} is already complete ({len(meta['rounds'])} rounds)")
             return load_run(out)
         config = RunConfig.from_dict(meta["config"])
+        for stale in out.glob(".*.tmp"):   # half-written files of the interrupted round
+            stale.unlink()
     else:
         config = config or RunConfig()
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -140,14 +140,15 @@ class Round:
     path: Path
     steps: pd.DataFrame = field(repr=False)
     layers: pd.DataFrame = field(repr=False)
+    names: list = field(repr=False, default_factory=list)   # converted tensors in network order
 
     @cached_property
     def tensors(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.path))
 
     def _group(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in self.tensors.items()
-                if k.startswith(prefix) and k.count("/") == prefix.count("/")}
+        """Tensors under ``prefix``, by name, in network order (safetensors sorts its keys)."""
+        return {n: self.tensors[prefix + n] for n in self.names if prefix + n in self.tensors}
 
     mu = property(lambda self: self._group("mu/"))
     sigma = property(lambda self: self._group("sigma/"))
@@ -189,7 +190,8 @@ class Run:
         layers = pd.read_csv(self.path / "layers.csv") if (self.path / "layers.csv").exists() else pd.DataFrame()
         self.rounds = [Round(m["round"], m, self.path / round_file(m["round"]),
                              steps[steps["round"] == m["round"]].reset_index(drop=True) if len(steps) else steps,
-                             layers[layers["round"] == m["round"]].reset_index(drop=True) if len(layers) else layers)
+                             layers[layers["round"] == m["round"]].reset_index(drop=True) if len(layers) else layers,
+                             list(self.meta["tensors"]))
                        for m in self.meta["rounds"]]
 
     config = property(lambda self: self.meta["config"])

@@ -1,0 +1,168 @@
+"""The rounds pipeline end to end: records, replay, reproducibility, resume after a kill, the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import pwfn_viz
+from pwfn_viz import RunConfig, load_run
+from pwfn_viz.bayes import bayes_tensors
+from pwfn_viz.cli import main
+from pwfn_viz.data import create_dataset, make_loader
+from pwfn_viz.metrics import codebook_stats, evaluate
+from pwfn_viz.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(model="digits_mlp", pretrain_epochs=3, first_round_epochs=0.1, epochs_per_round=0.5,
+            fractions=(0.3, 0.7, 1.0), threads=1)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "quick"
+    return pwfn_viz.run(RunConfig(**FAST), out, progress=False, verbose=False)
+
+
+def test_run_record_round_trip(quick_run):
+    run = quick_run
+    assert run.complete and [r.index for r in run.rounds] == [0, 1, 2]
+    table = run.table()
+    assert list(table["fraction"]) == [0.3, 0.7, 1.0]
+    names = list(run.meta["tensors"])
+    n_total = run.meta["n_converted"]
+    data = create_dataset("digits")
+    loader = make_loader(data.test, 512)
+    for r in run.rounds:
+        mu, sigma, fixed = r.flat()
+        assert mu.numel() == n_total and list(r.mu) == names
+        # n_fixed and the greedy-step table agree with the tensors
+        assert int(fixed.sum()) == r.metrics["n_fixed"] == int(r.steps["n_taken"].sum())
+        assert r.metrics["n_fixed"] == pwfn_viz.clustering.target_count(r.fraction, n_total)
+        # every fixed weight sits on a centre chosen in that round
+        centres = torch.tensor(r.steps["centre"].values, dtype=mu.dtype)
+        assert torch.isin(mu[fixed], centres).all()
+        # recorded metrics are reproduced from the stored tensors and the rebuilt model
+        assert codebook_stats(mu) == {k: r.metrics[k] for k in ("unique", "unique_nonzero", "entropy",
+                                                                "entropy_nonzero")}
+        model = run.model_at(r.index)
+        assert evaluate(model, loader)["top1"] == pytest.approx(r.metrics["top1_after"])
+        # pre-snap tensors are the previous round's post-snap fixed mask
+        pre_fixed = r.flat("pre")[2]
+        expected_pre = run.rounds[r.index - 1].flat()[2] if r.index else torch.zeros_like(pre_fixed)
+        assert torch.equal(pre_fixed, expected_pre)
+    # the final model: every converted weight on a centre, few unique values
+    final = run.model_at(-1)
+    assert all(bool(t.fixed.all()) for t in bayes_tensors(final))
+    assert run.rounds[-1].metrics["unique"] == len(torch.unique(run.rounds[-1].flat()[0]))
+    assert run.rounds[-1].metrics["unique"] <= 300
+    # the start snapshot is the converted, unfixed model
+    start = run.model_at(None)
+    assert not any(bool(t.fixed.any()) for t in bayes_tensors(start))
+    assert evaluate(start, loader)["top1"] == pytest.approx(run.baseline["top1"])
+    assert "Round(2: fixed 100.0%" in repr(run.rounds[2]) and "complete" in repr(run)
+    assert "<table" in run._repr_html_()
+    meta = json.loads((run.path / "run.json").read_text())
+    assert meta["versions"]["torch"] and meta["seed"] == 0 and meta["device"] == "cpu"
+    assert (run.path / "log.txt").read_text().count("round ") >= 3
+
+
+def test_same_seed_same_run(quick_run, tmp_path):
+    again = pwfn_viz.run(RunConfig(**FAST), tmp_path / "again", progress=False, verbose=False)
+    strip = lambda rows: [{k: v for k, v in m.items() if k != "seconds"} for m in rows]  # noqa: E731
+    assert strip(again.meta["rounds"]) == strip(quick_run.meta["rounds"])
+    for a, b in zip(again.rounds, quick_run.rounds):
+        for x, y in zip(a.flat(), b.flat()):
+            assert torch.equal(x, y)
+
+
+def test_resume_in_process_equals_uninterrupted(quick_run, tmp_path):
+    out = tmp_path / "interrupted"
+    part = pwfn_viz.run(RunConfig(**FAST), out, progress=False, verbose=False, _stop_after_round=0)
+    assert not part.complete and len(part.rounds) == 1
+    (out / ".round_01.safetensors.abc.tmp").write_bytes(b"half a file")
+    done = pwfn_viz.run(resume=out, progress=False, verbose=False)
+    assert done.complete and not list(out.glob(".*.tmp"))
+    for a, b in zip(done.rounds, quick_run.rounds):
+        for x, y in zip(a.flat(), b.flat()):
+            assert torch.equal(x, y)
+
+
+def test_resume_after_kill(tmp_path):
+    """A subprocess killed during a round, then resumed to the end, equals an uninterrupted run."""
+    out = tmp_path / "killed"
+    args = ["--model", "digits_mlp", "--pretrain-epochs", "2", "--first-epochs", "1", "--epochs", "4",
+            "--fractions", "0.3,0.5,0.7,0.9,1.0", "--threads", "1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "pwfn_viz", "run", "--out", str(out), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        meta = out / "run.json"
+        if meta.exists() and len(json.loads(meta.read_text())["rounds"]) >= 1:
+            break
+        time.sleep(0.02)
+    time.sleep(0.05)   # now inside round 1's training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rounds_done = len(json.loads((out / "run.json").read_text())["rounds"])
+    assert 1 <= rounds_done < 5, "the kill must land before the run ends"
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    resumed = load_run(out)
+    assert resumed.complete and len(resumed.rounds) == 5
+    reference_dir = tmp_path / "reference"
+    assert main(["run", "--out", str(reference_dir), *args]) == 0
+    reference = load_run(reference_dir)
+    for a, b in zip(resumed.rounds, reference.rounds):
+        for x, y in zip(a.flat(), b.flat()):
+            assert torch.equal(x, y)
+    assert len(resumed.steps) == len(reference.steps)   # no duplicate step rows from the killed round
+
+
+def test_checkpoint_is_loaded_safely(tmp_path):
+    torch.manual_seed(3)
+    model = create_model("digits_mlp")
+    ckpt = tmp_path / "mlp.pt"
+    torch.save(model.state_dict(), ckpt)
+    run = pwfn_viz.run(RunConfig(**{**FAST, "pretrain_epochs": 0, "checkpoint": str(ckpt)}), tmp_path / "ck",
+                       progress=False, verbose=False)
+    loader = make_loader(create_dataset("digits").test, 512)
+    assert run.baseline["top1"] == pytest.approx(evaluate(model, loader)["top1"])
+
+
+def test_cli_run_prints_table(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "cli"), "--model", "digits_mlp", "--pretrain-epochs", "1",
+                 "--epochs", "0.2", "--fractions", "0.5,1.0", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "round  1 | fixed 100.0%" in out and "top1_after" in out and "entropy_nonzero" in out
+    assert main(["show", str(tmp_path / "cli"), "--layers"]) == 0
+    assert "sigma_median" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--model", "no_such_net", "--out", "{tmp}/a"], "digits_cnn"),
+    (["run", "--dataset", "imagenet22k", "--out", "{tmp}/b"], "available: "),
+    (["run", "--dataset", "mnist", "--data-root", "{tmp}/nowhere", "--out", "{tmp}/c"], "nowhere"),
+    (["run", "--fractions", "0.5,0.9", "--out", "{tmp}/d"], "must be 1.0"),
+    (["run", "--fractions", "0.5,0.4,1.0", "--out", "{tmp}/e"], "increasing"),
+    (["run", "--resume", "{tmp}/missing"], "nothing to resume"),
+    (["run", "--out", "{tmp}/full"], "not empty"),
+    (["show", "{tmp}"], "not a pwfn_viz run directory"),
+])
+def test_cli_clear_errors(tmp_path, capsys, argv, message):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_module_entry_point_lists_models():
+    out = subprocess.run([sys.executable, "-m", "pwfn_viz", "list"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout
+    assert "digits_cnn" in out and "digits" in out
