@@ -80,7 +80,8 @@ def candidate_centres(order: int, max_abs: float, b: int = 7) -> torch.Tensor:
     """
     if not max_abs >= 2.0 ** -b:
         return torch.zeros(1, dtype=torch.float64)
-    m = math.ceil(math.log2(max_abs))
+    frac, exp = math.frexp(max_abs)              # exact ceil(log2(max_abs)), no rounding of log2
+    m = exp - 1 if frac == 0.5 else exp
     powers = [2.0 ** e for e in range(-b, m)]
     sums = {0.0}
     for _ in range(order):  # sums of exactly `order` elements of S = {0} + powers, with repetition
@@ -113,10 +114,38 @@ def _stable_order(*keys: torch.Tensor) -> torch.Tensor:
     return order
 
 
-def _coverage(lo_sorted, hi_sorted, centres):
-    """Number of intervals [lo, hi] that contain each centre: #(lo <= c) - #(hi < c)."""
-    return (torch.searchsorted(lo_sorted, centres, right=True)
-            - torch.searchsorted(hi_sorted, centres, right=False))
+CHUNK = 1 << 20   # elementwise work is done in chunks so temporaries stay O(chunk), not O(N)
+
+
+def _coverage(pm, ps, delta: float, sorted_centres: torch.Tensor) -> torch.Tensor:
+    """How many intervals [m - delta*s, m + delta*s] contain each (value-sorted) centre.
+
+    Each interval covers a contiguous run of sorted centres, found by binary search; a difference
+    array and a cumulative sum turn the runs into counts: O(N log K) time, O(K + chunk) memory.
+    """
+    k = sorted_centres.numel()
+    diff = torch.zeros(k + 1, dtype=torch.long, device=pm.device)
+    for start in range(0, pm.numel(), CHUNK):
+        m, s = pm[start:start + CHUNK], ps[start:start + CHUNK]
+        first = torch.searchsorted(sorted_centres, m - delta * s, right=False)   # first c >= lo
+        stop = torch.searchsorted(sorted_centres, m + delta * s, right=True)     # first c > hi
+        diff += torch.bincount(first, minlength=k + 1) - torch.bincount(stop, minlength=k + 1)
+    return diff.cumsum(0)[:k]
+
+
+def _fitting(pm, ps, p_alive, a: int, z: int, c: float, delta: float, band: tuple[int, int] | None):
+    """Positions in [a, z) of the unassigned weights that fit centre ``c`` (the same float64
+    comparisons as ``_coverage``), plus those in the zero band ``band`` when ``c`` is zero."""
+    found = []
+    for start in range(a, z, CHUNK):
+        end = min(z, start + CHUNK)
+        m, s = pm[start:end], ps[start:end]
+        fits = p_alive[start:end] & (m - delta * s <= c) & (m + delta * s >= c)
+        if band is not None and band[0] < end and band[1] > start:
+            lo, hi = max(band[0], start) - start, min(band[1], end) - start
+            fits[lo:hi] |= p_alive[start + lo:start + hi]
+        found.append(fits.nonzero().squeeze(1) + start)
+    return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=pm.device)
 
 
 def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
@@ -125,38 +154,42 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
 
     ``mu`` and ``sigma`` are flat tensors over the whole network (any float dtype, any device).
     Returns the snapped ``mu``/``sigma``, the ``fixed_mask``, each weight's centre and a table with
-    one row per greedy step.
+    one row per greedy step. Extra memory is about 50 bytes per weight (no K x N matrix).
     """
     cfg = config or ClusterConfig()
     _check_inputs(mu, sigma, fraction)
     device, n = mu.device, mu.numel()
-    m = mu.detach().double()
-    s = sigma.detach().double().clamp(min=cfg.sigma_floor)
-    abs_m = m.abs()
+    mu, sigma = mu.detach(), sigma.detach()
     zero_band = 2.0 ** -cfg.b
     target = target_count(fraction, n)
 
-    order_by_mu = torch.argsort(m, stable=True)       # one sort per round; each pass filters it
+    # One sort per round (float64 conversion is exact and monotone, so mu's own order serves).
+    order_by_mu = torch.argsort(mu, stable=True)
     alive = torch.ones(n, dtype=torch.bool, device=device)   # not yet assigned
     assignment = torch.full((n,), -1, dtype=torch.long, device=device)
-    new_mu, new_sigma = mu.detach().clone(), sigma.detach().clone()
+    new_mu, new_sigma = mu.clone(), sigma.clone()
     centres, rows = [], []
     n_assigned, order, delta, grow_order_next, pass_index = 0, 1, cfg.delta, True, 0
 
     while n_assigned < target:
-        # The unassigned weights of this pass, in mu order, so that every centre's candidates
-        # lie in one contiguous slice (a view, no gather).
+        # The unassigned weights of this pass, in mu order, so that every centre's candidates lie in
+        # one contiguous slice; all arithmetic in float64 with sigma floored.
         p_idx = order_by_mu[alive[order_by_mu]]
-        pm, ps = m[p_idx], s[p_idx]
-        plo, phi = pm - delta * ps, pm + delta * ps
-        p_alive = torch.ones_like(pm, dtype=torch.bool)
-        p_band = pm.abs() < zero_band if cfg.zero_fix else torch.zeros_like(p_alive)
-        band_only = p_band & ~((plo <= 0) & (phi >= 0))   # fit zero through the band alone
-        cands = candidate_centres(order, pm.abs().max().item(), cfg.b).to(device)
-        counts = _coverage(torch.sort(plo).values, torch.sort(phi).values, cands)
+        pm = mu[p_idx].double()
+        ps = sigma[p_idx].double().clamp_(min=cfg.sigma_floor)
+        p_alive = torch.ones(pm.numel(), dtype=torch.bool, device=device)
+        cands = candidate_centres(order, max(-pm[0].item(), pm[-1].item()), cfg.b).to(device)
+        by_value = torch.argsort(cands)
+        counts = torch.empty_like(by_value)
+        counts[by_value] = _coverage(pm, ps, delta, cands[by_value])
         zero_pos = 0  # candidates are sorted by |c|: the zero centre is first, found by value
         assert cands[zero_pos].item() == 0.0
-        counts[zero_pos] += band_only.sum()
+        band = None
+        if cfg.zero_fix:  # |mu| < 2^-b is a contiguous slice of the mu-sorted weights
+            ends = torch.tensor([-zero_band, zero_band], dtype=torch.float64, device=device)
+            band = (int(torch.searchsorted(pm, ends[0], right=True)), int(torch.searchsorted(pm, ends[1])))
+            bm, bs = pm[band[0]:band[1]], ps[band[0]:band[1]]
+            counts[zero_pos] += int((~((bm - delta * bs <= 0) & (bm + delta * bs >= 0))).sum())
         reach = 2 * delta * ps.max().item()   # widened for rounding: no fitting weight lies further
         while True:
             best = int(torch.argmax(counts))   # first maximum: ties go to the smaller |c|, then c < 0
@@ -170,21 +203,19 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
                 lo_v, hi_v = min(lo_v, -zero_band), max(hi_v, zero_band)
             a, z = torch.searchsorted(pm, torch.tensor([lo_v, hi_v], dtype=torch.float64,
                                                        device=device)).tolist()
-            fits = p_alive[a:z] & (plo[a:z] <= c) & (phi[a:z] >= c)
-            if c == 0.0:
-                fits |= p_alive[a:z] & p_band[a:z]
-            local = fits.nonzero().squeeze(1) + a
+            local = _fitting(pm, ps, p_alive, a, z, c, delta, band if c == 0.0 else None)
             assert local.numel() == n_fit, "coverage count and window disagree"
             need = target - n_assigned
             if n_fit > need:  # the cap bites: closest first, ties by |mu|, then position
                 dist = (pm[local] - c).abs() / ps[local]
-                if c == 0.0:
-                    dist = torch.where(p_band[local], torch.zeros_like(dist), dist)
+                if band is not None and c == 0.0:
+                    in_band = (local >= band[0]) & (local < band[1])
+                    dist = torch.where(in_band, torch.zeros_like(dist), dist)
                 local = local[_stable_order(dist, pm[local].abs(), p_idx[local])[:need]]
             take = p_idx[local]
 
             # Snap: record the step, move mu to the centre, set sigma by the join rule.
-            taken_mu, taken_sigma = m[take], sigma[take].double()
+            taken_mu, taken_sigma = pm[local], sigma[take].double()
             rows.append(dict(round=round_index, pass_index=pass_index, step=len(rows), P=order,
                              delta=delta, centre=c, n_fit=n_fit, n_taken=take.numel(),
                              mu_mean=taken_mu.mean().item(), mu_std=taken_mu.std(unbiased=False).item(),
@@ -203,8 +234,12 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
             if n_assigned >= target:
                 break
             # The taken weights no longer count for the remaining centres.
-            counts -= _coverage(torch.sort(plo[local]).values, torch.sort(phi[local]).values, cands)
-            counts[zero_pos] -= band_only[local].sum()
+            t_m, t_s = pm[local], ps[local]
+            counts[by_value] -= _coverage(t_m, t_s, delta, cands[by_value])
+            if band is not None:
+                in_band = (local >= band[0]) & (local < band[1])
+                counts[zero_pos] -= int((in_band & ~((t_m - delta * t_s <= 0) & (t_m + delta * t_s >= 0))).sum())
+        del p_idx, pm, ps, p_alive
         if n_assigned < target:  # grow: alternate one more power of two and a wider band
             if grow_order_next and order < cfg.max_order:
                 order += 1
