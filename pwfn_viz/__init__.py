@@ -5,7 +5,7 @@ One-line entry points::
     import pwfn_viz
     run = pwfn_viz.run()                      # digits CNN, all ten rounds, written to runs/...
     run = pwfn_viz.load_run("runs/...")       # replay without re-training
-    run.rounds[3].sigma["0.weight"]           # any tensor of any round, by name
+    run.rounds[3].sigma["conv1.weight"]           # any tensor of any round, by name
     model = run.model_at(3)                   # the network after round 3
 """
 from .bayes import bayes_tensors, convert, flat_state, load_flat_state, sigma_regulariser
