@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train, convert and fix a network in rounds; write a run directory")
     d = RunConfig()
+    r.add_argument("--method", choices=["pwfn", "wfn"], default="pwfn",
+                   help="pwfn (default) or the value-only WFN baseline (its own schedule, Adam 2e-5)")
+    r.add_argument("--wfn-delta", type=float, default=d.wfn_delta, help="WFN's final allowance")
     r.add_argument("--model", default=d.model, help="digits_cnn, digits_mlp or any timm model name")
     r.add_argument("--dataset", default=d.dataset, help="digits (embedded), mnist, cifar10, imagefolder, synthetic")
     r.add_argument("--data-root", default=None, help="local dataset root (mnist/cifar10: torchvision root)")
@@ -37,16 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pretrain-epochs", type=float, default=d.pretrain_epochs,
                    help="deterministic training before conversion (0 for a trained checkpoint)")
     r.add_argument("--pretrain-lr", type=float, default=d.pretrain_lr)
-    r.add_argument("--fractions", type=_fractions, default=PAPER_FRACTIONS,
-                   help="cumulative fixed fractions, comma separated, ending in 1.0")
+    r.add_argument("--fractions", type=_fractions, default=None,
+                   help=f"cumulative fixed fractions, comma separated, ending in 1.0 (pwfn: {PAPER_FRACTIONS})")
     r.add_argument("--first-epochs", type=float, default=d.first_round_epochs, help="training before round 0")
     r.add_argument("--epochs", type=float, default=d.epochs_per_round, help="training before each later round")
-    r.add_argument("--lr", type=float, default=d.lr)
+    r.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="sgd (pwfn) / adam (wfn)")
+    r.add_argument("--lr", type=float, default=None, help=f"learning rate (pwfn: {d.lr}, wfn: 2e-5)")
     r.add_argument("--momentum", type=float, default=d.momentum)
     r.add_argument("--weight-decay", type=float, default=d.weight_decay)
     r.add_argument("--grad-clip", type=float, default=d.grad_clip)
     r.add_argument("--batch-size", type=int, default=d.batch_size)
-    r.add_argument("--sigma-init", choices=["pwfn", "constant"], default=d.sigma_init)
+    r.add_argument("--sigma-init", choices=["pwfn", "constant"], default=None)
     r.add_argument("--sigma-join", choices=SIGMA_JOINS, default="std_mu")
     r.add_argument("--no-zero-fix", action="store_true", help="turn off zero_fix")
     r.add_argument("--seed", type=int, default=d.seed)
@@ -66,13 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(a) -> RunConfig:
-    return RunConfig(model=a.model, dataset=a.dataset, data_root=a.data_root, image_size=a.image_size,
-                     in_chans=a.in_chans, pretrained=a.pretrained, checkpoint=a.checkpoint,
-                     pretrain_epochs=a.pretrain_epochs, pretrain_lr=a.pretrain_lr, fractions=a.fractions,
-                     first_round_epochs=a.first_epochs, epochs_per_round=a.epochs, lr=a.lr,
-                     momentum=a.momentum, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
-                     batch_size=a.batch_size, sigma_init=a.sigma_init, seed=a.seed, device=a.device, threads=a.threads,
-                     cluster=ClusterConfig(sigma_join=a.sigma_join, zero_fix=not a.no_zero_fix))
+    fields = dict(model=a.model, dataset=a.dataset, data_root=a.data_root, image_size=a.image_size,
+                  in_chans=a.in_chans, pretrained=a.pretrained, checkpoint=a.checkpoint,
+                  pretrain_epochs=a.pretrain_epochs, pretrain_lr=a.pretrain_lr, fractions=a.fractions,
+                  first_round_epochs=a.first_epochs, epochs_per_round=a.epochs, optimizer=a.optimizer, lr=a.lr,
+                  momentum=a.momentum, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
+                  batch_size=a.batch_size, sigma_init=a.sigma_init, seed=a.seed, device=a.device,
+                  threads=a.threads, wfn_delta=a.wfn_delta,
+                  cluster=ClusterConfig(sigma_join=a.sigma_join, zero_fix=not a.no_zero_fix))
+    given = {k: v for k, v in fields.items() if v is not None}   # unset options keep the method's defaults
+    return RunConfig.wfn(**given) if a.method == "wfn" else RunConfig(**given)
 
 
 def main(argv=None) -> int:

@@ -36,15 +36,19 @@ from .clustering import ClusterConfig, cluster_round
 from .data import create_dataset, make_loader
 from .metrics import codebook_stats, evaluate, layer_table
 from .models import create_model, load_checkpoint
+from .wfn import WFN_FRACTIONS, wfn_allowance, wfn_round
 from .record import (FORMAT_VERSION, Run, atomic_append_csv, atomic_save_tensors, atomic_write_text,
                      load_run, round_file, snapshot_tensors, state_dict_from_snapshot)
 
 PAPER_FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0)
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run. Training settings default to the paper's (section 4)."""
+    """Everything that defines a run. Training settings default to the paper's (section 4);
+    ``RunConfig.wfn()`` gives the value-only WFN baseline's (section 8)."""
+    method: str = "pwfn"                     # how a round fixes weights: see METHODS
     model: str = "digits_cnn"
     dataset: str = "digits"
     data_root: str | None = None
@@ -58,6 +62,7 @@ class RunConfig:
     fractions: tuple = PAPER_FRACTIONS
     first_round_epochs: float = 0.05         # training before round 0, in epochs
     epochs_per_round: float = 3              # training before every later round
+    optimizer: str = "sgd"                   # sgd | adam
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -68,6 +73,7 @@ class RunConfig:
     reg_lambda: float = bayes.REG_LAMBDA
     reg_cap: float = bayes.REG_CAP
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    wfn_delta: float = 0.01                  # WFN: final relative-distance allowance
     seed: int = 0
     device: str = "auto"                     # auto: cuda when present, else cpu
     threads: int = 0                         # CPU threads; 0: 1 for models under 1M weights, else torch's
@@ -86,6 +92,17 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; available: {sorted(METHODS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; available: {sorted(OPTIMIZERS)}")
+
+    @classmethod
+    def wfn(cls, **overrides) -> "RunConfig":
+        """The WFN baseline's settings: its schedule, Adam at 2e-5, no uncertainty (sigma 0, no
+        regulariser). Same model, data and pre-training fields as any run."""
+        return cls(**{"method": "wfn", "fractions": WFN_FRACTIONS, "optimizer": "adam", "lr": 2e-5,
+                      "sigma_init": "constant", "sigma_init_value": 0.0, "reg_lambda": 0.0, **overrides})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,6 +116,20 @@ class RunConfig:
         return cls(**d)
 
 
+def _pwfn_round(mu, sigma, fixed, fraction, r, config):
+    return cluster_round(mu, sigma, fraction, config=config.cluster, round_index=r)
+
+
+def _wfn_round(mu, sigma, fixed, fraction, r, config):
+    allowance = wfn_allowance(r, len(config.fractions), config.wfn_delta)
+    return wfn_round(mu, fixed, fraction, allowance, sigma=sigma, b=config.cluster.b,
+                     max_order=config.cluster.max_order, round_index=r)
+
+
+# How a round decides which weights to fix: fn(mu, sigma, fixed, fraction, round_index, config).
+METHODS = {"pwfn": _pwfn_round, "wfn": _wfn_round}
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,7 +139,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum: float, weight_decay: float,
-                grad_clip: float, device, bayesian: bool, reg_lambda: float = bayes.REG_LAMBDA,
+                grad_clip: float, device, bayesian: bool, optimizer: str = "sgd", reg_lambda: float = bayes.REG_LAMBDA,
                 reg_cap: float = bayes.REG_CAP, progress: bool = True, desc: str = "train") -> float:
     """SGD for ``epochs`` (fractions allowed, at least one step) with a fresh optimiser; returns the
     mean loss. Bayesian models add the sigma regulariser and decay that spares fixed weights."""
@@ -116,7 +147,8 @@ def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum:
     if n_steps == 0:
         return math.nan
     groups = bayes.param_groups(model, weight_decay) if bayesian else model.parameters()
-    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=0.0 if bayesian else weight_decay)
+    extra = {"momentum": momentum} if optimizer == "sgd" else {}
+    opt = OPTIMIZERS[optimizer](groups, lr=lr, weight_decay=0.0 if bayesian else weight_decay, **extra)
     model.train()
     total, done = 0.0, 0
     bar = tqdm(total=n_steps, desc=desc, leave=False, disable=not progress)
@@ -255,14 +287,15 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
         torch.manual_seed(config.seed * 1_000_003 + r)   # each round reproducible on its own
         loader = make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed * 1_000_003 + r)
         epochs = config.first_round_epochs if r == 0 else config.epochs_per_round
-        train_loss = train_steps(model, loader, epochs, bayesian=True, reg_lambda=config.reg_lambda,
+        train_loss = train_steps(model, loader, epochs, bayesian=True, optimizer=config.optimizer,
+                                 reg_lambda=config.reg_lambda,
                                  reg_cap=config.reg_cap, desc=f"round {r} train", **train_kw)
         before = evaluate(model, test_loader, device)
         mu, sigma, fixed = bayes.flat_state(model)
         pre = {}
         for t in bayes.bayes_tensors(model):
             pre[f"mu/{t.name}"], pre[f"sigma/{t.name}"], pre[f"fixed/{t.name}"] = t.value, t.sigma.detach().clone(), t.fixed.clone()
-        result = cluster_round(mu, sigma, fraction, config=config.cluster, round_index=r)
+        result = METHODS[config.method](mu, sigma, fixed, fraction, r, config)
         bayes.load_flat_state(model, result.mu, result.sigma, result.fixed_mask)
         after = evaluate(model, test_loader, device)
         stats = codebook_stats(result.mu)
