@@ -183,7 +183,10 @@ def _init_kmeanspp(xs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
     block_sums = d2.reshape(n_blocks, block).sum(axis=1)
     chosen = [float(first)]  # kept sorted
     while len(chosen) < k:
-        c = xs[_draw_d2(d2, block_sums, block, rng)]
+        if block_sums.sum() > 0:
+            c = xs[_draw_d2(d2, block_sums, block, rng)]
+        else:  # the unchosen values are so close to centres that their squares underflow to 0
+            c = rng.choice(np.setdiff1d(xs, chosen))
         j = bisect.bisect_left(chosen, c)
         left = chosen[j - 1] / 2 + c / 2 if j > 0 else -np.inf
         right = c / 2 + chosen[j] / 2 if j < len(chosen) else np.inf
@@ -197,10 +200,8 @@ def _init_kmeanspp(xs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
 
 
 def _draw_d2(d2: np.ndarray, block_sums: np.ndarray, block: int, rng: np.random.Generator) -> int:
-    """Index drawn with probability proportional to d2 (never one with d2 == 0)."""
+    """Index drawn with probability proportional to d2 (never one with d2 == 0; sum > 0)."""
     cum = np.cumsum(block_sums)
-    if cum[-1] <= 0:  # distinct values closer than sqrt(tiniest float): pick any unchosen one
-        return int(rng.choice(np.flatnonzero(d2 == 0)))  # pragma: no cover - denormal data only
     r = rng.random() * cum[-1]
     bi = min(int(np.searchsorted(cum, r, "right")), len(cum) - 1)
     if block_sums[bi] <= 0:  # r rounded up to the total
@@ -311,7 +312,7 @@ def _boundaries(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
         up = pos < n  # first value above the boundary, but at least as close to lo
         up[up] = (xs[pos[up]] - lo[up]) <= (hi[up] - xs[pos[up]])
         down = pos > 0  # last value below the boundary, but closer to hi
-        down[down] = (xs[pos[down] - 1] - lo[down]) >= (hi[down] - xs[pos[down] - 1])
+        down[down] = (xs[pos[down] - 1] - lo[down]) > (hi[down] - xs[pos[down] - 1])
         if not (up.any() or down.any()):
             break
         pos[up] = np.searchsorted(xs, xs[pos[up]], side="right")
@@ -325,7 +326,7 @@ def _boundaries(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 def _lloyd(xs, c, *, zero_fixed, max_iter, tol_abs):
     """Lloyd iterations on sorted xs from sorted centres c. Returns (centres, n_iter, converged)."""
-    n, k = len(xs), len(c)
+    n = len(xs)
     shift = xs.mean()  # prefix sums of centred values, in extended precision where available
     prefix = np.concatenate([[0.0], np.cumsum(xs - shift, dtype=np.longdouble)])
     prev_pos, n_iter, converged = None, 0, False
@@ -541,7 +542,7 @@ def _scope_global(arrays, cluster):
     res = cluster(np.concatenate([a.reshape(-1) for a in arrays.values()]), "all tensors")
     edges = np.cumsum([0] + [a.size for a in arrays.values()])
     flat = res.labels.reshape(-1)
-    labels = {name: flat[edges[i]:edges[i + 1]].reshape(a.shape)
+    labels = {name: flat[edges[i]:edges[i + 1]].reshape(a.shape).clone()
               for i, (name, a) in enumerate(arrays.items())}
     return {name: res.centres for name in arrays}, labels
 
