@@ -211,6 +211,29 @@ class Run:
         """One row per round: fraction fixed, accuracy before/after the snap, unique values, entropy."""
         return pd.DataFrame(self.meta["rounds"]).set_index("round")
 
+    def _fresh_model(self) -> torch.nn.Module:
+        from .models import create_model
+        spec = self.meta["model_spec"]
+        return create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
+                            **spec.get("kwargs", {}))
+
+    def _tensors_at(self, round_index: int | None) -> dict[str, torch.Tensor]:
+        if round_index is None:
+            return self.start
+        if not -len(self.rounds) <= round_index < len(self.rounds):
+            raise IndexError(f"round {round_index} not recorded; this run has rounds 0..{len(self.rounds) - 1}")
+        return self.rounds[round_index].tensors
+
+    def plain_model_at(self, round_index: int | None = None, model: torch.nn.Module | None = None) -> torch.nn.Module:
+        """A plain PyTorch network (no pwfn_viz layers) whose weights are the mean weights after
+        round ``round_index`` (None: the starting network before round 0), in eval mode."""
+        model = model if model is not None else self._fresh_model()
+        tensors = self._tensors_at(round_index)
+        sd = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
+        sd.update({k[len("mu/"):]: v for k, v in tensors.items() if k.startswith("mu/")})
+        model.load_state_dict(sd)
+        return model.eval()
+
     def model_at(self, round_index: int | None = None, model: torch.nn.Module | None = None) -> torch.nn.Module:
         """The converted network after round ``round_index`` (None: before round 0), in eval mode.
 
@@ -218,18 +241,8 @@ class Run:
         run's config with :func:`pwfn_viz.models.create_model`.
         """
         from .bayes import convert
-        if model is None:
-            from .models import create_model
-            spec = self.meta["model_spec"]
-            model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
-                                 **spec.get("kwargs", {}))
-        if round_index is None:
-            tensors = self.start
-        else:
-            if not -len(self.rounds) <= round_index < len(self.rounds):
-                raise IndexError(f"round {round_index} not recorded; this run has rounds 0..{len(self.rounds) - 1}")
-            tensors = self.rounds[round_index].tensors
-        model = convert(model, "constant", value=0.0)
+        tensors = self._tensors_at(round_index)
+        model = convert(model if model is not None else self._fresh_model(), "constant", value=0.0)
         model.load_state_dict(state_dict_from_snapshot(tensors))
         return model.eval()
 

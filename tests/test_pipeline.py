@@ -166,3 +166,14 @@ def test_module_entry_point_lists_models():
     out = subprocess.run([sys.executable, "-m", "pwfn_viz", "list"], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout
     assert "digits_cnn" in out and "digits" in out
+
+
+def test_plain_model_equals_converted_model(quick_run):
+    x = torch.randn(16, 1, 8, 8)
+    for i in (None, 0, -1):
+        plain = quick_run.plain_model_at(i)
+        assert not any(hasattr(m, "_pwfn_names") for m in plain.modules())
+        with torch.no_grad():
+            assert torch.equal(plain(x), quick_run.model_at(i)(x))
+    with pytest.raises(IndexError, match="rounds 0..2"):
+        quick_run.model_at(7)
