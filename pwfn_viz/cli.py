@@ -4,10 +4,13 @@
     pwfn-viz run --model resnet18 --dataset digits --image-size 32 --in-chans 3 --epochs 1
     pwfn-viz run --resume runs/digits_cnn-digits-20261126-120000
     pwfn-viz show runs/digits_cnn-digits-20261126-120000
+    pwfn-viz analyse runs/digits_cnn-digits-20261126-120000 --out figures/   # noise + calibration
+    pwfn-viz export runs/digits_cnn-digits-20261126-120000                   # codebook + packed indices
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .clustering import SIGMA_JOINS, ClusterConfig
@@ -19,6 +22,16 @@ def _fractions(text: str) -> tuple:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--fractions wants comma-separated numbers like 0.5,1.0, got {text!r}")
+
+
+def _round(text: str):
+    """A round index, or 'start' (None: the network before round 0)."""
+    if text == "start":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--round wants an integer (e.g. -1, the last round) or 'start', got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=d.seed)
     r.add_argument("--device", default=d.device, help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     r.add_argument("--threads", type=int, default=d.threads, help="CPU threads (0: automatic)")
+    r.add_argument("--preset", default=None, help="paper preset, e.g. resnet18-imagenet (see `pwfn-viz list`)")
+    r.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
+    r.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    r.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     r.add_argument("--out", default=None, help="run directory (default runs/<model>-<dataset>-<time>)")
     r.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted run")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -63,6 +80,32 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print the per-round table of a run directory")
     s.add_argument("run_dir")
     s.add_argument("--layers", action="store_true", help="also the per-layer table of the last round")
+
+    c = sub.add_parser("compare", help="k-means at the same unique values / entropy as a finished run")
+    c.add_argument("run_dir")
+    c.add_argument("--no-finetune", action="store_true", help="skip fine-tuning the k-means centroids")
+    c.add_argument("--init", default="kmeans++", help="k-means init: kmeans++, linear, random, density")
+    c.add_argument("--scope", default="global", help="one codebook: global; per tensor: layer; per output channel: channel")
+    c.add_argument("--keep-zero", action="store_true", help="k-means keeps one centre at exactly 0")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
+    c.add_argument("--csv", default=None, metavar="FILE", help="also write the table to FILE")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    an = sub.add_parser("analyse", help="noise resilience and calibration of a run (METHOD.md section 6)")
+    an.add_argument("run_dir")
+    an.add_argument("--samples", type=int, default=8, help="weight samples per noise kind")
+    an.add_argument("--round", type=_round, default=-1, help="round index (default -1: the last; 'start': before round 0)")
+    an.add_argument("--which", choices=["pre", "post"], default="pre", help="the round's mu/sigma before (default) or after its snap")
+    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
+    an.add_argument("--out", default=None, metavar="DIR", help="write reliability/noise figures (png, pdf) to DIR")
+    an.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    ex = sub.add_parser("export", help="write the fixed network as a codebook plus bit-packed indices (safetensors)")
+    ex.add_argument("run_dir")
+    ex.add_argument("--out", default=None, metavar="FILE", help="output file (default RUN_DIR/export.safetensors)")
+    ex.add_argument("--round", type=int, default=-1, help="round to export (default -1: the last; every weight must be fixed)")
 
     lst = sub.add_parser("list", help="list models and datasets")
     lst.add_argument("pattern", nargs="?", default="*", help="model name pattern, e.g. 'resnet*'")
@@ -78,7 +121,11 @@ def _config(a) -> RunConfig:
                   batch_size=a.batch_size, sigma_init=a.sigma_init, seed=a.seed, device=a.device,
                   threads=a.threads, wfn_delta=a.wfn_delta,
                   cluster=ClusterConfig(sigma_join=a.sigma_join, zero_fix=not a.no_zero_fix))
+    fields.update(amp=a.amp, channels_last=a.channels_last or None, compile=a.compile or None)
     given = {k: v for k, v in fields.items() if v is not None}   # unset options keep the method's defaults
+    if a.preset:  # the preset's fields win over the parser's defaults, options given explicitly over both
+        explicit = {k: v for k, v in given.items() if v != getattr(RunConfig(), k, None)}
+        return RunConfig.from_preset(a.preset, **explicit)
     return RunConfig.wfn(**given) if a.method == "wfn" else RunConfig(**given)
 
 
@@ -90,8 +137,10 @@ def main(argv=None) -> int:
             from .pipeline import run
             result = run(None if args.resume else _config(args), args.out, resume=args.resume,
                          progress=not args.quiet)
-            print(result.table()[["fraction", "top1_before", "top1_after", "unique", "unique_nonzero",
-                                  "entropy", "entropy_nonzero"]].to_string(float_format=lambda v: f"{v:.3f}"))
+            if int(os.environ.get("RANK", "0")) == 0:   # under torchrun only rank 0 prints
+                columns = ["fraction", "top1_before", "top1_after", "unique", "unique_nonzero", "entropy",
+                           "entropy_nonzero"]
+                print(result.table()[columns].to_string(float_format=lambda v: f"{v:.3f}"))
         elif args.command == "show":
             from .record import load_run
             result = load_run(args.run_dir)
@@ -100,11 +149,37 @@ def main(argv=None) -> int:
                 print(result.table().to_string(float_format=lambda v: f"{v:.3f}"))
                 if args.layers and result.rounds:
                     print(result.rounds[-1].layers.to_string(float_format=lambda v: f"{v:.4g}"))
+        elif args.command == "compare":
+            from .compare import compare
+            result = compare(args.run_dir, init=args.init, scope=args.scope, finetune=not args.no_finetune,
+                             seed=args.seed, keep_zero=args.keep_zero, device=args.device, progress=not args.quiet)
+            print(repr(result))
+            print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            if args.csv:
+                result.table.to_csv(args.csv, index=False)
+                print(f"wrote {args.csv}")
+        elif args.command == "analyse":
+            from .analyse import analyse
+            result = analyse(args.run_dir, round_index=args.round, which=args.which, n_samples=args.samples,
+                             seed=args.seed, device=args.device, progress=not args.quiet)
+            print(repr(result))
+            print("top1, top1_std, ece in %; nll in nats")
+            print(result.summary.to_string(float_format=lambda v: f"{v:.3f}"))
+            if args.out:
+                from .viz.analyse_plots import save_figures
+                for path in save_figures(result, args.out):
+                    print(f"wrote {path}")
+        elif args.command == "export":
+            from pathlib import Path
+            from .export import export_run
+            print(export_run(args.run_dir, args.out or Path(args.run_dir) / "export.safetensors", args.round))
         elif args.command == "list":
             from .data import list_datasets
             from .models import list_models
             print("models:  ", ", ".join(list_models(args.pattern)))
             print("datasets:", ", ".join(list_datasets()))
+            from .presets import PRESETS
+            print("presets: ", ", ".join(sorted(PRESETS)))
     except (ValueError, FileNotFoundError, FileExistsError, IndexError) as err:
         print(f"pwfn-viz: error: {err}", file=sys.stderr)
         return 2

@@ -17,22 +17,31 @@ from .bayes import bayes_tensors, quantile
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device="cpu") -> dict:
+def evaluate(model: nn.Module, loader, device="cpu", *, reduce=None, autocast=None) -> dict:
     """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` in eval mode (mean
-    weights). The model's train/eval mode is restored afterwards."""
+    weights). The model's train/eval mode is restored afterwards.
+
+    ``reduce`` sums the counts across processes (distributed evaluation over shards);
+    ``autocast`` is a context-manager factory for mixed precision."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = total = 0
     loss_sum = 0.0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        out = model(x)
+        if autocast is not None:
+            with autocast():
+                out = model(x).float()
+        else:
+            out = model(x)
         loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
         top = out.topk(min(5, out.shape[1]), dim=1).indices
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         total += y.numel()
     model.train(was_training)
+    if reduce is not None:
+        correct1, correct5, loss_sum, total = reduce([correct1, correct5, loss_sum, total])
     if total == 0:
         raise ValueError("the evaluation loader yielded no samples")
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total}

@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -31,7 +32,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import bayes
+from . import bayes, distributed
 from .clustering import ClusterConfig, cluster_round
 from .data import create_dataset, make_loader
 from .metrics import codebook_stats, evaluate, layer_table
@@ -77,6 +78,11 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"                     # auto: cuda when present, else cpu
     threads: int = 0                         # CPU threads; 0: 1 for models under 1M weights, else torch's
+    amp: str | None = None                   # mixed precision: bf16 | fp16 (autocast; fp16 with a GradScaler)
+    channels_last: bool = False
+    compile: bool = False                    # torch.compile the training forward
+    compile_backend: str = "inductor"
+    preset: str | None = None                # the paper preset this config came from (see presets.py)
 
     def __post_init__(self):
         if isinstance(self.cluster, dict):
@@ -94,8 +100,17 @@ class RunConfig:
             raise ValueError("batch_size must be >= 1 and lr > 0")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; available: {sorted(METHODS)}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp={self.amp!r}: use None, 'bf16' or 'fp16'")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; available: {sorted(OPTIMIZERS)}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "RunConfig":
+        """A paper preset (``presets.PRESETS``), e.g. ``RunConfig.from_preset("resnet18-imagenet",
+        data_root="/data/imagenet")``."""
+        from .presets import preset
+        return cls(**{**preset(name), "preset": name, **overrides})
 
     @classmethod
     def wfn(cls, **overrides) -> "RunConfig":
@@ -140,31 +155,47 @@ def resolve_device(device: str) -> torch.device:
 
 def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum: float, weight_decay: float,
                 grad_clip: float, device, bayesian: bool, optimizer: str = "sgd", reg_lambda: float = bayes.REG_LAMBDA,
-                reg_cap: float = bayes.REG_CAP, progress: bool = True, desc: str = "train") -> float:
-    """SGD for ``epochs`` (fractions allowed, at least one step) with a fresh optimiser; returns the
-    mean loss. Bayesian models add the sigma regulariser and decay that spares fixed weights."""
+                reg_cap: float = bayes.REG_CAP, progress: bool = True, desc: str = "train",
+                forward: nn.Module | None = None, autocast=None, scaler=None, channels_last: bool = False) -> float:
+    """SGD (or Adam) for ``epochs`` (fractions allowed, at least one step) with a fresh optimiser;
+    returns the mean task loss. Bayesian models add the sigma regulariser and the decay that spares
+    fixed weights. ``forward`` is the module to call (a DDP or compiled wrapper of ``model``);
+    ``autocast``/``scaler`` enable mixed precision."""
     n_steps = max(1, round(epochs * len(loader))) if epochs > 0 else 0
     if n_steps == 0:
         return math.nan
+    forward = forward or model
     groups = bayes.param_groups(model, weight_decay) if bayesian else model.parameters()
     extra = {"momentum": momentum} if optimizer == "sgd" else {}
     opt = OPTIMIZERS[optimizer](groups, lr=lr, weight_decay=0.0 if bayesian else weight_decay, **extra)
     model.train()
-    total, done = 0.0, 0
+    total, done, epoch = 0.0, 0, 0
     bar = tqdm(total=n_steps, desc=desc, leave=False, disable=not progress)
     while done < n_steps:
+        if hasattr(loader.sampler, "set_epoch"):   # DistributedSampler: a new order every pass
+            loader.sampler.set_epoch(epoch)
+        epoch += 1
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            loss = nn.functional.cross_entropy(model(x), y)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                loss = nn.functional.cross_entropy(forward(x).float(), y)
             total += loss.item()
             if bayesian:
                 loss = loss + bayes.sigma_regulariser(model, reg_lambda, reg_cap) \
                     + bayes.masked_weight_decay(model, weight_decay)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
             if grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
+            scaler.step(opt) if scaler is not None else opt.step()
+            if scaler is not None:
+                scaler.update()
             done += 1
             bar.update()
             if done == n_steps:
@@ -202,34 +233,57 @@ class _Log:
             f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}\n")
 
 
+def _prepare_out(config, out_dir, resume, info, verbose):
+    """The run directory and its metadata (None for a new run); rank 0 creates it, and its path is
+    shared with the other ranks."""
+    if resume is not None:
+        out = Path(resume)
+        if not (out / "run.json").exists():
+            raise FileNotFoundError(f"{out / 'run.json'} not found: nothing to resume (start with `pwfn-viz run --out {out}`)")
+        meta = json.loads((out / "run.json").read_text())
+        if info.is_main:
+            for stale in out.glob(".*.tmp"):   # half-written files of the interrupted round
+                stale.unlink()
+        return out, meta
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir) if out_dir else Path("runs") / f"{config.model}-{config.dataset}-{stamp}"
+    if info.enabled:   # every rank must use rank 0's path (timestamps differ)
+        import torch.distributed as dist
+        shared = [str(out)]
+        dist.broadcast_object_list(shared, src=0)
+        out = Path(shared[0])
+    if out.exists() and any(out.iterdir()):   # every rank checks, before rank 0 writes anything
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or continue it with --resume {out}")
+    if info.enabled:
+        import torch.distributed as dist
+        dist.barrier()
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    return out, None
+
+
 def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress: bool = True,
         verbose: bool = True, _stop_after_round: int | None = None) -> Run:
     """Run (or, with ``resume=DIR``, continue) the whole PWFN pipeline; returns the loaded :class:`Run`.
 
-    ``out_dir`` defaults to ``runs/<model>-<dataset>-<timestamp>``; it must be new or empty.
+    ``out_dir`` defaults to ``runs/<model>-<dataset>-<timestamp>``; it must be new or empty. Under
+    ``torchrun`` the work is spread over the processes (see :mod:`pwfn_viz.distributed`).
     """
-    if resume is not None:
-        out = Path(resume)
-        meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
-        if meta is None:
-            raise FileNotFoundError(f"{out / 'run.json'} not found: nothing to resume (start with `pwfn-viz run --out {out}`)")
-        if meta.get("status") == "complete":
-            if verbose:
-                print(f"{out} is already complete ({len(meta['rounds'])} rounds)")
-            return load_run(out)
-        config = RunConfig.from_dict(meta["config"])
-        for stale in out.glob(".*.tmp"):   # half-written files of the interrupted round
-            stale.unlink()
-    else:
-        config = config or RunConfig()
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path(out_dir) if out_dir else Path("runs") / f"{config.model}-{config.dataset}-{stamp}"
-        if out.exists() and any(out.iterdir()):
-            raise FileExistsError(f"{out} exists and is not empty; choose another --out or continue it with --resume {out}")
-        out.mkdir(parents=True, exist_ok=True)
-        meta = None
+    config = config or RunConfig()
+    if resume is not None and (Path(resume) / "run.json").exists():
+        config = RunConfig.from_dict(json.loads((Path(resume) / "run.json").read_text())["config"])
     device = resolve_device(config.device)
-    log = _Log(out / "log.txt", verbose)
+    info = distributed.setup(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    out, meta = _prepare_out(config, out_dir, resume, info, verbose)
+    if meta is not None and meta.get("status") == "complete":
+        if verbose and info.is_main:
+            print(f"{out} is already complete ({len(meta['rounds'])} rounds)")
+        return load_run(out)
+    main = info.is_main
+    log = _Log(out / "log.txt", verbose) if main else (lambda line: None)
+    write = main   # only rank 0 writes the record
     torch.manual_seed(config.seed)
 
     data = create_dataset(config.dataset, root=config.data_root, image_size=config.image_size,
@@ -239,37 +293,57 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
     if config.model in ("digits_mlp",) and "image_size" not in spec["kwargs"]:
         spec["kwargs"]["image_size"] = data.image_size
     model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
-                         pretrained=config.pretrained if meta is None else False, **spec["kwargs"]).to(device)
+                         pretrained=config.pretrained if meta is None else False, **spec["kwargs"])
     if device.type == "cpu":  # small models: thread start-up costs more than it saves
         small = sum(p.numel() for p in model.parameters()) < 1_000_000
         torch.set_num_threads(config.threads or (1 if small else torch.get_num_threads()))
-    test_loader = make_loader(data.test, batch_size=max(256, config.batch_size), shuffle=False)
+    test_loader = make_loader(distributed.eval_shard(data.test, info), batch_size=max(256, config.batch_size))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else None
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    reduce = (lambda values: distributed.sum_across(values, info)) if info.enabled else None
+    evaluate_now = lambda: evaluate(model, test_loader, device, reduce=reduce, autocast=autocast)  # noqa: E731
+
+    def wrapped():
+        """The module training calls: DDP and/or compiled around ``model`` (re-made after conversion)."""
+        fwd = model
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            fwd = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return torch.compile(fwd, backend=config.compile_backend) if config.compile else fwd
+
     train_kw = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                    grad_clip=config.grad_clip, device=device, progress=progress)
+                    grad_clip=config.grad_clip, device=device, progress=progress and main,
+                    autocast=autocast, scaler=scaler, channels_last=config.channels_last)
 
     if meta is None:  # a new run: pre-train, convert, record the start
         if config.checkpoint:
             load_checkpoint(model, config.checkpoint)
+        model.to(device)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
         if config.pretrain_epochs > 0:
-            loader = make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed)
-            train_steps(model, loader, config.pretrain_epochs, bayesian=False,
+            loader = distributed.train_loader(data.train, config.batch_size, config.seed, info)
+            train_steps(model, loader, config.pretrain_epochs, bayesian=False, forward=wrapped(),
                         **{**train_kw, "lr": config.pretrain_lr}, desc="pre-train")
-        baseline = evaluate(model, test_loader, device)
+        baseline = evaluate_now()
         n_params = sum(p.numel() for p in model.parameters())
         bayes.convert(model, config.sigma_init, **({"value": config.sigma_init_value}
                                                    if config.sigma_init == "constant" else {}))
         n_conv = sum(t.mu.numel() for t in bayes.bayes_tensors(model))
-        atomic_save_tensors(out / "start.safetensors", snapshot_tensors(model))
         meta = {"format_version": FORMAT_VERSION, "status": "running", "config": config.to_dict(),
                 "model_spec": spec, "versions": _versions(), "device": str(device),
                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-                "seed": config.seed, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                "world_size": info.world_size, "seed": config.seed,
+                "created": datetime.datetime.now().isoformat(timespec="seconds"),
                 "n_params": n_params, "n_converted": n_conv,
                 "tensors": {t.name: list(t.mu.shape) for t in bayes.bayes_tensors(model)},
                 "baseline": baseline, "rounds": []}
-        atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
-        log(f"{config.model} on {config.dataset} ({device}): {n_conv:,} converted weights; "
-            f"unquantised top-1 {baseline['top1']:.2f}, top-5 {baseline['top5']:.2f}")
+        if write:
+            atomic_save_tensors(out / "start.safetensors", snapshot_tensors(model))
+            atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
+        log(f"{config.model} on {config.dataset} ({device}{f' x {info.world_size}' if info.enabled else ''}): "
+            f"{n_conv:,} converted weights; unquantised top-1 {baseline['top1']:.2f}, top-5 {baseline['top5']:.2f}")
     else:  # resume: rebuild the model as it was after the last completed round
         done = meta["rounds"]
         snap = out / (round_file(done[-1]["round"]) if done else "start.safetensors")
@@ -277,42 +351,52 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
         bayes.convert(model, "constant", value=0.0)
         model.load_state_dict(state_dict_from_snapshot(load_file(str(snap))))
         model.to(device)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
         log(f"resuming {out} after round {done[-1]['round'] if done else '(none)'}")
+    forward = wrapped()
 
     first = len(meta["rounds"])
-    bar = tqdm(total=len(config.fractions), initial=first, desc="rounds", disable=not progress)
+    bar = tqdm(total=len(config.fractions), initial=first, desc="rounds", disable=not (progress and main))
     for r in range(first, len(config.fractions)):
         fraction = config.fractions[r]
         t0 = time.time()
-        torch.manual_seed(config.seed * 1_000_003 + r)   # each round reproducible on its own
-        loader = make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed * 1_000_003 + r)
+        torch.manual_seed(config.seed * 1_000_003 + r * 7919 + info.rank)   # each round reproducible on its own
+        loader = distributed.train_loader(data.train, config.batch_size, config.seed * 1_000_003 + r, info)
         epochs = config.first_round_epochs if r == 0 else config.epochs_per_round
         train_loss = train_steps(model, loader, epochs, bayesian=True, optimizer=config.optimizer,
-                                 reg_lambda=config.reg_lambda,
-                                 reg_cap=config.reg_cap, desc=f"round {r} train", **train_kw)
-        before = evaluate(model, test_loader, device)
+                                 reg_lambda=config.reg_lambda, reg_cap=config.reg_cap, forward=forward,
+                                 desc=f"round {r} train", **train_kw)
+        before = evaluate_now()
         mu, sigma, fixed = bayes.flat_state(model)
         pre = {}
         for t in bayes.bayes_tensors(model):
             pre[f"mu/{t.name}"], pre[f"sigma/{t.name}"], pre[f"fixed/{t.name}"] = t.value, t.sigma.detach().clone(), t.fixed.clone()
-        result = METHODS[config.method](mu, sigma, fixed, fraction, r, config)
-        bayes.load_flat_state(model, result.mu, result.sigma, result.fixed_mask)
-        after = evaluate(model, test_loader, device)
-        stats = codebook_stats(result.mu)
-        metrics = {"round": r, "fraction": fraction, "n_fixed": int(result.fixed_mask.sum()),
+        # Rank 0 clusters; the others receive its result, so every rank holds the same network.
+        result = METHODS[config.method](mu, sigma, fixed, fraction, r, config) if main else None
+        new_mu, new_sigma = (result.mu, result.sigma) if main else (torch.empty_like(mu), torch.empty_like(sigma))
+        new_fixed = result.fixed_mask.to(torch.uint8) if main else torch.empty_like(fixed, dtype=torch.uint8)
+        distributed.broadcast_([new_mu, new_sigma, new_fixed], info)
+        bayes.load_flat_state(model, new_mu, new_sigma, new_fixed.bool())
+        after = evaluate_now()
+        identical = distributed.ranks_identical(model, info)
+        stats = codebook_stats(new_mu)
+        metrics = {"round": r, "fraction": fraction, "n_fixed": int(new_fixed.sum()),
                    "top1_before": before["top1"], "top1_after": after["top1"],
                    "top5_before": before["top5"], "top5_after": after["top5"],
                    "loss_before": before["loss"], "loss_after": after["loss"], "train_loss": train_loss,
-                   **stats, "n_centres": len(result.centres), "n_steps": len(result.steps),
-                   "seconds": round(time.time() - t0, 3)}
-        # Write the round: tensors and tables first, run.json last (the commit point for resume).
-        atomic_save_tensors(out / round_file(r), snapshot_tensors(model, pre))
-        atomic_append_csv(out / "steps.csv", result.steps)
-        atomic_append_csv(out / "layers.csv", layer_table(model).assign(round=r))
+                   **stats, "n_centres": len(result.centres) if main else None,
+                   "n_steps": len(result.steps) if main else None, "seconds": round(time.time() - t0, 3)}
+        if info.enabled:
+            metrics["ranks_identical"] = identical
         meta["rounds"].append(metrics)
         if r == len(config.fractions) - 1:
             meta["status"] = "complete"
-        atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
+        if write:  # tensors and tables first, run.json last: the commit point for --resume
+            atomic_save_tensors(out / round_file(r), snapshot_tensors(model, pre))
+            atomic_append_csv(out / "steps.csv", result.steps)
+            atomic_append_csv(out / "layers.csv", layer_table(model).assign(round=r))
+            atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
         log(format_round(metrics))
         bar.update()
         if _stop_after_round is not None and r >= _stop_after_round:
@@ -322,4 +406,9 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
         final = meta["rounds"][-1]
         log(f"done: top-1 {meta['baseline']['top1']:.2f} unquantised -> {final['top1_after']:.2f} with "
             f"{final['unique']} unique values ({final['entropy_nonzero']:.2f} bits w/o 0); record in {out}")
+        if config.preset:
+            from .presets import PUBLISHED
+            for line in PUBLISHED.get(config.preset, []):
+                log(f"published ({config.preset}): {line}")
+    distributed.cleanup(info)
     return load_run(out)
