@@ -95,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     an = sub.add_parser("analyse", help="noise resilience and calibration of a run (METHOD.md section 6)")
     an.add_argument("run_dir")
     an.add_argument("--samples", type=int, default=8, help="weight samples per noise kind")
-    an.add_argument("--round", type=_round, default=-1, help="round index (default -1: the last; 'start': before round 0)")
-    an.add_argument("--which", choices=["pre", "post"], default="pre", help="the round's mu/sigma before (default) or after its snap")
+    an.add_argument("--round", type=_round, default=-1,
+                    help="round index (default -1: the last; 'start': before round 0)")
+    an.add_argument("--which", choices=["pre", "post"], default="pre",
+                    help="the round's mu/sigma before (default) or after its snap")
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
     an.add_argument("--out", default=None, metavar="DIR", help="write reliability/noise figures (png, pdf) to DIR")
@@ -105,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write the fixed network as a codebook plus bit-packed indices (safetensors)")
     ex.add_argument("run_dir")
     ex.add_argument("--out", default=None, metavar="FILE", help="output file (default RUN_DIR/export.safetensors)")
-    ex.add_argument("--round", type=int, default=-1, help="round to export (default -1: the last; every weight must be fixed)")
+    ex.add_argument("--round", type=int, default=-1,
+                    help="round to export (default -1: the last; every weight must be fixed)")
 
     lst = sub.add_parser("list", help="list models and datasets")
     lst.add_argument("pattern", nargs="?", default="*", help="model name pattern, e.g. 'resnet*'")

@@ -294,29 +294,65 @@ def load_numpy_pickle(path: str | Path) -> object:
         return _NumpyOnlyUnpickler(f, encoding="latin1").load()
 
 
-def _cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_bin(path: Path, label_bytes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Binary CIFAR records: ``label_bytes`` label bytes (CIFAR-100: coarse, fine) + 3072 pixels;
+    the last label byte is the label."""
+    rec_len = label_bytes + 3072
     raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size % 3073:
-        raise ValueError(f"{path}: size {raw.size} is not a multiple of 3073 (1 label + 3072 pixel bytes)")
-    rec = raw.reshape(-1, 3073)
-    return rec[:, 1:].reshape(-1, 3, 32, 32), rec[:, 0].astype(np.int64)
+    if raw.size % rec_len:
+        raise ValueError(f"{path}: size {raw.size} is not a multiple of {rec_len} "
+                         f"({label_bytes} label byte(s) + 3072 pixel bytes)")
+    rec = raw.reshape(-1, rec_len)
+    return rec[:, label_bytes:].reshape(-1, 3, 32, 32), rec[:, label_bytes - 1].astype(np.int64)
 
 
-def _cifar_py(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_py(path: Path, label_key: str = "labels") -> tuple[np.ndarray, np.ndarray]:
     entry = load_numpy_pickle(path)
-    if not isinstance(entry, dict) or "data" not in entry or "labels" not in entry:
-        raise ValueError(f"{path}: expected a dict with 'data' and 'labels'")
+    if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
+        raise ValueError(f"{path}: expected a dict with 'data' and {label_key!r}")
     data = np.asarray(entry["data"], dtype=np.uint8)
-    labels = np.asarray(entry["labels"], dtype=np.int64)
+    labels = np.asarray(entry[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise ValueError(f"{path}: data {data.shape} / labels {labels.shape} do not match CIFAR-10 (N, 3072)/(N,)")
+        raise ValueError(f"{path}: data {data.shape} / labels {labels.shape} do not match CIFAR (N, 3072)/(N,)")
     return data.reshape(-1, 3, 32, 32), labels
 
 
-_CIFAR_LAYOUTS = {  # folder -> (reader, train files, test file)
-    "cifar-10-batches-bin": (_cifar_bin, [f"data_batch_{i}.bin" for i in range(1, 6)], "test_batch.bin"),
-    "cifar-10-batches-py": (_cifar_py, [f"data_batch_{i}" for i in range(1, 6)], "test_batch"),
+_CIFAR_LAYOUTS = {  # dataset -> folder -> (reader, train files, test file)
+    "cifar10": {
+        "cifar-10-batches-bin": (_cifar_bin, [f"data_batch_{i}.bin" for i in range(1, 6)], "test_batch.bin"),
+        "cifar-10-batches-py": (_cifar_py, [f"data_batch_{i}" for i in range(1, 6)], "test_batch"),
+    },
+    "cifar100": {
+        "cifar-100-binary": (lambda p: _cifar_bin(p, label_bytes=2), ["train.bin"], "test.bin"),
+        "cifar-100-python": (lambda p: _cifar_py(p, label_key="fine_labels"), ["train"], "test"),
+    },
 }
+
+
+def _cifar(name: str, num_classes: int, root, image_size, in_chans) -> DataBundle:
+    layouts = _CIFAR_LAYOUTS[name]
+    root = _need_root(name, root, " or ".join(f"{d}/" for d in layouts))
+    folder = next((d for d in layouts if (root / d).is_dir()), None)
+    if folder is None:
+        first, *others = layouts
+        raise _missing(root / first, f"(or {', '.join(str(root / o) for o in others)}); get it with "
+                       f"torchvision.datasets.{name.upper()}(root, download=True) on a machine with internet, "
+                       "or extract the binary release into root")
+    reader, train_files, test_file = layouts[folder]
+    for f in [*train_files, test_file]:
+        if not (root / folder / f).is_file():
+            raise _missing(root / folder / f, f"the {name} folder is incomplete: extract the full release again")
+    chans = _check_chans(name, 3, in_chans)
+    tf = ImageTransform(1 / 255, CIFAR10_MEAN, CIFAR10_STD, image_size, chans)
+    train = [reader(root / folder / f) for f in train_files]
+    test = reader(root / folder / test_file)
+
+    def make(x, y):
+        return TensorImageDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), tf)
+
+    classes = CIFAR10_CLASSES if name == "cifar10" else tuple(str(c) for c in range(num_classes))
+    return DataBundle(name, make(np.concatenate([a for a, _ in train]), np.concatenate([b for _, b in train])),
+                      make(*test), num_classes, chans, image_size or 32, classes, CIFAR10_MEAN, CIFAR10_STD)
 
 
 @register_dataset("cifar10")
@@ -325,61 +361,77 @@ def _cifar10(root=None, image_size=None, in_chans=None, seed=0) -> DataBundle:
 
     The binary layout is read directly; the python layout with a numpy-only unpickler.
     """
-    root = _need_root("cifar10", root, "cifar-10-batches-bin/ or cifar-10-batches-py/")
-    folder = next((d for d in _CIFAR_LAYOUTS if (root / d).is_dir()), None)
-    if folder is None:
-        raise _missing(root / "cifar-10-batches-bin",
-                       f"(or {root / 'cifar-10-batches-py'}); get it with torchvision.datasets.CIFAR10(root, "
-                       "download=True) on a machine with internet, or extract the binary CIFAR-10 "
-                       "release into root")
-    reader, train_files, test_file = _CIFAR_LAYOUTS[folder]
-    for f in [*train_files, test_file]:
-        if not (root / folder / f).is_file():
-            raise _missing(root / folder / f, "the CIFAR-10 folder is incomplete: extract the full release again")
-    chans = _check_chans("cifar10", 3, in_chans)
-    tf = ImageTransform(1 / 255, CIFAR10_MEAN, CIFAR10_STD, image_size, chans)
-    train = [reader(root / folder / f) for f in train_files]
-    test = reader(root / folder / test_file)
+    return _cifar("cifar10", 10, root, image_size, in_chans)
 
-    def make(x, y):
-        return TensorImageDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), tf)
 
-    return DataBundle("cifar10", make(np.concatenate([a for a, _ in train]), np.concatenate([b for _, b in train])),
-                      make(*test), 10, chans, image_size or 32, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD)
+@register_dataset("cifar100")
+def _cifar100(root=None, image_size=None, in_chans=None, seed=0) -> DataBundle:
+    """CIFAR-100 (fine labels) from ``root/cifar-100-binary`` or ``root/cifar-100-python``."""
+    return _cifar("cifar100", 100, root, image_size, in_chans)
 
 
 # ----------------------------------------------------------------------------- imagefolder
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _check_split(folder: Path) -> list[str]:
+    """Class folders holding at least one image; a clear error when there are none."""
+    classes = sorted(d.name for d in folder.iterdir()
+                     if d.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))
+    if not classes:
+        raise ValueError(f"{folder} holds no class folder with images: imagefolder wants "
+                         f"{folder}/<class>/<image>{'|'.join(IMAGE_SUFFIXES)}")
+    return classes
+
+
+class _Grey(torch.nn.Module):
+    """3 -> 1 channel (mean of the normalised channels), for in_chans=1 models."""
+
+    def forward(self, x):
+        return x.mean(0, keepdim=True)
+
 
 @register_dataset("imagefolder")
-def _imagefolder(root=None, image_size=None, in_chans=None, seed=0) -> DataBundle:
-    """``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``: resize, centre crop, ImageNet normalisation.
+def _imagefolder(root=None, image_size=None, in_chans=None, seed=0, model_name: str | None = None) -> DataBundle:
+    """``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` through timm's data pipeline.
 
-    ``in_chans=1`` converts to grey (normalised with the mean of the ImageNet statistics).
+    ``timm.data.create_dataset`` reads the folders; ``resolve_data_config`` takes mean, std,
+    interpolation and crop from ``model_name``'s pretrained config (ImageNet defaults otherwise)
+    and ``create_transform`` builds the training (augmented) and evaluation transforms.
+    ``in_chans=1`` averages the normalised channels.
     """
-    from torchvision import datasets, transforms
+    import timm.data
+    import timm.models
 
     root = _need_root("imagefolder", root, "train/<class>/ and val/<class>/")
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise _missing(root / split, "imagefolder wants root/train/<class>/<image> and root/val/<class>/<image>")
-    size = image_size or 224
+    classes = _check_split(root / "train")
+    if _check_split(root / "val") != classes:
+        raise ValueError(f"train classes {classes} differ from val classes {_check_split(root / 'val')} under {root}")
     chans = 3 if in_chans is None else in_chans
-    if chans == 3:
-        mean, std, grey = IMAGENET_MEAN, IMAGENET_STD, []
-    elif chans == 1:
-        mean, std = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
-        grey = [transforms.Grayscale(1)]
-    else:
+    if chans not in (1, 3):
         raise ValueError(f"imagefolder supports in_chans 1 or 3, got {in_chans}")
-    tf = transforms.Compose([*grey, transforms.Resize(size), transforms.CenterCrop(size),
-                             transforms.ToTensor(), transforms.Normalize(mean, std)])
-    train = datasets.ImageFolder(str(root / "train"), transform=tf)
-    test = datasets.ImageFolder(str(root / "val"), transform=tf)
-    if train.classes != test.classes:
-        raise ValueError(f"train classes {train.classes} differ from val classes {test.classes} under {root}")
-    return DataBundle("imagefolder", train, test, len(train.classes), chans, size,
-                      tuple(train.classes), mean, std)
+    size = image_size or 224
+    pretrained = timm.models.get_pretrained_cfg(model_name) if model_name else None
+    cfg = timm.data.resolve_data_config({"input_size": (3, size, size)},
+                                        pretrained_cfg=pretrained.to_dict() if pretrained else None)
+    grey = [_Grey()] if chans == 1 else []
+    from torchvision import transforms
+
+    def tf(training):
+        return transforms.Compose([timm.data.create_transform(**cfg, is_training=training), *grey])
+
+    class_map = {c: i for i, c in enumerate(classes)}
+    train = timm.data.create_dataset("", root=str(root / "train"), class_map=class_map, is_training=True,
+                                     transform=tf(True))
+    test = timm.data.create_dataset("", root=str(root / "val"), class_map=class_map, transform=tf(False))
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    if chans == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    return DataBundle("imagefolder", train, test, len(classes), chans, size, tuple(classes), mean, std)
 
 
 # ----------------------------------------------------------------------------- synthetic

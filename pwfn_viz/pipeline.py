@@ -286,8 +286,10 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
     write = main   # only rank 0 writes the record
     torch.manual_seed(config.seed)
 
+    # ImageFolder data takes mean/std/crop from the model's pretrained config (timm's data pipeline)
+    by_model = {"model_name": config.model} if config.dataset == "imagefolder" else {}
     data = create_dataset(config.dataset, root=config.data_root, image_size=config.image_size,
-                          in_chans=config.in_chans, seed=config.seed)
+                          in_chans=config.in_chans, seed=config.seed, **by_model)
     spec = {"name": config.model, "num_classes": data.num_classes, "in_chans": data.in_chans,
             "kwargs": dict(config.model_kwargs)}
     if config.model in ("digits_mlp",) and "image_size" not in spec["kwargs"]:

@@ -228,15 +228,62 @@ def test_imagefolder_resize_crop_normalise(tmp_path):
     _fake_imagefolder(tmp_path)
     data = create_dataset("imagefolder", root=tmp_path, image_size=16)
     assert (len(data.train), len(data.test), data.num_classes, data.classes) == (6, 4, 2, ("cat", "dog"))
-    x, y = data.train[0]
+    x, y = data.train[0]   # timm's training transform: augmented (random crop, flip, jitter)
     assert x.shape == (3, 16, 16) and int(y) == 0  # first sample is a red cat
+    x, y = data.test[0]    # timm's evaluation transform: resize, centre crop, normalise
+    assert x.shape == (3, 16, 16) and int(y) == 0
     expect = [(1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1],
               -IMAGENET_MEAN[2] / IMAGENET_STD[2]]
     np.testing.assert_allclose(x.mean(dim=(1, 2)).numpy(), expect, rtol=1e-5)
     assert x.std(dim=(1, 2)).max() < 1e-5
     assert int(data.test[3][1]) == 1
+    # the data config comes from the model's pretrained config when a model is named
+    import timm.models
+    vit = create_dataset("imagefolder", root=tmp_path, image_size=16, model_name="vit_tiny_patch16_224")
+    assert vit.mean == tuple(timm.models.get_pretrained_cfg("vit_tiny_patch16_224").mean) == (0.5, 0.5, 0.5)
     grey = create_dataset("imagefolder", root=tmp_path, image_size=8, in_chans=1)
     assert grey.train[0][0].shape == (1, 8, 8)
+
+
+def test_imagefolder_malformed_split(tmp_path):
+    (tmp_path / "train" / "empty_class").mkdir(parents=True)
+    (tmp_path / "val").mkdir()
+    with pytest.raises(ValueError, match="holds no class folder with images") as err:
+        create_dataset("imagefolder", root=tmp_path)
+    assert str(tmp_path / "train") in str(err.value)
+
+
+def _fake_cifar100(root, rng, layout):
+    folder = root / ("cifar-100-binary" if layout == "bin" else "cifar-100-python")
+    folder.mkdir(parents=True)
+    out = {}
+    for name, n in (("train", 4), ("test", 3)):
+        images, fine = _cifar_arrays(rng, n)
+        fine = rng.integers(0, 100, n)
+        coarse = fine // 5
+        if layout == "bin":   # record: coarse label byte, fine label byte, 3072 pixel bytes
+            (folder / f"{name}.bin").write_bytes(b"".join(bytes([int(c), int(f)]) + img.tobytes()
+                                                          for img, c, f in zip(images, coarse, fine)))
+        else:
+            entry = {"data": images.reshape(n, 3072), "fine_labels": [int(v) for v in fine],
+                     "coarse_labels": [int(v) for v in coarse]}
+            (folder / name).write_bytes(pickle.dumps(entry, protocol=4))
+        out[name] = (images, fine)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["bin", "py"])
+def test_cifar100_layouts_use_fine_labels(tmp_path, layout):
+    arrays = _fake_cifar100(tmp_path, np.random.default_rng(7), layout)
+    data = create_dataset("cifar100", root=tmp_path)
+    assert data.num_classes == 100 and len(data.train) == 4 and len(data.test) == 3
+    for i in range(3):
+        x, y = data.test[i]
+        assert int(y) == int(arrays["test"][1][i])
+        raw = (x * torch.tensor(data.std)[:, None, None] + torch.tensor(data.mean)[:, None, None]) * 255
+        np.testing.assert_allclose(raw.numpy(), arrays["test"][0][i], atol=1e-3)
+    with pytest.raises(FileNotFoundError, match="cifar-100-binary"):
+        create_dataset("cifar100", root=tmp_path / "sub")
 
 
 def test_imagefolder_missing_val(tmp_path):

@@ -1,0 +1,415 @@
+"""PWFN against value-only k-means weight sharing at equal budgets (issue 4, parts 1 and 3).
+
+Two public functions:
+
+* :func:`kmeans_finetune` -- Deep Compression style fine-tuning after k-means: every shared
+  weight is ``codebook[label]``, the labels (assignments) never change, and the centroids are
+  trained.  The gradient of a centroid is the sum of the gradients of the weights that share
+  it (``scatter_add``); the centroids take plain SGD steps (momentum allowed, no weight decay),
+  every other parameter (norm layers, ...) trains as usual.
+* :func:`compare` -- quantises the run's *starting* network (``run.plain_model_at(None)``, the
+  network PWFN started from) with k-means at the PWFN final round's budget, once at the same
+  number of unique values and once at the same entropy, each without and with fine-tuning, and
+  measures every method the same way.  Returns a :class:`Comparison`.
+
+Definitions used in the table (all over the converted tensors, ``run.meta["tensors"]``):
+
+* budget "unique": ``k`` = the PWFN final round's unique count (zero included), clamped to the
+  number of distinct starting values.  For ``scope="layer"``/``"channel"`` ``k`` is the size of
+  *each* group's codebook, so the network as a whole may hold more values (column ``unique``).
+* budget "entropy": the ``k`` whose quantised weights' entropy (bits, zero included) is closest
+  to the PWFN final round's ``entropy``.  Search: double ``k`` from 1 until the entropy reaches
+  the target, then bisect between the last two; of every ``k`` evaluated the closest wins (ties:
+  the smaller ``k``).  When entropy grows with ``k`` (as it does in practice) this is the
+  closest ``k`` overall; the evaluated values are kept in ``Comparison.entropy_search``.
+* ``weight_error``: ``||w - w_start|| / ||w_start||`` over all converted weights at once; the
+  per-tensor version is in ``Comparison.layers`` (NaN for a tensor that starts all zero).
+* ``moved_gt_{1,2,3}sigma``: fraction of weights with ``|w - w_start| / sigma_i > 1, 2, 3``,
+  where ``sigma_i`` is the weight's learned PWFN sigma: its pre-snap sigma
+  (``run.rounds[r].pre_sigma``) in the first round ``r`` whose snap fixed it (see
+  :func:`learned_sigma`), floored at 2^-30.
+* the PWFN row is named after the run's method (``"pwfn"``, or ``"wfn"`` for a WFN run); its
+  ``k`` is its unique count and ``finetuned`` is False (its training happens between rounds).
+* groups with at most ``k`` distinct values keep those values (``kmeans_quantize``'s clamp);
+  ``compare`` silences that warning, the ``unique`` column shows what was used.
+
+Example:
+    >>> import pwfn_viz
+    >>> result = pwfn_viz.compare("runs/digits")                    # doctest: +SKIP
+    >>> result.table[["method", "k", "top1", "entropy", "moved_gt_1sigma"]]  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, NamedTuple
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .data import create_dataset, make_loader
+from .kmeans import kmeans_quantize, list_inits, list_scopes
+from .metrics import codebook_stats, evaluate
+from .pipeline import resolve_device
+from .record import Run, load_run
+
+__all__ = ["Comparison", "FinetuneResult", "compare", "kmeans_finetune", "learned_sigma",
+           "match_entropy", "SIGMA_FLOOR", "COLUMNS"]
+
+SIGMA_FLOOR = 2.0 ** -30
+COLUMNS = ["method", "k", "finetuned", "top1", "top5", "unique", "unique_nonzero", "entropy",
+           "entropy_nonzero", "weight_error", "moved_gt_1sigma", "moved_gt_2sigma", "moved_gt_3sigma"]
+_CLAMP_WARNING = r"k=\d+ exceeds the number of distinct values"
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+class FinetuneResult(NamedTuple):
+    """What :func:`kmeans_finetune` returns; the model itself is updated in place.
+
+    codebooks: the trained centroids (float64), in the structure passed in (a codebook shared
+        by several names stays one shared tensor).
+    loss: mean training cross-entropy over the steps (NaN when no step ran).
+    steps: optimiser steps taken.
+    """
+    codebooks: dict
+    loss: float
+    steps: int
+
+
+def _shared_layout(labels, codebooks, params):
+    """One flat centroid vector for all codebooks and, per name, each weight's index into it.
+
+    Codebooks that are the same tensor object (kmeans_quantize's global scope) share centroids.
+    Returns (flat float64 centroids, name -> int64 index of the parameter's shape, rebuild)
+    where ``rebuild(flat)`` gives the codebooks back in the structure passed in.
+    """
+    blocks, offsets = [], {}
+
+    def offset_of(book):
+        if not isinstance(book, torch.Tensor) or book.dim() != 1 or book.numel() == 0:
+            raise ValueError("every codebook must be a non-empty 1-D tensor (or, per channel, a list of them)")
+        if id(book) not in offsets:
+            offsets[id(book)] = sum(b.numel() for b in blocks)
+            blocks.append(book.detach().to("cpu", torch.float64))
+        return offsets[id(book)]
+
+    if set(labels) != set(codebooks):
+        raise ValueError(f"labels and codebooks name different tensors: {sorted(set(labels) ^ set(codebooks))}")
+    index = {}
+    for name, lab in labels.items():
+        if name not in params:
+            raise ValueError(f"{name!r} is not a parameter of the model; it has {sorted(params)}")
+        if tuple(lab.shape) != tuple(params[name].shape) or lab.dtype != torch.int64:
+            raise ValueError(f"labels[{name!r}] must be an int64 tensor of shape {tuple(params[name].shape)}, "
+                             f"got {lab.dtype} {tuple(lab.shape)}")
+        books = codebooks[name]
+        if isinstance(books, (list, tuple)):
+            if lab.dim() == 0 or len(books) != lab.shape[0] or not books:
+                raise ValueError(f"codebooks[{name!r}] has {len(books)} per-channel codebooks for a tensor "
+                                 f"of shape {tuple(lab.shape)}; pass one per slice along dim 0")
+            rows = lab.reshape(len(books), -1)
+            sizes = torch.tensor([b.numel() for b in books])[:, None]
+            starts = torch.tensor([offset_of(b) for b in books])[:, None]
+        else:
+            rows, sizes, starts = lab.reshape(1, -1), torch.tensor([[books.numel()]]), offset_of(books)
+        if rows.numel() and (rows.min() < 0 or (rows >= sizes).any()):
+            raise ValueError(f"labels[{name!r}] holds an index outside its codebook")
+        index[name] = (rows + starts).reshape(lab.shape).cpu()
+    flat = torch.cat(blocks)
+
+    def rebuild(values: torch.Tensor) -> dict:
+        values, out = values.detach().to("cpu", torch.float64), {}
+        made = {}
+
+        def part(book):
+            if id(book) not in made:
+                made[id(book)] = values[offsets[id(book)]:offsets[id(book)] + book.numel()].clone()
+            return made[id(book)]
+        for name, books in codebooks.items():
+            out[name] = [part(b) for b in books] if isinstance(books, (list, tuple)) else part(books)
+        return out
+    return flat, index, rebuild
+
+
+def kmeans_finetune(model: nn.Module, labels: Mapping[str, torch.Tensor], codebooks: Mapping, loader,
+                    epochs: float, *, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 1e-4,
+                    grad_clip: float = 0.0, keep_zero: bool = False, device="cpu",
+                    progress: bool = False) -> FinetuneResult:
+    """Train the centroids of a k-means-shared model, keeping every weight's assignment.
+
+    Args:
+        model: a plain network; its parameters named in ``labels`` are shared (their current
+            values are overwritten with ``codebook[label]`` before the first step).
+        labels: parameter name -> int64 indices of the parameter's shape (kmeans_quantize's).
+        codebooks: name -> 1-D centroids (one tensor object for names sharing a codebook, as
+            kmeans_quantize's global scope gives), or name -> list of 1-D centroids, one per
+            slice along dim 0 (scope "channel").
+        loader: training batches ``(x, y)``; classification with cross-entropy.
+        epochs: passes over ``loader`` (fractions allowed; at least one step when > 0).
+        lr, momentum: SGD on the centroids and on the other parameters.
+        weight_decay: for the other parameters only (decay would pull the codebook towards 0;
+            PWFN spares fixed weights from decay too).
+        grad_clip: clip the gradient norm of centroids and other parameters together (0: off).
+        keep_zero: centroids that are exactly 0 stay 0.
+        device: where to train.
+
+    The gradient of centroid ``c`` is ``sum_{i: label_i = c} dL/dw_i``; with momentum 0 a step
+    is ``c -= lr * that sum``.
+
+    Example:
+        >>> net = nn.Linear(3, 1, bias=False)
+        >>> books = {"weight": torch.tensor([-1.0, 1.0])}
+        >>> labs = {"weight": torch.tensor([[0, 1, 1]])}
+        >>> data = [(torch.ones(4, 3), torch.zeros(4, dtype=torch.long))]
+        >>> res = kmeans_finetune(net, labs, books, data, 1, lr=0.1, momentum=0.0)
+        >>> res.steps, net.weight.tolist() == [[res.codebooks["weight"][0].item()] + [res.codebooks["weight"][1].item()] * 2]
+        (1, True)
+    """
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    params = dict(model.named_parameters())
+    flat, index, rebuild = _shared_layout(labels, codebooks, params)
+    model.to(device)
+    dtype = next(iter(params[n] for n in labels)).dtype
+    centroids = nn.Parameter(flat.to(device, dtype))
+    index = {n: i.to(device) for n, i in index.items()}
+    shared = {n: params[n] for n in labels}
+    others = [p for n, p in params.items() if n not in shared and p.requires_grad]
+    zero = centroids.detach() == 0 if keep_zero else None
+
+    def write_weights():
+        with torch.no_grad():
+            for n, p in shared.items():
+                p.copy_(centroids[index[n]])
+
+    write_weights()
+    for p in shared.values():
+        p.requires_grad_(True)
+    opt_c = torch.optim.SGD([centroids], lr=lr, momentum=momentum)
+    opt_o = torch.optim.SGD(others, lr=lr, momentum=momentum, weight_decay=weight_decay) if others else None
+    n_steps = max(1, round(epochs * len(loader))) if epochs > 0 else 0
+    model.train()
+    total, done = 0.0, 0
+    bar = tqdm(total=n_steps, desc="k-means fine-tune", leave=False, disable=not progress)
+    while done < n_steps:
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            grad = torch.zeros_like(centroids)
+            for n, p in shared.items():   # a centroid's gradient: the sum over the weights sharing it
+                grad.scatter_add_(0, index[n].reshape(-1), p.grad.reshape(-1))
+            if zero is not None:
+                grad[zero] = 0.0
+            centroids.grad = grad
+            if grad_clip:
+                nn.utils.clip_grad_norm_([centroids, *others], grad_clip)
+            opt_c.step()
+            if opt_o is not None:
+                opt_o.step()
+            write_weights()
+            total += loss.item()
+            done += 1
+            bar.update()
+            if done == n_steps:
+                break
+    bar.close()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return FinetuneResult(rebuild(centroids), total / done if done else math.nan, done)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def learned_sigma(run: Run, floor: float = SIGMA_FLOOR) -> dict[str, torch.Tensor]:
+    """Each converted weight's learned sigma: its pre-snap sigma in the first round whose snap
+    fixed it (the last round's pre-snap sigma if no round did), floored at ``floor``; float64."""
+    last = run.rounds[-1].pre_sigma
+    sigma = {n: last[n].double().clone() for n in run.meta["tensors"]}
+    taken = {n: torch.zeros_like(s, dtype=torch.bool) for n, s in sigma.items()}
+    for rnd in run.rounds:
+        pre, fixed = rnd.pre_sigma, rnd.fixed
+        for n in sigma:
+            new = fixed[n] & ~taken[n]
+            sigma[n][new] = pre[n][new].double()
+            taken[n] |= new
+    return {n: s.clamp(min=floor) for n, s in sigma.items()}
+
+
+def match_entropy(entropy_of, target: float, k_max: int) -> tuple[int, dict[int, float]]:
+    """The k in 1..k_max whose ``entropy_of(k)`` is closest to ``target`` (ties: smaller k).
+
+    Doubles k from 1 until the entropy reaches the target, then bisects between the last two
+    values; returns (best k among those evaluated, {k: entropy} of every evaluation).  Exact
+    when the entropy does not decrease with k.
+
+    >>> import math
+    >>> match_entropy(lambda k: math.log2(k), 3.4, 100)[0]     # 2**3.4 = 10.6
+    11
+    """
+    if k_max < 1:
+        raise ValueError(f"k_max must be >= 1, got {k_max}")
+    seen: dict[int, float] = {}
+
+    def h(k):
+        if k not in seen:
+            seen[k] = float(entropy_of(k))
+        return seen[k]
+
+    lo, hi = 0, 1
+    while h(hi) < target and hi < k_max:
+        lo, hi = hi, min(2 * hi, k_max)
+    while lo >= 1 and h(hi) >= target and hi - lo > 1:   # h(lo) < target <= h(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if h(mid) < target else (lo, mid)
+    best = min(seen, key=lambda k: (abs(seen[k] - target), k))
+    return best, dict(sorted(seen.items()))
+
+
+def _flat(tensors: Mapping[str, torch.Tensor], names) -> torch.Tensor:
+    return torch.cat([tensors[n].detach().reshape(-1).to("cpu", torch.float64) for n in names])
+
+
+def _weights(model: nn.Module, names) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {n: params[n].detach() for n in names}
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` returns.
+
+    table: one row per method (columns :data:`COLUMNS`).
+    layers: one row per (method, converted tensor): layer, method, numel, unique, weight_error.
+    weights: method -> final converted weights, flat float64 in network order.
+    start: the starting weights, flat float64; sigma: each weight's learned sigma (flat float64).
+    target_entropy: the PWFN final entropy; entropy_search: {k: entropy} evaluated to match it.
+    """
+    table: pd.DataFrame
+    layers: pd.DataFrame
+    weights: dict[str, torch.Tensor] = field(repr=False)
+    start: torch.Tensor = field(repr=False)
+    sigma: torch.Tensor = field(repr=False)
+    target_entropy: float = math.nan
+    entropy_search: dict[int, float] = field(default_factory=dict, repr=False)
+    run_path: Path | None = None
+
+    def __repr__(self):
+        return f"Comparison({str(self.run_path)!r}, methods={list(self.table['method'])})"
+
+    def _repr_html_(self):
+        return f"<p><code>{self!r}</code></p>" + self.table.to_html(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def _measure(method, k, finetuned, model, names, w_start, sigma, test_loader, device):
+    """One table row and the per-layer rows for a model whose converted tensors are final."""
+    tensors = _weights(model, names)
+    w = _flat(tensors, names)
+    acc = evaluate(model, test_loader, device)
+    moved = (w - w_start).abs() / sigma
+    row = {"method": method, "k": int(k), "finetuned": bool(finetuned), "top1": acc["top1"], "top5": acc["top5"],
+           **codebook_stats(torch.cat([t.reshape(-1).cpu() for t in tensors.values()])),
+           "weight_error": float((w - w_start).norm() / w_start.norm()),
+           **{f"moved_gt_{s}sigma": float((moved > s).double().mean()) for s in (1, 2, 3)}}
+    layers, at = [], 0
+    for n, t in tensors.items():
+        ws, wf = w_start[at:at + t.numel()], w[at:at + t.numel()]
+        at += t.numel()
+        layers.append({"layer": n, "method": method, "numel": t.numel(), "unique": int(torch.unique(t).numel()),
+                       "weight_error": float((wf - ws).norm() / ws.norm())})
+    return row, layers, w
+
+
+def _check_run(run) -> Run:
+    run = run if isinstance(run, Run) else load_run(run)
+    n_rounds = len(run.config["fractions"])
+    if not run.rounds or not run.complete:
+        raise ValueError(f"{run.path} is an incomplete run ({len(run.rounds)} of {n_rounds} rounds done); "
+                         f"finish it with `pwfn-viz run --resume {run.path}` before comparing")
+    return run
+
+
+def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: bool = True, seed: int = 0,
+            keep_zero: bool = False, finetune_epochs: float | None = None, finetune_lr: float | None = None,
+            device="cpu", progress: bool = False, data=None) -> Comparison:
+    """Compare a finished run's final network with k-means on the same starting network.
+
+    Args:
+        run: a :class:`~pwfn_viz.record.Run` or its directory; it must be complete.
+        init, seed, keep_zero: k-means options (:func:`pwfn_viz.kmeans.kmeans_1d`); with
+            ``keep_zero`` one centre is exactly 0 (and stays 0 in fine-tuning), counted in ``k``.
+        scope: "global" (one codebook), "layer" or "channel" (``k`` per group).
+        finetune: also fine-tune both k-means models (rows "...+ft").
+        finetune_epochs: default the PWFN run's own training after conversion,
+            ``first_round_epochs + epochs_per_round * (rounds - 1)``.
+        finetune_lr: default the run's lr; momentum, grad_clip, batch size and the other
+            parameters' weight decay also come from the run's config.
+        device: where to evaluate and fine-tune ("auto", "cpu", "cuda", ...).
+        data: a DataBundle to use instead of rebuilding the run's dataset from its config.
+
+    Returns:
+        :class:`Comparison`; ``.table`` has the rows <method>, kmeans@unique, kmeans@unique+ft,
+        kmeans@entropy, kmeans@entropy+ft (no "+ft" rows with ``finetune=False``).
+    """
+    if init not in list_inits():
+        raise ValueError(f"unknown k-means init {init!r}; choose one of {list_inits()}")
+    if scope not in list_scopes():
+        raise ValueError(f"unknown scope {scope!r}; choose one of {list_scopes()}")
+    run = _check_run(run)
+    cfg, device = run.config, resolve_device(device)
+    names = list(run.meta["tensors"])
+    if data is None:
+        data = create_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"],
+                              in_chans=cfg["in_chans"], seed=cfg["seed"])
+    test_loader = make_loader(data.test, batch_size=max(256, cfg["batch_size"]), shuffle=False)
+    start_tensors = _weights(run.plain_model_at(None), names)
+    w_start = _flat(start_tensors, names)
+    sigma = _flat(learned_sigma(run), names)
+    rows, layers, weights = [], [], {}
+
+    def add(method, k, finetuned, model):
+        row, lay, w = _measure(method, k, finetuned, model.to(device), names, w_start, sigma, test_loader, device)
+        rows.append(row)
+        layers.extend(lay)
+        weights[method] = w
+
+    method = cfg.get("method", "pwfn")
+    add(method, 0, False, run.plain_model_at(-1))
+    final = rows[0]
+    rows[0]["k"] = final["unique"]
+
+    def quantize(k):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _CLAMP_WARNING, UserWarning)
+            return kmeans_quantize(start_tensors, k, scope=scope, init=init, seed=seed, keep_zero=keep_zero)
+
+    def entropy_of(k):
+        values = torch.cat([q.reshape(-1) for q in quantize(k).quantized.values()])
+        return abs(codebook_stats(values)["entropy"])     # abs: one value gives -0.0
+
+    k_max = int(torch.unique(w_start).numel()) + int(keep_zero)
+    k_unique = max(1, min(final["unique"], k_max))
+    k_entropy, search = match_entropy(entropy_of, final["entropy"], k_max)
+    epochs = finetune_epochs if finetune_epochs is not None else \
+        cfg["first_round_epochs"] + cfg["epochs_per_round"] * (len(cfg["fractions"]) - 1)
+    for budget, k in (("unique", k_unique), ("entropy", k_entropy)):
+        quantized, codebooks, labels = quantize(k)
+        model = run.plain_model_at(None)
+        with torch.no_grad():
+            for n, p in _weights(model, names).items():
+                p.copy_(quantized[n])
+        add(f"kmeans@{budget}", k, False, model)
+        if finetune:
+            torch.manual_seed(seed)
+            model = run.plain_model_at(None)
+            loader = make_loader(data.train, cfg["batch_size"], shuffle=True, seed=seed)
+            kmeans_finetune(model, labels, codebooks, loader, epochs, lr=cfg["lr"] if finetune_lr is None else finetune_lr,
+                            momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                            grad_clip=cfg["grad_clip"], keep_zero=keep_zero, device=device, progress=progress)
+            add(f"kmeans@{budget}+ft", k, True, model)
+    return Comparison(pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(layers), weights, w_start, sigma,
+                      final["entropy"], search, run.path)
