@@ -1,0 +1,271 @@
+"""Compressed export of a fixed network: one codebook plus bit-packed indices, in one safetensors file.
+
+After the last round every converted weight sits on one of a few hundred shared values, so the
+network is stored as
+
+    codebook            float32 (K,): the distinct values over all converted tensors, sorted (distinct
+                        bit patterns: -0.0 and 0.0 stay apart, so decoding is exact)
+    indices/<name>      uint8: the index of each weight into the codebook, ``bits = ceil(log2 K)``
+                        (at least 1) bits each, packed little-endian (see :func:`pack_bits`)
+    state/<key>         everything else of the state_dict (norm layers, ...), stored as is
+    metadata            JSON under the key "pwfn_viz": format version, model spec, bits, tensor
+                        names and shapes in network order
+
+``load_exported(path)`` rebuilds a plain PyTorch model (no pwfn_viz layers) whose outputs equal
+the fixed model's bit for bit. Only safetensors is read: nothing is unpickled.
+
+Example:
+    >>> report = export_run("runs/digits", "digits.safetensors")    # doctest: +SKIP
+    >>> print(report)                                               # doctest: +SKIP
+    >>> model = load_exported("digits.safetensors")                 # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+EXPORT_FORMAT = "pwfn_viz.export"
+EXPORT_VERSION = 1
+MAX_BITS = 32
+_CHUNK = 1 << 20            # values per packing chunk (a multiple of 8: chunks start on a byte)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bit packing
+def packed_size(n: int, bits: int) -> int:
+    """Bytes that ``n`` values of ``bits`` bits take when packed: ceil(n * bits / 8)."""
+    return (n * bits + 7) // 8
+
+
+def _check_bits(bits: int) -> None:
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be in 1..{MAX_BITS}, got {bits}")
+
+
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack non-negative integers ``< 2**bits`` into uint8, little-endian: bit ``j`` of value ``i``
+    is bit ``(i * bits + j) % 8`` of byte ``(i * bits + j) // 8``; unused high bits of the last byte
+    are 0. Returns ``packed_size(len(values), bits)`` bytes.
+
+    >>> pack_bits(torch.tensor([1, 2, 3]), 2).tolist()    # 01 10 11 -> 0b00111001
+    [57]
+    """
+    _check_bits(bits)
+    v = values.detach().flatten().to(torch.int64).cpu()
+    if v.numel() and (int(v.min()) < 0 or int(v.max()) >= 1 << bits):
+        raise ValueError(f"values must be in [0, 2**{bits}), got [{int(v.min())}, {int(v.max())}]")
+    out = torch.zeros(packed_size(v.numel(), bits), dtype=torch.int64)
+    for start in range(0, v.numel(), _CHUNK):
+        chunk = v[start:start + _CHUNK]
+        pos0 = torch.arange(chunk.numel(), dtype=torch.int64) * bits + start * bits
+        for j in range(bits):
+            pos = pos0 + j
+            out.scatter_add_(0, pos >> 3, ((chunk >> j) & 1) << (pos & 7))   # distinct bits: add == or
+    return out.to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``n`` values (int64).
+
+    >>> unpack_bits(torch.tensor([57], dtype=torch.uint8), 2, 3).tolist()
+    [1, 2, 3]
+    """
+    _check_bits(bits)
+    if packed.numel() != packed_size(n, bits):
+        raise ValueError(f"{packed.numel()} bytes given; {n} values of {bits} bits take {packed_size(n, bits)}")
+    data = packed.detach().flatten().cpu().to(torch.int64)
+    out = torch.zeros(n, dtype=torch.int64)
+    for start in range(0, n, _CHUNK):
+        count = min(_CHUNK, n - start)
+        pos0 = torch.arange(count, dtype=torch.int64) * bits + start * bits
+        acc = torch.zeros(count, dtype=torch.int64)
+        for j in range(bits):
+            pos = pos0 + j
+            acc |= ((data[pos >> 3] >> (pos & 7)) & 1) << j
+        out[start:start + count] = acc
+    return out
+
+
+def bits_for(codebook_size: int) -> int:
+    """ceil(log2(K)), at least 1: the bits an index into a K-entry codebook needs.
+
+    >>> [bits_for(k) for k in (1, 2, 3, 4, 5, 256, 257)]
+    [1, 1, 2, 2, 3, 8, 9]
+    """
+    if codebook_size < 1:
+        raise ValueError("the codebook is empty")
+    return max(1, (codebook_size - 1).bit_length())
+
+
+# ---------------------------------------------------------------------------------------------
+# Codebook encoding
+def _order_key(bits: torch.Tensor) -> torch.Tensor:
+    """int32 float bit patterns -> keys that sort like the floats (-0.0 just before 0.0); its own inverse."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def encode_tensors(weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """(codebook, packed indices by name, bits): one float32 codebook of the distinct values over
+    all tensors, sorted; distinct means distinct bit patterns (-0.0 and 0.0 are two entries), so
+    decoding is bit-exact.
+
+    >>> codebook, packed, bits = encode_tensors({"w": torch.tensor([0.5, -1.0, 0.5])})
+    >>> codebook.tolist(), bits, decode_tensors(codebook, packed, {"w": [3]}, bits)["w"].tolist()
+    ([-1.0, 0.5], 1, [0.5, -1.0, 0.5])
+    """
+    for name, w in weights.items():
+        if w.dtype != torch.float32 and not torch.equal(w.float().to(w.dtype), w):
+            raise ValueError(f"{name} is {w.dtype} and not exactly representable in the float32 codebook")
+    if not weights:
+        raise ValueError("no tensors to encode")
+    flat = torch.cat([w.detach().cpu().float().flatten() for w in weights.values()])
+    keys, inverse = torch.unique(_order_key(flat.view(torch.int32)), sorted=True, return_inverse=True)
+    codebook = _order_key(keys).view(torch.float32)
+    bits = bits_for(codebook.numel())
+    packed, offset = {}, 0
+    for name, w in weights.items():
+        packed[name] = pack_bits(inverse[offset:offset + w.numel()], bits)
+        offset += w.numel()
+    return codebook, packed, bits
+
+
+def decode_tensors(codebook: torch.Tensor, packed: dict[str, torch.Tensor], shapes: dict, bits: int) -> dict:
+    """Inverse of :func:`encode_tensors`: float32 tensors of the given shapes, by name."""
+    out = {}
+    for name, shape in shapes.items():
+        idx = unpack_bits(packed[name], bits, int(torch.Size(shape).numel()))
+        if idx.numel() and int(idx.max()) >= codebook.numel():
+            raise ValueError(f"indices of {name} point past the {codebook.numel()}-entry codebook")
+        out[name] = codebook[idx].view(shape)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+@dataclass
+class ExportReport:
+    """Sizes of an export, in bytes. ``compressed_bytes`` = codebook + packed indices;
+    ``rest_bytes`` = the unquantised remaining state (stored as is); ``fp32_bytes`` = the converted
+    tensors at 4 bytes per weight. ``ratio`` = fp32_bytes / compressed_bytes (quantised tensors);
+    ``model_ratio`` = (fp32_bytes + rest_bytes) / (compressed_bytes + rest_bytes) (whole state).
+    ``file_bytes`` is the file on disk (adds the safetensors header and metadata)."""
+    path: Path
+    round_index: int
+    n_tensors: int
+    n_weights: int
+    codebook_size: int
+    bits: int
+    codebook_bytes: int
+    index_bytes: int
+    rest_bytes: int
+    fp32_bytes: int
+    file_bytes: int
+
+    compressed_bytes = property(lambda self: self.codebook_bytes + self.index_bytes)
+    ratio = property(lambda self: self.fp32_bytes / self.compressed_bytes)
+    model_ratio = property(lambda self: (self.fp32_bytes + self.rest_bytes) / (self.compressed_bytes + self.rest_bytes))
+
+    def __str__(self):
+        return "\n".join([
+            f"exported round {self.round_index} to {self.path} ({self.file_bytes:,} bytes on disk)",
+            f"  {self.n_tensors} quantised tensors, {self.n_weights:,} weights, codebook {self.codebook_size} "
+            f"values -> {self.bits} bits per weight",
+            f"  compressed: {self.compressed_bytes:,} bytes (codebook {self.codebook_bytes:,} + indices "
+            f"{self.index_bytes:,}) vs fp32 {self.fp32_bytes:,}: ratio {self.ratio:.2f}x",
+            f"  unquantised rest: {self.rest_bytes:,} bytes; whole model {self.compressed_bytes + self.rest_bytes:,} "
+            f"vs {self.fp32_bytes + self.rest_bytes:,}: ratio {self.model_ratio:.2f}x"])
+
+
+def _fixed_round(run, round_index: int):
+    if not run.complete:
+        raise ValueError(f"{run.path} is an incomplete run ({len(run.rounds)} rounds recorded): only a finished "
+                         f"run is exported; finish it with `pwfn-viz run --resume {run.path}`")
+    if not -len(run.rounds) <= round_index < len(run.rounds):
+        raise IndexError(f"round {round_index} not recorded; this run has rounds 0..{len(run.rounds) - 1}")
+    rnd = run.rounds[round_index]
+    free = sum(int((~f).sum()) for f in rnd.fixed.values())
+    if free:
+        raise ValueError(f"round {rnd.index} of {run.path} leaves {free:,} weights unfixed (fraction "
+                         f"{rnd.fraction}): only a round where every weight is fixed can be exported "
+                         f"(the last round, --round -1)")
+    return rnd
+
+
+def export_run(run_or_path, out_path, round_index: int = -1) -> ExportReport:
+    """Write the network of round ``round_index`` (default the last) of a finished run as a
+    codebook plus bit-packed indices (see the module docstring); returns the sizes."""
+    from .record import Run, atomic_save_tensors, load_run
+    run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
+    rnd = _fixed_round(run, round_index)
+    weights = rnd.mu
+    codebook, packed, bits = encode_tensors(weights)
+    tensors = {"codebook": codebook, **{f"indices/{name}": p for name, p in packed.items()}}
+    rest = {k: v for k, v in rnd.tensors.items() if k.startswith("state/")}
+    tensors.update(rest)
+    meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "model_spec": run.meta["model_spec"],
+            "bits": bits, "codebook_size": codebook.numel(), "round": rnd.index,
+            "tensors": {name: list(w.shape) for name, w in weights.items()}}
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(out, tensors, metadata={"pwfn_viz": json.dumps(meta)})
+    n = sum(w.numel() for w in weights.values())
+    return ExportReport(path=out, round_index=rnd.index, n_tensors=len(weights), n_weights=n,
+                        codebook_size=codebook.numel(), bits=bits, codebook_bytes=codebook.numel() * 4,
+                        index_bytes=sum(tensors[f"indices/{k}"].numel() for k in weights),
+                        rest_bytes=sum(v.numel() * v.element_size() for v in rest.values()),
+                        fp32_bytes=4 * n, file_bytes=os.path.getsize(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+def read_exported(path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The decoded state_dict of an export (weights in float32 from the codebook, the rest as
+    stored) and its metadata."""
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (write one with `pwfn-viz export RUN_DIR --out {path}`)")
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get("pwfn_viz")
+        meta = json.loads(raw) if raw else {}
+        if meta.get("format") != EXPORT_FORMAT:
+            raise ValueError(f"{path} is not a pwfn_viz export (no 'pwfn_viz' metadata); "
+                             "write one with `pwfn-viz export`")
+        if meta.get("format_version") != EXPORT_VERSION:
+            raise ValueError(f"{path} has export format version {meta.get('format_version')}; this pwfn_viz "
+                             f"reads version {EXPORT_VERSION}")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    missing = [k for k in ["codebook", *(f"indices/{n}" for n in meta["tensors"])] if k not in tensors]
+    if missing:
+        raise ValueError(f"{path} is damaged: {missing[:5]} missing")
+    packed = {n: tensors[f"indices/{n}"] for n in meta["tensors"]}
+    state = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
+    try:
+        state.update(decode_tensors(tensors["codebook"], packed, meta["tensors"], meta["bits"]))
+    except ValueError as err:
+        raise ValueError(f"{path} is damaged: {err}") from None
+    return state, meta
+
+
+def load_exported(path, model: nn.Module | None = None) -> nn.Module:
+    """A plain PyTorch model (eval mode) with the exported weights. ``model`` is an instance of the
+    architecture; by default it is built from the stored model spec with
+    :func:`pwfn_viz.models.create_model`."""
+    state, meta = read_exported(path)
+    if model is None:
+        from .models import create_model
+        spec = meta["model_spec"]
+        model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
+                             **spec.get("kwargs", {}))
+    missing = sorted(set(model.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
