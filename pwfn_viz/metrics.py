@@ -53,7 +53,7 @@ def entropy_bits(values: torch.Tensor) -> float:
         return 0.0
     _, counts = torch.unique(values, return_counts=True)
     p = counts.double() / counts.sum()
-    return float(-(p * p.log2()).sum())
+    return abs(float((p * p.log2()).sum()))   # abs: no -0.0 for a single value
 
 
 def codebook_stats(values: torch.Tensor) -> dict:
