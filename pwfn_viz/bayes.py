@@ -94,9 +94,20 @@ def constant_sigma_init(mu: torch.Tensor, value: float = 1e-4) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Conversion
 def _sample_hook(module: nn.Module, args):
-    """Forward pre-hook: put the tensor this pass uses where the layer's forward reads it."""
+    """Forward pre-hook: put the tensor this pass uses where the layer's forward reads it.
+
+    Where the Triton backend applies (CUDA tensors, see ``pwfn_viz.kernels``) training passes use
+    the fused kernel: the noise is drawn inside it and never stored; ``_pwfn_eps`` then holds the
+    pass's ``FusedNoise`` (its seed) instead of the noise tensor."""
+    from . import kernels
     for name in module._pwfn_names:
         mu = getattr(module, f"{name}_mu")
+        sigma, fixed_value = getattr(module, f"{name}_sigma"), getattr(module, f"{name}_fixed_value")
+        if module.training and kernels.fused_sampling_applies(mu, sigma, fixed_value):
+            w, module._pwfn_eps[name] = kernels.fused_sample(mu, sigma, getattr(module, f"{name}_fixed"),
+                                                              fixed_value, SIGMA_MIN)
+            setattr(module, name, w)
+            continue
         if module.training:
             eps = torch.randn_like(mu)
             w = mu + getattr(module, f"{name}_sigma").clamp(min=SIGMA_MIN) * eps
@@ -232,13 +243,23 @@ def load_flat_state(model: nn.Module, mu: torch.Tensor, sigma: torch.Tensor, fix
 def sigma_regulariser(model: nn.Module, lam: float = REG_LAMBDA, cap: float = REG_CAP) -> torch.Tensor:
     """R = (lam / 2) * sum |eps| * max(0, cap - sigma)^2 over unfixed weights (METHOD.md section 3),
     with eps the noise of each layer's latest training forward pass. Its gradient on sigma is
-    -lam * max(0, cap - sigma) * |eps|: every sigma is pushed up towards ``cap``."""
+    -lam * max(0, cap - sigma) * |eps|: every sigma is pushed up towards ``cap``.
+
+    Tensors sampled by the fused kernel (``pwfn_viz.kernels.sampling``) contribute their value
+    without a gradient: the call arms their pass with ``lam`` and ``cap`` and the kernel's backward
+    adds this gradient itself (so a loss scaled as a whole, e.g. by a GradScaler, does not scale
+    that part; see the kernels module)."""
+    from . import kernels
     total = None
     for t in bayes_tensors(model):
         eps = t.module._pwfn_eps.get(t.attr)
         if eps is None:
             continue
-        term = (eps.abs() * (cap - t.sigma).clamp(min=0) ** 2 * ~t.fixed).sum()
+        if isinstance(eps, kernels.FusedNoise):
+            eps.arm(lam, cap)
+            term = eps.regulariser_sum(t.sigma.detach(), t.fixed, cap).to(t.sigma.dtype)
+        else:
+            term = (eps.abs() * (cap - t.sigma).clamp(min=0) ** 2 * ~t.fixed).sum()
         total = term if total is None else total + term
     if total is None:
         raise RuntimeError("sigma_regulariser needs a training-mode forward pass first "

@@ -122,7 +122,11 @@ def _coverage(pm, ps, delta: float, sorted_centres: torch.Tensor) -> torch.Tenso
 
     Each interval covers a contiguous run of sorted centres, found by binary search; a difference
     array and a cumulative sum turn the runs into counts: O(N log K) time, O(K + chunk) memory.
+    On CUDA (or with the triton backend forced) the Triton kernel computes the same counts.
     """
+    from . import kernels
+    if kernels.use_triton(pm):
+        return kernels.coverage_counts(pm, ps, delta, sorted_centres)
     k = sorted_centres.numel()
     diff = torch.zeros(k + 1, dtype=torch.long, device=pm.device)
     for start in range(0, pm.numel(), CHUNK):
@@ -135,7 +139,11 @@ def _coverage(pm, ps, delta: float, sorted_centres: torch.Tensor) -> torch.Tenso
 
 def _fitting(pm, ps, p_alive, a: int, z: int, c: float, delta: float, band: tuple[int, int] | None):
     """Positions in [a, z) of the unassigned weights that fit centre ``c`` (the same float64
-    comparisons as ``_coverage``), plus those in the zero band ``band`` when ``c`` is zero."""
+    comparisons as ``_coverage``), plus those in the zero band ``band`` when ``c`` is zero.
+    On CUDA (or with the triton backend forced) one Triton kernel builds the mask."""
+    from . import kernels
+    if kernels.use_triton(pm):
+        return kernels.fitting_positions(pm, ps, p_alive, a, z, c, delta, band)
     found = []
     for start in range(a, z, CHUNK):
         end = min(z, start + CHUNK)
@@ -165,6 +173,8 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
 
     # One sort per round (float64 conversion is exact and monotone, so mu's own order serves).
     order_by_mu = torch.argsort(mu, stable=True)
+    if n < 2 ** 31:   # int32 positions: 4 bytes per weight fewer for this and each pass's p_idx
+        order_by_mu = order_by_mu.to(torch.int32)
     alive = torch.ones(n, dtype=torch.bool, device=device)   # not yet assigned
     assignment = torch.full((n,), -1, dtype=torch.long, device=device)
     new_mu, new_sigma = mu.clone(), sigma.clone()

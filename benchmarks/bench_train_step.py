@@ -1,0 +1,205 @@
+"""Benchmark: one training step of a converted timm resnet18 against the same network's plain step.
+
+Variants, built from the same initial weights and timed side by side on the same batch:
+
+* ``deterministic``: the plain resnet18; SGD (lr 1e-3, momentum 0.9, weight decay 1e-4).
+* ``pwfn torch``: ``pwfn_viz.bayes.convert``, sampling on the torch path (``PWFN_BACKEND=torch``).
+* ``pwfn fused``: the same, sampling with the fused Triton kernels (CUDA only).
+* ``authors' approach``: conv/linear modules *replaced* by Bayesian layers that sample their weights
+  with separate torch ops, keep the noise, and edit the gradients after backward (regulariser
+  gradient added, fixed weights' gradients zeroed), as the paper authors' code does.
+
+A step is what ``pwfn_viz.pipeline.train_steps`` does: forward, cross-entropy (+ the sigma
+regulariser and the decay that spares fixed weights for converted models), zero_grad, backward,
+gradient-norm clip 1.0, SGD step. Times are medians over steps, measured in alternating blocks so
+that clock drift hits every variant alike.
+
+    python -m benchmarks.bench_train_step --device cuda      # batch 128 at 224x224
+    python -m benchmarks.bench_train_step --device cpu       # batch 8 at 64x64
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pwfn_viz import bayes, kernels
+
+LR, MOMENTUM, WD, CLIP = 1e-3, 0.9, 1e-4, 1.0
+
+
+# ---------------------------------------------------------------- the authors' approach, in brief
+
+class _SampledLayer(nn.Module):
+    """A replaced conv/linear: mu and sigma parameters, noise drawn and combined by separate ops."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer   # keeps its hyper-parameters (stride, padding, ...); weights are ours
+        self.weight_mu = nn.Parameter(layer.weight.detach().clone())
+        self.weight_sigma = nn.Parameter(bayes.pwfn_sigma_init(layer.weight.detach()))
+        self.register_buffer("fixed", torch.zeros_like(layer.weight, dtype=torch.bool))
+        has_bias = layer.bias is not None
+        self.bias = nn.Parameter(layer.bias.detach().clone()) if has_bias else None
+        del layer.weight, layer.bias
+        self.eps = None
+
+    def sampled_weight(self):
+        if not self.training:
+            return self.weight_mu
+        self.eps = torch.randn_like(self.weight_mu)
+        return self.weight_mu + self.weight_sigma.clamp(min=bayes.SIGMA_MIN) * self.eps
+
+    def forward(self, x):
+        w = self.sampled_weight()
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, w, self.bias)
+        return self.layer._conv_forward(x, w, self.bias)
+
+    @torch.no_grad()
+    def edit_gradients(self, lam: float, cap: float):
+        """After backward: add the regulariser's gradient, zero the fixed weights' gradients."""
+        self.weight_sigma.grad.add_(-lam * (cap - self.weight_sigma).clamp(min=0) * self.eps.abs())
+        self.weight_mu.grad.masked_fill_(self.fixed, 0)
+        self.weight_sigma.grad.masked_fill_(self.fixed, 0)
+
+
+def authors_model(model: nn.Module) -> nn.Module:
+    """Replace every Conv2d / Linear of ``model`` by a ``_SampledLayer`` (in place)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, (nn.Conv2d, nn.Linear)):
+            setattr(model, name, _SampledLayer(child))
+        else:
+            authors_model(child)
+    return model
+
+
+# ---------------------------------------------------------------- steps
+
+def _variants(device: torch.device, fused: bool) -> dict:
+    torch.manual_seed(0)
+    base = timm.create_model("resnet18", pretrained=False, num_classes=1000)
+    plain = copy.deepcopy(base).to(device)
+    converted = bayes.convert(copy.deepcopy(base)).to(device)
+    authors = authors_model(copy.deepcopy(base)).to(device)
+    variants = {"deterministic": (plain, torch.optim.SGD(plain.parameters(), lr=LR, momentum=MOMENTUM,
+                                                         weight_decay=WD), "plain", "torch")}
+    conv_opt = torch.optim.SGD(bayes.param_groups(converted, WD), lr=LR, momentum=MOMENTUM)
+    variants["pwfn torch"] = (converted, conv_opt, "pwfn", "torch")
+    if fused:
+        variants["pwfn fused (triton)"] = (converted, conv_opt, "pwfn", "triton")
+    variants["authors' approach"] = (authors, torch.optim.SGD(authors.parameters(), lr=LR, momentum=MOMENTUM,
+                                                              weight_decay=WD), "authors", "torch")
+    return variants
+
+
+def step(model, opt, kind: str, x, y) -> None:
+    loss = F.cross_entropy(model(x), y)
+    if kind == "pwfn":
+        loss = loss + bayes.sigma_regulariser(model) + bayes.masked_weight_decay(model, WD)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if kind == "authors":
+        for m in model.modules():
+            if isinstance(m, _SampledLayer):
+                m.edit_gradients(bayes.REG_LAMBDA, bayes.REG_CAP)
+    nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+    opt.step()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(device: str = "cpu", batch: int = 8, resolution: int = 64, warmup: int = 2, steps: int = 6,
+        blocks: int = 2) -> dict:
+    """Time every variant; returns {"rows": [...], "device": name, ...}."""
+    dev = torch.device(device)
+    torch.backends.cudnn.benchmark = True
+    variants = _variants(dev, fused=dev.type == "cuda" and kernels.triton_available())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, resolution, resolution, generator=g).to(dev)
+    y = torch.randint(0, 1000, (batch,), generator=g).to(dev)
+    failed = {}
+    for name, (model, opt, kind, backend) in list(variants.items()):   # warm up (cudnn autotune, compiles)
+        model.train()
+        try:
+            with kernels.use_backend(backend):
+                for _ in range(warmup):
+                    step(model, opt, kind, x, y)
+        except Exception as exc:   # e.g. no C compiler for Triton's launcher: report, time the others
+            if name == "deterministic":
+                raise
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            del variants[name]
+    times = {name: [] for name in variants}
+    peaks = {}
+    per_block = max(1, steps // blocks)
+    for _ in range(blocks):
+        for name, (model, opt, kind, backend) in variants.items():
+            with kernels.use_backend(backend):
+                if dev.type == "cuda":
+                    _sync(dev)
+                    torch.cuda.reset_peak_memory_stats()
+                for _ in range(per_block):
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    step(model, opt, kind, x, y)
+                    _sync(dev)
+                    times[name].append(time.perf_counter() - t0)
+                if dev.type == "cuda":
+                    peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
+    base = statistics.median(times["deterministic"])
+    rows = [dict(variant=name, ms=1e3 * statistics.median(t), ratio=statistics.median(t) / base,
+                 peak_mib=peaks[name] / 2 ** 20 if name in peaks else None, steps=len(t))
+            for name, t in times.items()]
+    n_weights = sum(t.mu.numel() for t in bayes.bayes_tensors(variants["pwfn torch"][0]))
+    return dict(rows=rows, device=_device_name(dev), batch=batch, resolution=resolution, n_weights=n_weights,
+                failed=failed)
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def report(res: dict) -> list[str]:
+    lines = [f"training step, timm resnet18 ({res['n_weights']:,} converted weights), batch {res['batch']} "
+             f"at {res['resolution']}x{res['resolution']}, device: {res['device']}",
+             f"{'variant':<22} | {'ms/step':>9} | {'vs deterministic':>16} | {'peak MiB':>9} | steps"]
+    for r in res["rows"]:
+        peak = f"{r['peak_mib']:9.0f}" if r["peak_mib"] is not None else f"{'-':>9}"
+        lines.append(f"{r['variant']:<22} | {r['ms']:9.1f} | {r['ratio']:15.3f}x | {peak} | {r['steps']}")
+    best = min((r for r in res["rows"] if r["variant"].startswith("pwfn")), key=lambda r: r["ratio"])
+    lines.append(f"target: converted step <= 1.15x deterministic; best converted ({best['variant']}): "
+                 f"{best['ratio']:.3f}x -> {'MET' if best['ratio'] <= 1.15 else 'NOT MET'}")
+    for name, why in res.get("failed", {}).items():
+        lines.append(f"{name}: FAILED, not timed: {why}")
+    if res["device"].startswith("CPU"):
+        lines.append("(CPU: peak memory not measured in-process; the fused Triton path needs CUDA)")
+    return lines
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--resolution", type=int)
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args(argv)
+    gpu = args.device == "cuda"
+    res = run(args.device, args.batch or (128 if gpu else 8), args.resolution or (224 if gpu else 64),
+              warmup=5 if gpu else 2, steps=args.steps)
+    print("\n".join(report(res)))
+
+
+if __name__ == "__main__":
+    main()

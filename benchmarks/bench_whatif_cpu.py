@@ -1,0 +1,121 @@
+"""Benchmark: one WhatIf update on the CPU at about a million weights.
+
+An update of :class:`pwfn_viz.widgets.WhatIf` is :func:`pwfn_viz.widgets.whatif_snap`
+(``cluster_round`` over the flat pre-snap mu and sigma, then ``codebook_stats`` of the snapped
+values); the accuracy after the snap (:func:`pwfn_viz.widgets.snapped_accuracy`: load the values
+into the network, evaluate the test split) is timed separately. The weights are synthetic: a
+digits CNN widened to 136 channels (1,011,274 converted weights) at its random initialisation,
+converted with the paper's sigma init. Two inputs:
+
+* "fresh": nothing fixed yet (a round-0 what-if),
+* "late": 80% of the weights already on centres (the output of a 0.8 round), as in a later round.
+
+Each (input, fraction, threads) is timed ``--repeats`` times after one warm-up; the verdict uses
+the median and the 0.5 s target of the issue. The machine's load is printed too: timings on a
+shared 2-core machine vary with what else runs.
+
+    .venv/bin/python -m benchmarks.bench_whatif_cpu
+    .venv/bin/python -m benchmarks.bench_whatif_cpu --repeats 5 --threads 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from pwfn_viz.bayes import convert, flat_state
+from pwfn_viz.clustering import ClusterConfig, cluster_round
+from pwfn_viz.data import create_dataset, make_loader
+from pwfn_viz.models import create_model
+from pwfn_viz.widgets import snapped_accuracy, whatif_snap
+from pwfn_viz.widgets._common import threads_for, torch_threads
+
+TARGET_S = 0.5
+WIDTH = 136   # digits_cnn(width=136): 1,011,274 converted weights
+
+
+def synthetic_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return convert(create_model("digits_cnn", num_classes=10, in_chans=1, width=WIDTH)).eval()
+
+
+def _time(fn, repeats: int) -> list[float]:
+    fn()   # warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.5, 0.9, 1.0])
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="torch CPU threads to try (default: 1 and torch's default)")
+    args = p.parse_args(argv)
+    default_threads = torch.get_num_threads()
+    threads = args.threads or sorted({1, default_threads})
+
+    model = synthetic_model()
+    mu, sigma, _ = flat_state(model)
+    n = mu.numel()
+    config = ClusterConfig()
+    late = cluster_round(mu, sigma, 0.8, config=config)
+    inputs = {"fresh": (mu, sigma), "late": (late.mu, late.sigma)}
+    load = os.getloadavg()
+    print(f"WhatIf update on CPU: N = {n:,} weights, {os.cpu_count()} cores, torch default threads "
+          f"{default_threads}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    print(f"widget's thread rule for this N: {threads_for_n(n) or 'torch default'}")
+    print(f"{'input':6} {'fraction':>8} {'threads':>7} {'median s':>9} {'min s':>7} {'cluster s':>9} "
+          f"{'stats s':>7}  unique  < {TARGET_S} s")
+    verdicts = []
+    for name, (m, s) in inputs.items():
+        for fraction in args.fractions:
+            if name == "late" and fraction <= 0.8:
+                continue
+            for t in threads:
+                with torch_threads(t):
+                    total = _time(lambda: whatif_snap(m, s, fraction, config), args.repeats)
+                    parts = _time(lambda: cluster_round(m, s, fraction, config=config), 1)
+                    result, stats = whatif_snap(m, s, fraction, config)
+                    from pwfn_viz.metrics import codebook_stats
+                    stats_t = _time(lambda: codebook_stats(result.mu), 1)
+                med = statistics.median(total)
+                ok = med < TARGET_S
+                verdicts.append((name, fraction, t, med, ok))
+                print(f"{name:6} {fraction:8.2f} {t:7d} {med:9.3f} {min(total):7.3f} {parts[0]:9.3f} "
+                      f"{stats_t[0]:7.3f}  {stats['unique']:6d}  {'yes' if ok else 'NO'}")
+
+    data = create_dataset("digits")
+    loader = make_loader(data.test, 512)
+    result, _ = whatif_snap(mu, sigma, 0.9, config)
+    for t in threads:
+        with torch_threads(t):
+            acc_t = _time(lambda: snapped_accuracy(model, result, loader), args.repeats)
+        print(f"accuracy after the snap (load_flat_state + evaluate on {len(data.test)} digits test images), "
+              f"threads {t}: median {statistics.median(acc_t):.3f} s, min {min(acc_t):.3f} s")
+    worst = max(verdicts, key=lambda v: v[3])
+    best_threads = {t: max(v[3] for v in verdicts if v[2] == t) for t in threads}
+    print("slowest update per thread count: " + ", ".join(f"{t} thread(s) {s:.3f} s" for t, s in best_threads.items()))
+    all_ok = {t: all(v[4] for v in verdicts if v[2] == t) for t in threads}
+    print("every update under 0.5 s: " + ", ".join(f"{t} thread(s): {'yes' if ok else 'NO'}" for t, ok in all_ok.items()))
+    print(f"slowest case: {worst[0]} input, fraction {worst[1]}, {worst[2]} thread(s): {worst[3]:.3f} s")
+    return 0
+
+
+def threads_for_n(n: int):
+    """The thread count WhatIf uses for a run of ``n`` converted weights (see _common.threads_for)."""
+    class _Run:   # the two fields threads_for reads
+        config = {"threads": 0}
+        meta = {"n_converted": n, "tensors": {}}
+    return threads_for(_Run())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
