@@ -6,6 +6,7 @@
     pwfn-viz show runs/digits_cnn-digits-20261126-120000
     pwfn-viz analyse runs/digits_cnn-digits-20261126-120000 --out figures/   # noise + calibration
     pwfn-viz export runs/digits_cnn-digits-20261126-120000                   # codebook + packed indices
+    pwfn-viz figures runs/digits_cnn-digits-20261126-120000 --out figures/   # every plot, png/pdf/svg
 """
 from __future__ import annotations
 
@@ -32,6 +33,21 @@ def _round(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--round wants an integer (e.g. -1, the last round) or 'start', got {text!r}")
+
+
+def _formats(text: str) -> tuple:
+    """Comma-separated figure formats (png, pdf, svg, ...)."""
+    formats = tuple(f.strip().lstrip(".") for f in text.split(",") if f.strip())
+    if not formats:
+        raise argparse.ArgumentTypeError(f"--formats wants e.g. png,pdf,svg, got {text!r}")
+    return formats
+
+
+def _rounds(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rounds wants comma-separated round indices like 0,-1, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--round", type=int, default=-1,
                     help="round to export (default -1: the last; every weight must be fixed)")
 
+    fg = sub.add_parser("figures", help="write every plot of a run (png, pdf, svg) for a paper")
+    fg.add_argument("run_dir")
+    fg.add_argument("--out", required=True, metavar="DIR", help="folder for the figures")
+    fg.add_argument("--formats", type=_formats, default=("png", "pdf", "svg"),
+                    help="comma-separated file formats (default png,pdf,svg)")
+    fg.add_argument("--no-compare", action="store_true", help="skip the PWFN against k-means figures")
+    fg.add_argument("--rounds", type=_rounds, default=None, help="rounds for per-round figures, e.g. 0,-1 (default all)")
+    fg.add_argument("--layer", default=None, help="tensor of the channel heatmap (default the largest convolution)")
+    fg.add_argument("--dpi", type=int, default=200, help="resolution of the PNG files")
+
+    b = sub.add_parser("bench", help="the benchmark suite (python -m benchmarks), from a source checkout",
+                       add_help=False)
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m benchmarks (--help)")
+
     lst = sub.add_parser("list", help="list models and datasets")
     lst.add_argument("pattern", nargs="?", default="*", help="model name pattern, e.g. 'resnet*'")
     return p
@@ -132,7 +162,23 @@ def _config(a) -> RunConfig:
     return RunConfig.wfn(**given) if a.method == "wfn" else RunConfig(**given)
 
 
+def _bench(argv) -> int:
+    """``pwfn-viz bench ARGS`` = ``python -m benchmarks ARGS`` (benchmarks/ sits beside the package)."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "__main__.py").exists():
+        print(f"pwfn-viz: error: {root / 'benchmarks'} not found: `pwfn-viz bench` runs from a source checkout "
+              "(git clone, then pip install -e .)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    from benchmarks.__main__ import main as bench_main
+    return bench_main(list(argv))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:   # everything after "bench" belongs to the benchmark suite's own parser
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     import pandas as pd
     try:
@@ -176,6 +222,11 @@ def main(argv=None) -> int:
             from pathlib import Path
             from .export import export_run
             print(export_run(args.run_dir, args.out or Path(args.run_dir) / "export.safetensors", args.round))
+        elif args.command == "figures":
+            from .viz.figures import write_figures
+            paths = write_figures(args.run_dir, args.out, args.formats, rounds=args.rounds, layer=args.layer,
+                                  comparison=not args.no_compare, dpi=args.dpi)
+            print(f"wrote {len(paths)} files to {args.out}")
         elif args.command == "list":
             from .data import list_datasets
             from .models import list_models

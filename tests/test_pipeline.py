@@ -177,3 +177,10 @@ def test_plain_model_equals_converted_model(quick_run):
             assert torch.equal(plain(x), quick_run.model_at(i)(x))
     with pytest.raises(IndexError, match="rounds 0..2"):
         quick_run.model_at(7)
+
+
+def test_cli_bench_forwards_to_the_benchmark_suite(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    assert "--only" in capsys.readouterr().out and (ROOT / "benchmarks" / "__main__.py").exists()
