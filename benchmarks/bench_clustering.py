@@ -167,7 +167,10 @@ def run_worker(impl: str, n: int, device: str, seed: int, budget: float | None,
     Returns the finished rounds and why it stopped early ("" if it ran the whole schedule)."""
     cmd = [sys.executable, "-m", "benchmarks.bench_clustering", "--worker", impl,
            "--n", str(n), "--device", device, "--seed", str(seed), "--mem-limit-gb", str(mem_limit_gb)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # Large blocks through mmap, returned on free: the RSS then follows live memory instead of
+    # what glibc's heap keeps after a free (which would hide or inflate a round's own peak).
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MALLOC_MMAP_THRESHOLD_="65536")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)],

@@ -106,15 +106,22 @@ def _check_inputs(mu, sigma, fraction):
         raise ValueError(f"fraction={fraction} must be in (0, 1]")
 
 
-def _stable_order(*keys: torch.Tensor) -> torch.Tensor:
-    """Indices sorting by keys[0], then keys[1], ... (lexicographic, stable)."""
-    order = torch.arange(keys[0].numel(), device=keys[0].device)
-    for key in reversed(keys):
-        order = order[torch.sort(key[order], stable=True).indices]
-    return order
+def _smallest(keys: list[torch.Tensor], need: int) -> torch.Tensor:
+    """Indices of the ``need`` lexicographically smallest rows of ``keys`` (1-D tensors of one
+    length; the last key unique). A selection by k-th values, not a sort, so that temporaries stay
+    small when a centre fits most of the network and the cap bites."""
+    key = keys[0]
+    if need >= key.numel():
+        return torch.arange(key.numel(), device=key.device)
+    threshold = key.kthvalue(need).values
+    closer = (key < threshold).nonzero().squeeze(1)
+    tied = (key == threshold).nonzero().squeeze(1)
+    rest = need - closer.numel()
+    chosen = tied[:rest] if len(keys) == 1 else tied[_smallest([k[tied] for k in keys[1:]], rest)]
+    return torch.cat([closer, chosen])
 
 
-CHUNK = 1 << 20   # elementwise work is done in chunks so temporaries stay O(chunk), not O(N)
+CHUNK = 1 << 16   # elementwise work is done in chunks so temporaries stay O(chunk), not O(N)
 
 
 def _coverage(pm, ps, delta: float, sorted_centres: torch.Tensor) -> torch.Tensor:
@@ -130,7 +137,7 @@ def _coverage(pm, ps, delta: float, sorted_centres: torch.Tensor) -> torch.Tenso
     k = sorted_centres.numel()
     diff = torch.zeros(k + 1, dtype=torch.long, device=pm.device)
     for start in range(0, pm.numel(), CHUNK):
-        m, s = pm[start:start + CHUNK], ps[start:start + CHUNK]
+        m, s = pm[start:start + CHUNK].double(), ps[start:start + CHUNK].double()
         first = torch.searchsorted(sorted_centres, m - delta * s, right=False)   # first c >= lo
         stop = torch.searchsorted(sorted_centres, m + delta * s, right=True)     # first c > hi
         diff += torch.bincount(first, minlength=k + 1) - torch.bincount(stop, minlength=k + 1)
@@ -147,13 +154,13 @@ def _fitting(pm, ps, p_alive, a: int, z: int, c: float, delta: float, band: tupl
     found = []
     for start in range(a, z, CHUNK):
         end = min(z, start + CHUNK)
-        m, s = pm[start:end], ps[start:end]
+        m, s = pm[start:end].double(), ps[start:end].double()
         fits = p_alive[start:end] & (m - delta * s <= c) & (m + delta * s >= c)
         if band is not None and band[0] < end and band[1] > start:
             lo, hi = max(band[0], start) - start, min(band[1], end) - start
             fits[lo:hi] |= p_alive[start + lo:start + hi]
-        found.append(fits.nonzero().squeeze(1) + start)
-    return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=pm.device)
+        found.append((fits.nonzero().squeeze(1) + start).to(torch.int32))   # N < 2^31 positions
+    return torch.cat(found) if found else torch.zeros(0, dtype=torch.int32, device=pm.device)
 
 
 def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
@@ -172,21 +179,23 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
     target = target_count(fraction, n)
 
     # One sort per round (float64 conversion is exact and monotone, so mu's own order serves).
+    store = torch.promote_types(mu.dtype, torch.float32)   # float16/bfloat16/float32 -> float32
     order_by_mu = torch.argsort(mu, stable=True)
     if n < 2 ** 31:   # int32 positions: 4 bytes per weight fewer for this and each pass's p_idx
         order_by_mu = order_by_mu.to(torch.int32)
     alive = torch.ones(n, dtype=torch.bool, device=device)   # not yet assigned
-    assignment = torch.full((n,), -1, dtype=torch.long, device=device)
+    assignment = torch.full((n,), -1, dtype=torch.int32, device=device)   # int64 on return
     new_mu, new_sigma = mu.clone(), sigma.clone()
     centres, rows = [], []
     n_assigned, order, delta, grow_order_next, pass_index = 0, 1, cfg.delta, True, 0
 
     while n_assigned < target:
         # The unassigned weights of this pass, in mu order, so that every centre's candidates lie in
-        # one contiguous slice; all arithmetic in float64 with sigma floored.
+        # one contiguous slice; sigma floored. Stored in (at least) float32, which holds every
+        # input exactly; all arithmetic on them is float64.
         p_idx = order_by_mu[alive[order_by_mu]]
-        pm = mu[p_idx].double()
-        ps = sigma[p_idx].double().clamp_(min=cfg.sigma_floor)
+        pm = mu[p_idx].to(store)
+        ps = sigma[p_idx].to(torch.promote_types(sigma.dtype, torch.float32)).clamp_(min=cfg.sigma_floor)
         p_alive = torch.ones(pm.numel(), dtype=torch.bool, device=device)
         cands = candidate_centres(order, max(-pm[0].item(), pm[-1].item()), cfg.b).to(device)
         by_value = torch.argsort(cands)
@@ -196,9 +205,9 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
         assert cands[zero_pos].item() == 0.0
         band = None
         if cfg.zero_fix:  # |mu| < 2^-b is a contiguous slice of the mu-sorted weights
-            ends = torch.tensor([-zero_band, zero_band], dtype=torch.float64, device=device)
+            ends = torch.tensor([-zero_band, zero_band], dtype=store, device=device)   # exact
             band = (int(torch.searchsorted(pm, ends[0], right=True)), int(torch.searchsorted(pm, ends[1])))
-            bm, bs = pm[band[0]:band[1]], ps[band[0]:band[1]]
+            bm, bs = pm[band[0]:band[1]].double(), ps[band[0]:band[1]].double()
             counts[zero_pos] += int((~((bm - delta * bs <= 0) & (bm + delta * bs >= 0))).sum())
         reach = 2 * delta * ps.max().item()   # widened for rounding: no fitting weight lies further
         while True:
@@ -211,21 +220,22 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
             lo_v, hi_v = c - reach, c + reach
             if c == 0.0:
                 lo_v, hi_v = min(lo_v, -zero_band), max(hi_v, zero_band)
+            # (window ends rounded to the stored dtype: to nearest, so no stored value that lies
+            # inside the window can fall outside it)
             a, z = torch.searchsorted(pm, torch.tensor([lo_v, hi_v], dtype=torch.float64,
-                                                       device=device)).tolist()
+                                                       device=device).to(store)).tolist()
             local = _fitting(pm, ps, p_alive, a, z, c, delta, band if c == 0.0 else None)
             assert local.numel() == n_fit, "coverage count and window disagree"
             need = target - n_assigned
             if n_fit > need:  # the cap bites: closest first, ties by |mu|, then position
-                dist = (pm[local] - c).abs() / ps[local]
+                dist = pm[local].double().sub_(c).abs_().div_(ps[local].double())   # in place: few temporaries
                 if band is not None and c == 0.0:
-                    in_band = (local >= band[0]) & (local < band[1])
-                    dist = torch.where(in_band, torch.zeros_like(dist), dist)
-                local = local[_stable_order(dist, pm[local].abs(), p_idx[local])[:need]]
+                    dist.masked_fill_((local >= band[0]) & (local < band[1]), 0.0)
+                local = local[_smallest([dist, pm[local].abs(), p_idx[local]], need)]
             take = p_idx[local]
 
             # Snap: record the step, move mu to the centre, set sigma by the join rule.
-            taken_mu, taken_sigma = pm[local], sigma[take].double()
+            taken_mu, taken_sigma = pm[local].double(), sigma[take].double()
             rows.append(dict(round=round_index, pass_index=pass_index, step=len(rows), P=order,
                              delta=delta, centre=c, n_fit=n_fit, n_taken=take.numel(),
                              mu_mean=taken_mu.mean().item(), mu_std=taken_mu.std(unbiased=False).item(),
@@ -244,11 +254,12 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
             if n_assigned >= target:
                 break
             # The taken weights no longer count for the remaining centres.
-            t_m, t_s = pm[local], ps[local]
-            counts[by_value] -= _coverage(t_m, t_s, delta, cands[by_value])
+            del taken_mu, taken_sigma
+            counts[by_value] -= _coverage(pm[local], ps[local], delta, cands[by_value])
             if band is not None:
-                in_band = (local >= band[0]) & (local < band[1])
-                counts[zero_pos] -= int((in_band & ~((t_m - delta * t_s <= 0) & (t_m + delta * t_s >= 0))).sum())
+                in_band = local[(local >= band[0]) & (local < band[1])]
+                bm, bs = pm[in_band].double(), ps[in_band].double()
+                counts[zero_pos] -= int((~((bm - delta * bs <= 0) & (bm + delta * bs >= 0))).sum())
         del p_idx, pm, ps, p_alive
         if n_assigned < target:  # grow: alternate one more power of two and a wider band
             if grow_order_next and order < cfg.max_order:
@@ -258,6 +269,6 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
             grow_order_next = not grow_order_next
             pass_index += 1
 
-    return ClusterResult(mu=new_mu, sigma=new_sigma, fixed_mask=~alive, assignment=assignment,
+    return ClusterResult(mu=new_mu, sigma=new_sigma, fixed_mask=~alive, assignment=assignment.long(),
                          centres=torch.tensor(centres, dtype=torch.float64),
                          steps=pd.DataFrame(rows, columns=STEP_COLUMNS))

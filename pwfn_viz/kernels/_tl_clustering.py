@@ -36,8 +36,8 @@ def coverage_kernel(pm_ptr, ps_ptr, delta_ptr, c_ptr, diff_ptr, n, k, steps,
     HISTOGRAM: count the block's ends locally first, then one atomic add per non-empty bin."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n
-    m = tl.load(pm_ptr + offs, mask=valid, other=0.0)
-    s = tl.load(ps_ptr + offs, mask=valid, other=0.0)
+    m = tl.load(pm_ptr + offs, mask=valid, other=0.0).to(tl.float64)   # stored float32 or float64:
+    s = tl.load(ps_ptr + offs, mask=valid, other=0.0).to(tl.float64)   # exact in float64
     delta = tl.load(delta_ptr)
     first = _count_below(c_ptr, m - delta * s, k, steps, False)
     stop = _count_below(c_ptr, m + delta * s, k, steps, True)
@@ -57,8 +57,8 @@ def fit_mask_kernel(pm_ptr, ps_ptr, alive_ptr, params_ptr, out_ptr, a, z, band_l
     """out[i - a] = alive[i] & (m - delta*s <= c <= m + delta*s  or  band_lo <= i < band_hi)."""
     offs = a + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < z
-    m = tl.load(pm_ptr + offs, mask=valid, other=0.0)
-    s = tl.load(ps_ptr + offs, mask=valid, other=0.0)
+    m = tl.load(pm_ptr + offs, mask=valid, other=0.0).to(tl.float64)   # stored float32 or float64:
+    s = tl.load(ps_ptr + offs, mask=valid, other=0.0).to(tl.float64)   # exact in float64
     alive = tl.load(alive_ptr + offs, mask=valid, other=0) != 0
     delta = tl.load(params_ptr)
     c = tl.load(params_ptr + 1)

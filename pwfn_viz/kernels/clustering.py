@@ -38,7 +38,8 @@ def coverage_counts(pm: torch.Tensor, ps: torch.Tensor, delta: float, sorted_cen
                     strategy: str | None = None) -> torch.Tensor:
     """Triton twin of ``pwfn_viz.clustering._coverage`` (same int64 counts, exactly).
 
-    ``pm``, ``ps``: float64 interval centres and half-widths per ``delta``; ``sorted_centres``:
+    ``pm``, ``ps``: float32 or float64 interval centres and half-widths per ``delta`` (the arithmetic is
+    float64); ``sorted_centres``:
     float64, ascending. ``strategy`` ("histogram" or "atomic") overrides the automatic choice of
     how the block's interval ends reach the difference array (used by the GPU self-check).
     """
@@ -51,7 +52,8 @@ def coverage_counts(pm: torch.Tensor, ps: torch.Tensor, delta: float, sorted_cen
         raise ValueError(f"strategy={strategy!r}: choose 'histogram' or 'atomic'")
     diff = torch.zeros(bins if strategy == "histogram" else k + 1, dtype=torch.int32, device=pm.device)
     if n:
-        pm, ps, centres = (t.contiguous().to(torch.float64) for t in (pm, ps, sorted_centres))
+        pm, ps = pm.contiguous(), ps.contiguous()   # float32 or float64; the kernel works in float64
+        centres = sorted_centres.contiguous().to(torch.float64)
         delta_t = torch.tensor([float(delta)], dtype=torch.float64, device=pm.device)
         tk.coverage_kernel[(triton_cdiv(n, BLOCK),)](
             pm, ps, delta_t, centres, diff, n, k, k.bit_length(),
