@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--formats", type=_formats, default=("png", "pdf", "svg"),
                     help="comma-separated file formats (default png,pdf,svg)")
     fg.add_argument("--no-compare", action="store_true", help="skip the PWFN against k-means figures")
-    fg.add_argument("--rounds", type=_rounds, default=None, help="rounds for per-round figures, e.g. 0,-1 (default all)")
+    fg.add_argument("--rounds", type=_rounds, default=None,
+                    help="rounds for the per-round figures, e.g. 0,-1 (default: all)")
     fg.add_argument("--layer", default=None, help="tensor of the channel heatmap (default the largest convolution)")
     fg.add_argument("--dpi", type=int, default=200, help="resolution of the PNG files")
 

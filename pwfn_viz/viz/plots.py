@@ -1,41 +1,213 @@
-"""Paper-quality plots over run records. Each function takes a :class:`~pwfn_viz.record.Run` (or
-its table) and an optional ``ax``, draws, and returns the Figure, so it can be composed into a
-multi-panel figure and saved as PDF/SVG/PNG.
+"""Paper-quality plots of what the rounds did: the round timeline, the greedy steps of a round
+and its codebook. Each function takes a :class:`~pwfn_viz.record.Run` (with a round index, by
+default the last round) or a :class:`~pwfn_viz.record.Round`, and an optional ``ax``; it draws
+and returns the Figure, so it can be composed into a multi-panel figure and saved as
+PDF/SVG/PNG.
 
     >>> fig = plot_timeline(pwfn_viz.load_run("runs/x"))     # doctest: +SKIP
     >>> fig.savefig("timeline.pdf")                          # doctest: +SKIP
+
+The other families live beside this module: :mod:`~pwfn_viz.viz.uncertainty` (sigma against
+mu with the acceptance bands), :mod:`~pwfn_viz.viz.position` (sigma against position in the
+network) and :mod:`~pwfn_viz.viz.compare_plots` (PWFN against k-means).
 """
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import torch
 
-PALETTE = {"before": "#0072B2", "after": "#D55E00", "unique": "#009E73", "entropy": "#CC79A7"}  # Okabe-Ito
+from .style import COLOURS, ROLE, new_axes, order_colour, styled
+from .tables import check_layer, power_of_two_terms, resolve_round, value_counts
+
+__all__ = ["plot_timeline", "plot_greedy_steps", "plot_step_centres", "plot_step_counts", "plot_step_growth",
+           "plot_value_histograms", "plot_round_codebook"]
+
+PALETTE = {k: ROLE[k] for k in ("before", "after", "unique", "entropy")}   # kept for older imports
 
 
 def _table(run_or_table) -> pd.DataFrame:
     return run_or_table if isinstance(run_or_table, pd.DataFrame) else run_or_table.table()
 
 
-def plot_timeline(run, ax=None, baseline: float | None = None):
-    """Round timeline: test top-1 before and after each snap (left axis) and unique values (right
-    axis, log scale) against the cumulative fraction fixed."""
+@styled
+def plot_timeline(run, ax=None, baseline: float | None = None, *, entropy: bool = True):
+    """Round timeline: test top-1 before and after each snap (left axis), unique values (right
+    axis, log scale) and, with ``entropy``, the entropy of the weights in bits (zero included;
+    an outer right axis) against the cumulative fraction fixed. ``run`` may be a Run or its
+    ``table()``."""
     table = _table(run)
     if baseline is None and not isinstance(run, pd.DataFrame):
         baseline = run.baseline["top1"]
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.5), layout="constrained")
+    fig, ax = new_axes(ax, (6.4, 3.6))
     x = table["fraction"] * 100
-    ax.plot(x, table["top1_before"], "o-", color=PALETTE["before"], label="top-1 before snap")
-    ax.plot(x, table["top1_after"], "s--", color=PALETTE["after"], label="top-1 after snap")
+    ax.plot(x, table["top1_before"], "o-", color=ROLE["before"], label="top-1 before snap")
+    ax.plot(x, table["top1_after"], "s--", color=ROLE["after"], label="top-1 after snap")
     if baseline is not None:
         ax.axhline(baseline, color="grey", lw=0.8, ls=":", label="unquantised")
     ax.set_xlabel("weights fixed (%)")
     ax.set_ylabel("test top-1 (%)")
     right = ax.twinx()
-    right.plot(x, table["unique"], "^-", color=PALETTE["unique"], alpha=0.7, label="unique values")
+    right.plot(x, table["unique"], "^-", color=ROLE["unique"], alpha=0.8, label="unique values")
     right.set_yscale("log")
-    right.set_ylabel("unique values")
-    lines = ax.get_legend_handles_labels()
-    more = right.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower left", fontsize="small")
+    right.set_ylabel("unique values", color=ROLE["unique"])
+    handles, labels = [], []
+    for a in (ax, right):
+        h, lab = a.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    if entropy:
+        outer = ax.twinx()
+        outer.spines["right"].set_position(("axes", 1.16))
+        outer.plot(x, table["entropy"], "D:", color=ROLE["entropy"], ms=4, label="entropy (bits)")
+        outer.set_ylabel("entropy (bits)", color=ROLE["entropy"])
+        h, lab = outer.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncols=3, fontsize="x-small")
+    return fig
+
+
+# ----------------------------------------------------------------------------- greedy steps
+
+def _steps(source, round_index):
+    rnd = resolve_round(source, round_index)
+    if not len(rnd.steps):
+        raise ValueError(f"round {rnd.index} recorded no greedy steps (steps.csv missing or empty)")
+    return rnd, rnd.steps
+
+
+def _pass_boundaries(ax, steps):
+    starts = steps["step"].to_numpy()[np.flatnonzero(np.diff(steps["pass_index"].to_numpy())) + 1]
+    for s in starts:
+        ax.axvline(s - 0.5, color="grey", lw=0.6, ls=":")
+
+
+@styled
+def plot_step_centres(source, round_index: int | None = None, ax=None):
+    """The centre each greedy step chose, in the order chosen, coloured by its order P (dotted
+    lines: a new pass, after P or delta grew)."""
+    rnd, steps = _steps(source, round_index)
+    fig, ax = new_axes(ax, (6.4, 2.6))
+    for p, group in steps.groupby("P"):
+        ax.scatter(group["step"], group["centre"], s=14, color=order_colour(p), label=f"P = {p}", zorder=3)
+    _pass_boundaries(ax, steps)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("greedy step")
+    ax.set_ylabel("centre")
+    ax.set_title(f"round {rnd.index}: centres in the order chosen")
+    ax.legend(fontsize="x-small", ncols=4)
+    return fig
+
+
+@styled
+def plot_step_counts(source, round_index: int | None = None, ax=None):
+    """Weights each step took (bars) and fitted (dots: more than taken when the round's target
+    capped it), log scale, with the cumulative number taken on a right axis."""
+    rnd, steps = _steps(source, round_index)
+    fig, ax = new_axes(ax, (6.4, 2.6))
+    ax.bar(steps["step"], steps["n_taken"], width=0.8, color=COLOURS["sky"], label="taken")
+    ax.plot(steps["step"], steps["n_fit"], "o", ms=2.5, color=COLOURS["blue"], label="fitting")
+    _pass_boundaries(ax, steps)
+    ax.set_yscale("log")
+    ax.set_xlabel("greedy step")
+    ax.set_ylabel("weights")
+    right = ax.twinx()
+    right.plot(steps["step"], steps["n_taken"].cumsum(), "-", color=COLOURS["vermillion"], label="cumulative taken")
+    right.set_ylabel("cumulative taken", color=COLOURS["vermillion"])
+    right.set_ylim(0, None)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = right.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize="x-small", loc="upper right")
+    return fig
+
+
+@styled
+def plot_step_growth(source, round_index: int | None = None, ax=None):
+    """The order P (left, steps) and the band width delta (right, log2 scale) at every greedy
+    step: how the round grew its candidate set until it reached its target."""
+    rnd, steps = _steps(source, round_index)
+    fig, ax = new_axes(ax, (6.4, 2.4))
+    ax.step(steps["step"], steps["P"], where="mid", color=COLOURS["green"], label="order P")
+    ax.set_yticks(range(1, int(steps["P"].max()) + 1))
+    ax.set_ylim(0.5, max(4, int(steps["P"].max())) + 0.5)
+    ax.set_xlabel("greedy step")
+    ax.set_ylabel("order P", color=COLOURS["green"])
+    right = ax.twinx()
+    right.step(steps["step"], steps["delta"], where="mid", color=COLOURS["purple"], ls="--", label="delta")
+    right.set_yscale("log", base=2)
+    right.set_ylabel("delta", color=COLOURS["purple"])
+    _pass_boundaries(ax, steps)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = right.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize="x-small", loc="upper left")
+    return fig
+
+
+@styled
+def plot_greedy_steps(source, round_index: int | None = None, ax=None):
+    """The greedy steps of a round in three panels sharing the step axis: centres in the order
+    chosen (:func:`plot_step_centres`), weights taken (:func:`plot_step_counts`), P and delta
+    growth (:func:`plot_step_growth`). ``ax``: None or a sequence of three Axes."""
+    if ax is None:
+        fig, ax = plt.subplots(3, 1, figsize=(6.4, 6.6), sharex=True, layout="constrained",
+                               height_ratios=(1.2, 1, 0.8))
+    elif len(ax) != 3:
+        raise ValueError(f"plot_greedy_steps draws three panels; pass three Axes, got {len(ax)}")
+    plot_step_centres(source, round_index, ax=ax[0])
+    plot_step_counts(source, round_index, ax=ax[1])
+    plot_step_growth(source, round_index, ax=ax[2])
+    for a in ax[:2]:
+        a.set_xlabel("")
+    ax[1].set_title("")
+    return ax[0].figure
+
+
+# ----------------------------------------------------------------------------- codebooks of a round
+
+def _values(tensors: dict, layer):
+    names = [check_layer(tensors, layer)] if layer is not None else list(tensors)
+    return torch.cat([tensors[n].detach().double().flatten() for n in names])
+
+
+@styled
+def plot_value_histograms(source, round_index: int | None = None, ax=None, *, layer: str | None = None,
+                          bins: int = 200):
+    """Histograms of every weight's value before the round's snap and after it (log counts):
+    after the snap the fixed weights pile up on the round's centres."""
+    rnd = resolve_round(source, round_index)
+    pre, post = _values(rnd.pre_mu, layer).numpy(), _values(rnd.mu, layer).numpy()
+    fig, ax = new_axes(ax, (6.4, 3.4))
+    edges = np.histogram_bin_edges(np.concatenate([pre, post]), bins=bins)
+    ax.hist(pre, bins=edges, histtype="stepfilled", color=ROLE["pre"], alpha=0.35, label="before the snap")
+    ax.hist(post, bins=edges, histtype="step", color=ROLE["post"], lw=1.0, label="after the snap")
+    ax.set_yscale("log")
+    ax.set_xlabel("weight value (mu)")
+    ax.set_ylabel("weights per bin")
+    ax.set_title(f"round {rnd.index}" + (f", {layer}" if layer else ""))
+    ax.legend(fontsize="x-small")
+    return fig
+
+
+@styled
+def plot_round_codebook(source, round_index: int | None = None, ax=None, *, layer: str | None = None,
+                        b: int = 7):
+    """The shared values of the fixed weights after the round's snap and how many weights use
+    each (stems, log scale), coloured by how many powers of two (>= 2^-b) the value needs."""
+    rnd = resolve_round(source, round_index)
+    fixed = _values({k: v.double() for k, v in rnd.fixed.items()}, layer).bool()
+    values, counts = value_counts(_values(rnd.mu, layer)[fixed])
+    order = power_of_two_terms(torch.from_numpy(values), b=b).numpy()
+    fig, ax = new_axes(ax, (6.4, 3.4))
+    for p in sorted(set(order)):
+        sel = order == p
+        colour = order_colour(p) if p >= 0 else COLOURS["grey"]
+        ax.vlines(values[sel], 0.8, counts[sel], color=colour, lw=1, alpha=0.7)
+        ax.plot(values[sel], counts[sel], "o", ms=3, color=colour,
+                label=("zero" if p == 0 else f"{p} power{'s' if p > 1 else ''} of two") if p >= 0 else "other")
+    ax.set_yscale("log")
+    ax.set_xlabel("shared value")
+    ax.set_ylabel("weights using it")
+    ax.set_title(f"round {rnd.index}: {values.size} values, {int(counts.sum()):,} fixed weights"
+                 + (f" ({layer})" if layer else ""))
+    ax.legend(fontsize="x-small")
     return fig
