@@ -2,25 +2,13 @@
 import triton
 import triton.language as tl
 
+from ._tl_clustering import _count_below
+
 INTERPRET = bool(triton.knobs.runtime.interpret)
 
 
-@triton.jit
-def _first_index(ptr, x, k, steps, RIGHT: tl.constexpr):
-    """searchsorted(ptr[0:k], x, right=RIGHT) per element of x (``steps = k.bit_length()``)."""
-    lo = tl.zeros(x.shape, dtype=tl.int32)
-    hi = lo + k
-    for _ in range(steps):
-        active = lo < hi
-        mid = (lo + hi) // 2
-        v = tl.load(ptr + mid, mask=active, other=0.0)
-        if RIGHT:
-            go_right = v <= x
-        else:
-            go_right = v < x
-        lo = tl.where(active & go_right, mid + 1, lo)
-        hi = tl.where(active & ~go_right, mid, hi)
-    return lo
+# searchsorted(ptr[0:k], x, right=RIGHT) per element of x: the clustering kernels' binary search
+_first_index = _count_below
 
 
 @triton.jit(do_not_specialize=["n", "kb", "steps"])
