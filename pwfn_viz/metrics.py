@@ -47,21 +47,25 @@ def evaluate(model: nn.Module, loader, device="cpu", *, reduce=None, autocast=No
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total}
 
 
-def entropy_bits(values: torch.Tensor) -> float:
-    """Shannon entropy (bits) of the empirical distribution of ``values``; 0 for an empty tensor."""
-    if values.numel() == 0:
+def _entropy(counts: torch.Tensor) -> float:
+    if counts.numel() == 0:
         return 0.0
-    _, counts = torch.unique(values, return_counts=True)
     p = counts.double() / counts.sum()
     return abs(float((p * p.log2()).sum()))   # abs: no -0.0 for a single value
 
 
+def entropy_bits(values: torch.Tensor) -> float:
+    """Shannon entropy (bits) of the empirical distribution of ``values``; 0 for an empty tensor."""
+    return _entropy(torch.unique(values, return_counts=True)[1])
+
+
 def codebook_stats(values: torch.Tensor) -> dict:
-    """Unique values and entropy in bits, with and without zero (WFN reported without)."""
-    flat = values.detach().flatten()
-    nonzero = flat[flat != 0]
-    return {"unique": int(torch.unique(flat).numel()), "unique_nonzero": int(torch.unique(nonzero).numel()),
-            "entropy": entropy_bits(flat), "entropy_nonzero": entropy_bits(nonzero)}
+    """Unique values and entropy in bits, with and without zero (WFN reported without).
+    One ``torch.unique`` serves all four numbers."""
+    uniq, counts = torch.unique(values.detach().flatten(), return_counts=True)
+    nonzero = counts[uniq != 0]
+    return {"unique": int(uniq.numel()), "unique_nonzero": int(nonzero.numel()),
+            "entropy": _entropy(counts), "entropy_nonzero": _entropy(nonzero)}
 
 
 def layer_table(model: nn.Module) -> pd.DataFrame:

@@ -1,0 +1,201 @@
+"""What every widget shares: loading a run without a traceback, messages, a progress bar,
+figures rendered to PNG bytes (so a plot updates in place), and the run's test loader.
+
+The base class :class:`Explorer` is an ``ipywidgets.VBox``: a message line on top, the widget's own
+controls and outputs in the middle, a progress bar at the bottom. Subclasses do their work inside
+``with self.busy(n) as step:``; any exception raised there ends up as a message in the widget
+(and in ``widget.error``), never as a traceback in the notebook.
+
+    >>> png(Figure()).startswith(b"\\x89PNG")
+    True
+"""
+from __future__ import annotations
+
+import contextlib
+import html
+import io
+import math
+from pathlib import Path
+
+import ipywidgets as widgets
+import torch
+from matplotlib.figure import Figure
+
+from ..record import Run, load_run
+
+__all__ = ["Explorer", "png", "figure", "as_run", "incomplete_message", "test_loader", "table_html", "threads_for",
+           "torch_threads"]
+
+DPI = 90
+ALL = "all"          # the dropdown value meaning "no restriction" (a None value shows as blank)
+SMALL = 1_000_000   # below this many converted weights an update runs on one CPU thread
+_STYLES = {"error": "#b00020", "warning": "#8a5300", "info": "#205080"}
+
+
+def figure(width: float = 5.5, height: float = 3.8, nrows: int = 1, ncols: int = 1, **subplot_kw):
+    """A Figure outside pyplot (never shown by the inline backend, nothing to close) and its axes."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(nrows, ncols, **subplot_kw)
+    return fig, axes
+
+
+def png(fig) -> bytes:
+    """The figure as PNG bytes (the value of an ``ipywidgets.Image``); closes pyplot figures."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    import matplotlib.pyplot as plt
+    if plt.fignum_exists(getattr(fig, "number", -1)):
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def table_html(frame, max_rows: int = 40, float_format: str = "{:.4g}", height: str = "240px") -> str:
+    """A DataFrame as a scrollable HTML table (the first ``max_rows`` rows, with a note if cut)."""
+    shown = frame.head(max_rows)
+    note = f"<p><i>first {max_rows} of {len(frame)} rows</i></p>" if len(frame) > max_rows else ""
+    body = shown.to_html(index=False, float_format=lambda v: float_format.format(v), border=0)
+    return f'<div style="max-height:{height}; overflow:auto; font-size:12px">{body}</div>{note}'
+
+
+def as_run(run) -> Run:
+    """A :class:`Run` from a Run or a run directory (raises FileNotFoundError with the fix)."""
+    if isinstance(run, Run):
+        return run
+    if isinstance(run, (str, Path)):
+        return load_run(run)
+    raise TypeError(f"expected a pwfn_viz Run or a run directory, got {type(run).__name__}; "
+                    "load one with pwfn_viz.load_run(path)")
+
+
+def incomplete_message(run: Run) -> str:
+    """'' for a complete run; otherwise what is there and how to finish it."""
+    if run.complete:
+        return ""
+    total = len(run.config.get("fractions", ()))
+    done = len(run.rounds)
+    there = "no round yet: nothing to show" if done == 0 else f"showing rounds 0..{done - 1}"
+    return (f"{run.path} is an incomplete run: {done} of {total} rounds recorded ({there}). "
+            f"Continue it with `pwfn-viz run --resume {run.path}`.")
+
+
+def test_loader(run: Run, data=None, batch_size: int = 512):
+    """The test split of the run's dataset (rebuilt from its config unless ``data`` is given)."""
+    from ..data import create_dataset, make_loader
+    if data is None:
+        cfg = run.config
+        by_model = {"model_name": cfg["model"]} if cfg["dataset"] == "imagefolder" else {}
+        data = create_dataset(cfg["dataset"], root=cfg.get("data_root"), image_size=cfg.get("image_size"),
+                              in_chans=cfg.get("in_chans"), seed=cfg.get("seed", 0), **by_model)
+    return make_loader(data.test, batch_size=max(batch_size, run.config.get("batch_size", 0)))
+
+
+def threads_for(run: Run | None) -> int | None:
+    """CPU threads for a widget update, by the pipeline's rule: the run's ``threads`` setting if
+    given, else 1 for networks under a million converted weights (many small tensor operations,
+    where thread start-up costs more than it saves; on a busy 2-core machine several times
+    more), else None (leave torch's setting)."""
+    if run is None:
+        return None
+    if run.config.get("threads"):
+        return int(run.config["threads"])
+    n = run.meta.get("n_converted") or sum(math.prod(s) for s in run.meta["tensors"].values())
+    return 1 if n < SMALL else None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` torch CPU threads (None: unchanged); the old setting returns."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(old)
+
+
+def layer_options(run: Run, allow_all: bool = True) -> list:
+    """(label, value) pairs for a layer dropdown: "all layers" (value ALL) then every tensor."""
+    names = [(f"{n}  {tuple(s)}", n) for n, s in run.meta["tensors"].items()]
+    return ([("all layers", ALL)] if allow_all else []) + names
+
+
+def unknown_layer(run: Run, name, allow_all: bool = True) -> str:
+    names = list(run.meta["tensors"])
+    return (f"layer {name!r} does not exist in this run; choose one of: {', '.join(names)}"
+            + (" (or None for all layers)" if allow_all else ""))
+
+
+class Explorer(widgets.VBox):
+    """Base of the widgets: ``message`` (HTML) on top, ``progress`` at the bottom.
+
+    ``error`` holds the last exception caught while updating (None after a good update).
+    ``css_class`` names the widget in the page (for styling and browser tests)."""
+
+    css_class = "pwfn-widget"
+
+    def __init__(self, **kwargs):
+        self.message = widgets.HTML(layout=widgets.Layout(margin="0 0 4px 0"))
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="",
+                                            layout=widgets.Layout(width="320px", visibility="hidden"))
+        self.status = widgets.Label(layout=widgets.Layout(visibility="hidden"))
+        self.progress.add_class("pwfn-progress")
+        self.error: Exception | None = None
+        self.run: Run | None = None
+        self._notice = ""
+        super().__init__(**kwargs)
+        self.add_class("pwfn-widget")
+        self.add_class(self.css_class)
+
+    def _compose(self, *body):
+        self.children = (self.message, *body, widgets.HBox([self.progress, self.status]))
+
+    # messages -------------------------------------------------------------------------------
+    def show_message(self, text: str, kind: str = "error") -> None:
+        """Show ``text`` above the widget (kind: error, warning or info); '' clears it."""
+        if not text:
+            self.message.value = ""
+            return
+        colour = _STYLES.get(kind, _STYLES["error"])
+        self.message.value = (f'<div class="pwfn-message pwfn-{kind}" style="color:{colour}; '
+                              f'white-space:normal"><b>{kind}:</b> {html.escape(text)}</div>')
+
+    @property
+    def message_text(self) -> str:
+        """The message shown, as plain text ('' when none)."""
+        import re
+        return html.unescape(re.sub(r"<[^>]+>", "", self.message.value))
+
+    def _set_notice(self, text: str) -> None:
+        """A lasting warning (e.g. an incomplete run) shown whenever no error is."""
+        self._notice = text
+        self.show_message(text, "warning")
+
+    # progress -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def busy(self, n_steps: int):
+        """Show a progress bar for ``n_steps`` steps; yields ``step(label)`` to call before each.
+        An exception inside becomes the widget's message (kept in ``self.error``). The block runs
+        with :func:`threads_for` the widget's run."""
+        self.progress.max, self.progress.value = max(1, n_steps), 0
+        self.progress.layout.visibility = self.status.layout.visibility = "visible"
+        count = [0]
+
+        def step(label: str):
+            self.status.value = f"{label} ..."
+            self.progress.value = min(count[0], self.progress.max)
+            count[0] += 1
+
+        try:
+            with torch_threads(threads_for(self.run)):
+                yield step
+            self.error = None
+            self.show_message(self._notice, "warning")
+        except Exception as exc:   # shown in the widget instead of a traceback
+            self.error = exc
+            self.show_message(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.progress.value = self.progress.max
+            self.progress.layout.visibility = self.status.layout.visibility = "hidden"
+            self.status.value = ""

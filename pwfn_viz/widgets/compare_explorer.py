@@ -1,0 +1,145 @@
+"""CompareExplorer: PWFN's final network against k-means weight sharing at any k, live.
+
+The k-means side quantises the run's *starting* network (the one PWFN started from) with one
+global codebook of ``k`` values and the chosen init, without fine-tuning (for speed); both sides
+are measured exactly as :func:`pwfn_viz.compare` measures them (accuracy on the test split,
+unique values, entropy, weight error overall and per layer, moves in units of sigma).
+
+    >>> w = CompareExplorer(run)                        # doctest: +SKIP
+    >>> w.k.value = 16; w.init.value = "linear"         # doctest: +SKIP
+    >>> w.comparison.table                              # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import warnings
+
+import ipywidgets as widgets
+import pandas as pd
+import torch
+
+from ..compare import _CLAMP_WARNING, COLUMNS, Comparison, _flat, _measure, _weights, learned_sigma
+from ..kmeans import kmeans_quantize, list_inits
+from ..viz.compare_plots import plot_codebooks
+from ._common import Explorer, as_run, figure, incomplete_message, png, table_html, test_loader
+from ._plots import plot_layer_error
+
+__all__ = ["CompareExplorer", "KMeansAtK"]
+
+TABLE_COLUMNS = ["method", "k", "top1", "top5", "unique", "entropy", "weight_error", "moved_gt_1sigma",
+                 "moved_gt_3sigma"]
+
+
+class KMeansAtK:
+    """PWFN's last recorded round against k-means on the starting network at a chosen ``k``.
+
+    Built once per run (the PWFN side is measured once); calling it with ``k`` and ``init``
+    returns a :class:`~pwfn_viz.compare.Comparison` with two rows, ``<method>`` and
+    ``kmeans@<k>``, measured with the same function :func:`pwfn_viz.compare` uses.
+    """
+
+    def __init__(self, run, loader=None, device="cpu"):
+        if not run.rounds:
+            raise ValueError(f"{run.path} has no completed round: there is no PWFN network to compare")
+        self.run, self.device = run, device
+        self.loader = loader if loader is not None else test_loader(run)
+        self.names = list(run.meta["tensors"])
+        self.start = _weights(run.plain_model_at(None), self.names)
+        self.w_start = _flat(self.start, self.names)
+        self.sigma = _flat(learned_sigma(run), self.names)
+        self.method = run.config.get("method", "pwfn")
+        row, layers, w = self._measure(self.method, 0, run.plain_model_at(-1))
+        row["k"] = row["unique"]
+        self.pwfn = (row, layers, w)
+        self.k_max = int(torch.unique(self.w_start).numel())
+
+    def _measure(self, method, k, model):
+        return _measure(method, k, False, model.to(self.device), self.names, self.w_start, self.sigma,
+                                 self.loader, self.device)
+
+    def __call__(self, k: int, init: str = "kmeans++", seed: int = 0) -> Comparison:
+        if init not in list_inits():
+            raise ValueError(f"unknown k-means init {init!r}; choose one of {list_inits()}")
+        if not 1 <= k <= self.k_max:
+            raise ValueError(f"k={k} must be between 1 and {self.k_max} (the distinct starting values)")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _CLAMP_WARNING, UserWarning)
+            quantized = kmeans_quantize(self.start, k, scope="global", init=init, seed=seed).quantized
+        model = self.run.plain_model_at(None)
+        with torch.no_grad():
+            for n, p in _weights(model, self.names).items():
+                p.copy_(quantized[n])
+        row, layers, w = self._measure(f"kmeans@{k}", k, model)
+        rows, all_layers = [self.pwfn[0], row], self.pwfn[1] + layers
+        return Comparison(pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(all_layers),
+                                   {self.method: self.pwfn[2], f"kmeans@{k}": w}, self.w_start, self.sigma,
+                                   self.pwfn[0]["entropy"], {}, self.run.path)
+
+
+class CompareExplorer(Explorer):
+    """A k slider and an init selector; the table, codebooks and per-layer error follow.
+
+    Driven from Python: set ``k.value`` / ``init.value``; read ``comparison`` (the
+    :class:`~pwfn_viz.compare.Comparison`), ``table.value`` (HTML), ``codebooks.value`` and
+    ``layer_error.value`` (PNG bytes). ``data`` (a DataBundle) skips rebuilding the dataset.
+    """
+
+    css_class = "pwfn-compare-explorer"
+
+    def __init__(self, run, k: int | None = None, init: str = "kmeans++", *, seed: int = 0, data=None,
+                 device="cpu", width: float = 5.6):
+        super().__init__()
+        self.width, self.seed, self.comparison, self.session = width, seed, None, None
+        self.k = widgets.IntSlider(value=1, min=1, max=1, description="k", continuous_update=False)
+        self.init = widgets.Dropdown(options=list_inits(), value="kmeans++", description="init")
+        self.table = widgets.HTML()
+        self.codebooks = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.layer_error = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self._compose(widgets.HBox([self.k, self.init]), self.table,
+                      widgets.HBox([self.codebooks, self.layer_error]))
+        try:
+            self.run = as_run(run)
+            self._set_notice(incomplete_message(self.run))
+            if not self.run.rounds:
+                raise ValueError(f"{self.run.path} has no completed round: nothing to compare")
+            with self.busy(2) as step:
+                step("measuring PWFN's network")
+                self.session = KMeansAtK(self.run, test_loader(self.run, data), device)
+            if self.session is None:
+                raise self.error
+        except Exception as exc:
+            self.error = exc
+            self.show_message(f"{type(exc).__name__}: {exc}")
+            self.k.disabled = self.init.disabled = True
+            return
+        if not self.run.complete:
+            self._set_notice(incomplete_message(self.run) + " PWFN is its last recorded round.")
+        pwfn_k = self.session.pwfn[0]["unique"]   # the slider spans a useful range around PWFN's budget
+        self.k.max = min(self.session.k_max, max(256, 4 * pwfn_k, k or 0))
+        self.k.value = max(1, min(k if k is not None else pwfn_k, self.k.max))
+        if init in list_inits():
+            self.init.value = init
+        self.k.observe(lambda _: self.update(), names="value")
+        self.init.observe(lambda _: self.update(), names="value")
+        self.update()
+        if init not in list_inits():   # after the first update, which clears messages
+            self.show_message(f"unknown k-means init {init!r}; choose one of {list_inits()} (showing kmeans++)")
+
+    def update(self) -> None:
+        if self.session is None:
+            return
+        with self.busy(3) as step:
+            step(f"k-means with k={self.k.value} and evaluation")
+            self.comparison = self.session(self.k.value, self.init.value, self.seed)
+            step("codebooks")
+            methods = list(self.comparison.table["method"])
+            self.table.value = table_html(self.comparison.table[TABLE_COLUMNS], height="120px")
+            fig, ax = figure(self.width, 3.6)
+            plot_codebooks(self.comparison, methods, ax=ax)
+            if ax.get_legend() is not None:   # a fixed place: "best" is slow (and warns) for many values
+                ax.get_legend().set_loc("upper right")
+            ax.set_title(f"codebooks: PWFN against k-means ({self.init.value}) at k={self.k.value}", fontsize="small")
+            self.codebooks.value = png(fig)
+            step("per-layer error")
+            fig, ax = figure(self.width, 3.6)
+            plot_layer_error(self.comparison.layers, ax, methods)
+            self.layer_error.value = png(fig)
