@@ -172,6 +172,23 @@ class Explorer(widgets.VBox):
         self._notice = text
         self.show_message(text, "warning")
 
+    def _open_run(self, run) -> bool:
+        """Read ``run`` into ``self.run``; on a bad directory or a run without rounds show why,
+        disable the controls and return False."""
+        self.run = None
+        try:
+            self.run = as_run(run)
+        except Exception as exc:
+            self.error = exc
+            self.show_message(f"{type(exc).__name__}: {exc}")
+            self._disable()
+            return False
+        self._set_notice(incomplete_message(self.run))
+        if not self.run.rounds:
+            self._disable()
+            return False
+        return True
+
     # progress -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def busy(self, n_steps: int):

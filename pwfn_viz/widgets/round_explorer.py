@@ -14,7 +14,7 @@ import ipywidgets as widgets
 
 from ..viz.plots import plot_greedy_steps, plot_timeline
 from ..viz.uncertainty import plot_sigma_vs_mu
-from ._common import ALL, Explorer, as_run, figure, incomplete_message, layer_options, png, table_html, unknown_layer
+from ._common import ALL, Explorer, figure, layer_options, png, table_html, unknown_layer
 
 __all__ = ["RoundExplorer", "round_label"]
 
@@ -65,17 +65,7 @@ class RoundExplorer(Explorer):
                       widgets.HBox([self.scatter, self.timeline]),
                       widgets.HTML("<b>greedy steps of this round</b> (centres in the order chosen)"),
                       widgets.HBox([self.steps_plot, self.steps_table]))
-        self.run = None
-        try:
-            self.run = as_run(run)
-        except Exception as exc:
-            self.error = exc
-            self.show_message(f"{type(exc).__name__}: {exc}")
-            self._disable()
-            return
-        self._set_notice(incomplete_message(self.run))
-        if not self.run.rounds:
-            self._disable()
+        if not self._open_run(run):
             return
         n = len(self.run.rounds)
         self.round_slider.max = n - 1

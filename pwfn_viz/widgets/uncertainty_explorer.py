@@ -19,7 +19,7 @@ import ipywidgets as widgets
 import torch
 
 from ..viz.tables import weight_status
-from ._common import ALL, Explorer, as_run, figure, incomplete_message, layer_options, png, table_html, unknown_layer
+from ._common import ALL, Explorer, figure, layer_options, png, table_html, unknown_layer
 from ._plots import plot_selection_position, plot_selection_scatter, plot_trajectory
 from .trajectory import select_view, select_weights, weight_trajectory
 
@@ -59,17 +59,7 @@ class UncertaintyExplorer(Explorer):
                       self.selection_label, widgets.HBox([self.scatter, self.position]),
                       widgets.HBox([self.weight, self.weight_label]),
                       widgets.HBox([self.trajectory_plot, self.trajectory_table]))
-        self.run = None
-        try:
-            self.run = as_run(run)
-        except Exception as exc:
-            self.error = exc
-            self.show_message(f"{type(exc).__name__}: {exc}")
-            self._disable()
-            return
-        self._set_notice(incomplete_message(self.run))
-        if not self.run.rounds:
-            self._disable()
+        if not self._open_run(run):
             return
         n = len(self.run.rounds)
         with self._hold():
