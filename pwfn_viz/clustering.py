@@ -178,11 +178,15 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
     zero_band = 2.0 ** -cfg.b
     target = target_count(fraction, n)
 
-    # One sort per round (float64 conversion is exact and monotone, so mu's own order serves).
+    # The unassigned weights in mu order (one sort per round), so that every centre's candidates
+    # lie in one contiguous slice; sigma floored. Stored in (at least) float32, which holds every
+    # input exactly; all arithmetic on them is float64. Each pass keeps the ones still unassigned.
     store = torch.promote_types(mu.dtype, torch.float32)   # float16/bfloat16/float32 -> float32
-    order_by_mu = torch.argsort(mu, stable=True)
-    if n < 2 ** 31:   # int32 positions: 4 bytes per weight fewer for this and each pass's p_idx
-        order_by_mu = order_by_mu.to(torch.int32)
+    p_idx = torch.argsort(mu, stable=True)
+    if n < 2 ** 31:   # int32 positions: 4 bytes per weight fewer
+        p_idx = p_idx.to(torch.int32)
+    pm = mu[p_idx].to(store)
+    ps = sigma[p_idx].to(torch.promote_types(sigma.dtype, torch.float32)).clamp_(min=cfg.sigma_floor)
     alive = torch.ones(n, dtype=torch.bool, device=device)   # not yet assigned
     assignment = torch.full((n,), -1, dtype=torch.int32, device=device)   # int64 on return
     new_mu, new_sigma = mu.clone(), sigma.clone()
@@ -190,12 +194,6 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
     n_assigned, order, delta, grow_order_next, pass_index = 0, 1, cfg.delta, True, 0
 
     while n_assigned < target:
-        # The unassigned weights of this pass, in mu order, so that every centre's candidates lie in
-        # one contiguous slice; sigma floored. Stored in (at least) float32, which holds every
-        # input exactly; all arithmetic on them is float64.
-        p_idx = order_by_mu[alive[order_by_mu]]
-        pm = mu[p_idx].to(store)
-        ps = sigma[p_idx].to(torch.promote_types(sigma.dtype, torch.float32)).clamp_(min=cfg.sigma_floor)
         p_alive = torch.ones(pm.numel(), dtype=torch.bool, device=device)
         cands = candidate_centres(order, max(-pm[0].item(), pm[-1].item()), cfg.b).to(device)
         by_value = torch.argsort(cands)
@@ -260,8 +258,8 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
                 in_band = local[(local >= band[0]) & (local < band[1])]
                 bm, bs = pm[in_band].double(), ps[in_band].double()
                 counts[zero_pos] -= int((~((bm - delta * bs <= 0) & (bm + delta * bs >= 0))).sum())
-        del p_idx, pm, ps, p_alive
         if n_assigned < target:  # grow: alternate one more power of two and a wider band
+            p_idx, pm, ps = p_idx[p_alive], pm[p_alive], ps[p_alive]
             if grow_order_next and order < cfg.max_order:
                 order += 1
             else:
