@@ -58,12 +58,13 @@ from .pipeline import resolve_device
 from .record import Run, load_run
 
 __all__ = ["Comparison", "FinetuneResult", "compare", "kmeans_finetune", "learned_sigma",
-           "match_entropy", "SIGMA_FLOOR", "COLUMNS"]
+           "match_entropy", "measure_method", "converted_weights", "flatten_named", "CLAMP_WARNING",
+           "SIGMA_FLOOR", "COLUMNS"]
 
 SIGMA_FLOOR = 2.0 ** -30
 COLUMNS = ["method", "k", "finetuned", "top1", "top5", "unique", "unique_nonzero", "entropy",
            "entropy_nonzero", "weight_error", "moved_gt_1sigma", "moved_gt_2sigma", "moved_gt_3sigma"]
-_CLAMP_WARNING = r"k=\d+ exceeds the number of distinct values"
+CLAMP_WARNING = r"k=\d+ exceeds the number of distinct values"
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -270,11 +271,13 @@ def match_entropy(entropy_of, target: float, k_max: int) -> tuple[int, dict[int,
     return best, dict(sorted(seen.items()))
 
 
-def _flat(tensors: Mapping[str, torch.Tensor], names) -> torch.Tensor:
+def flatten_named(tensors: Mapping[str, torch.Tensor], names) -> torch.Tensor:
+    """The tensors ``names`` (in that order) as one flat float64 CPU vector."""
     return torch.cat([tensors[n].detach().reshape(-1).to("cpu", torch.float64) for n in names])
 
 
-def _weights(model: nn.Module, names) -> dict[str, torch.Tensor]:
+def converted_weights(model: nn.Module, names) -> dict[str, torch.Tensor]:
+    """The parameters ``names`` of a plain model (the converted tensors of a run), detached."""
     params = dict(model.named_parameters())
     return {n: params[n].detach() for n in names}
 
@@ -305,10 +308,10 @@ class Comparison:
         return f"<p><code>{self!r}</code></p>" + self.table.to_html(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def _measure(method, k, finetuned, model, names, w_start, sigma, test_loader, device):
+def measure_method(method, k, finetuned, model, names, w_start, sigma, test_loader, device):
     """One table row and the per-layer rows for a model whose converted tensors are final."""
-    tensors = _weights(model, names)
-    w = _flat(tensors, names)
+    tensors = converted_weights(model, names)
+    w = flatten_named(tensors, names)
     acc = evaluate(model, test_loader, device)
     moved = (w - w_start).abs() / sigma
     row = {"method": method, "k": int(k), "finetuned": bool(finetuned), "top1": acc["top1"], "top5": acc["top5"],
@@ -366,13 +369,13 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
         data = create_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"],
                               in_chans=cfg["in_chans"], seed=cfg["seed"])
     test_loader = make_loader(data.test, batch_size=max(256, cfg["batch_size"]), shuffle=False)
-    start_tensors = _weights(run.plain_model_at(None), names)
-    w_start = _flat(start_tensors, names)
-    sigma = _flat(learned_sigma(run), names)
+    start_tensors = converted_weights(run.plain_model_at(None), names)
+    w_start = flatten_named(start_tensors, names)
+    sigma = flatten_named(learned_sigma(run), names)
     rows, layers, weights = [], [], {}
 
     def add(method, k, finetuned, model):
-        row, lay, w = _measure(method, k, finetuned, model.to(device), names, w_start, sigma, test_loader, device)
+        row, lay, w = measure_method(method, k, finetuned, model.to(device), names, w_start, sigma, test_loader, device)
         rows.append(row)
         layers.extend(lay)
         weights[method] = w
@@ -384,7 +387,7 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
 
     def quantize(k):
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", _CLAMP_WARNING, UserWarning)
+            warnings.filterwarnings("ignore", CLAMP_WARNING, UserWarning)
             return kmeans_quantize(start_tensors, k, scope=scope, init=init, seed=seed, keep_zero=keep_zero)
 
     def entropy_of(k):
@@ -400,7 +403,7 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
         quantized, codebooks, labels = quantize(k)
         model = run.plain_model_at(None)
         with torch.no_grad():
-            for n, p in _weights(model, names).items():
+            for n, p in converted_weights(model, names).items():
                 p.copy_(quantized[n])
         add(f"kmeans@{budget}", k, False, model)
         if finetune:

@@ -17,7 +17,7 @@ import ipywidgets as widgets
 import pandas as pd
 import torch
 
-from ..compare import _CLAMP_WARNING, COLUMNS, Comparison, _flat, _measure, _weights, learned_sigma
+from ..compare import CLAMP_WARNING, COLUMNS, Comparison, converted_weights, flatten_named, learned_sigma, measure_method
 from ..kmeans import kmeans_quantize, list_inits
 from ..viz.compare_plots import plot_codebooks
 from ._common import Explorer, as_run, figure, incomplete_message, png, table_html, test_loader
@@ -43,9 +43,9 @@ class KMeansAtK:
         self.run, self.device = run, device
         self.loader = loader if loader is not None else test_loader(run)
         self.names = list(run.meta["tensors"])
-        self.start = _weights(run.plain_model_at(None), self.names)
-        self.w_start = _flat(self.start, self.names)
-        self.sigma = _flat(learned_sigma(run), self.names)
+        self.start = converted_weights(run.plain_model_at(None), self.names)
+        self.w_start = flatten_named(self.start, self.names)
+        self.sigma = flatten_named(learned_sigma(run), self.names)
         self.method = run.config.get("method", "pwfn")
         row, layers, w = self._measure(self.method, 0, run.plain_model_at(-1))
         row["k"] = row["unique"]
@@ -53,7 +53,7 @@ class KMeansAtK:
         self.k_max = int(torch.unique(self.w_start).numel())
 
     def _measure(self, method, k, model):
-        return _measure(method, k, False, model.to(self.device), self.names, self.w_start, self.sigma,
+        return measure_method(method, k, False, model.to(self.device), self.names, self.w_start, self.sigma,
                                  self.loader, self.device)
 
     def __call__(self, k: int, init: str = "kmeans++", seed: int = 0) -> Comparison:
@@ -62,11 +62,11 @@ class KMeansAtK:
         if not 1 <= k <= self.k_max:
             raise ValueError(f"k={k} must be between 1 and {self.k_max} (the distinct starting values)")
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", _CLAMP_WARNING, UserWarning)
+            warnings.filterwarnings("ignore", CLAMP_WARNING, UserWarning)
             quantized = kmeans_quantize(self.start, k, scope="global", init=init, seed=seed).quantized
         model = self.run.plain_model_at(None)
         with torch.no_grad():
-            for n, p in _weights(model, self.names).items():
+            for n, p in converted_weights(model, self.names).items():
                 p.copy_(quantized[n])
         row, layers, w = self._measure(f"kmeans@{k}", k, model)
         rows, all_layers = [self.pwfn[0], row], self.pwfn[1] + layers
