@@ -16,13 +16,9 @@ point ``pwfn-viz bench`` can call.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import queue
-import subprocess
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -87,35 +83,12 @@ class Output:
 def run_clustering_worker(impl: str, backend: str | None, n: int, device: str, budget: float | None,
                           seed: int = 0) -> dict:
     """One ``bench_clustering`` worker; returns its rounds and, if it stopped early, why."""
-    cmd = [sys.executable, "-m", "benchmarks.bench_clustering", "--worker", impl, "--n", str(n),
-           "--device", device, "--seed", str(seed)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("PWFN_BACKEND", None)
-    if backend:
-        env["PWFN_BACKEND"] = backend
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue = queue.Queue()
-    err: list[str] = []
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
-    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
-    deadline = None if budget is None else time.monotonic() + budget
-    rounds, stopped = [], None
-    while True:
-        try:
-            line = lines.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            proc.kill()   # our own child, by its handle
-            stopped = f"stopped after its {budget:.0f} s budget"
-            break
-        if line is None:
-            break
-        if line.startswith("{"):
-            rounds.append(json.loads(line))
-    proc.wait()
-    if stopped is None and proc.returncode != 0:
-        last = [x.strip() for x in err if x.strip()]
-        stopped = f"failed (exit {proc.returncode}): {last[-1][:160] if last else 'no message'}"
-    return dict(rounds=rounds, stopped=stopped)
+    from .bench_clustering import WorkerFailed, run_worker
+    try:
+        rounds, why = run_worker(impl, n, device, seed, budget, backend=backend)
+    except WorkerFailed as failed:
+        return dict(rounds=failed.rounds, stopped=str(failed))
+    return dict(rounds=rounds, stopped=why or None)
 
 
 def clustering_section(out: Output, device: str, sizes: Sizes) -> None:

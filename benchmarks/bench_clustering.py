@@ -161,22 +161,37 @@ def worker(impl: str, n: int, device: str, seed: int, mem_limit_gb: float) -> No
         mu, sigma = res.mu.to(dev), res.sigma.to(dev)  # the next round starts from this one
 
 
+class WorkerFailed(RuntimeError):
+    """A worker exited with an error; ``rounds`` holds the rounds it finished before."""
+
+    def __init__(self, message: str, rounds: list[dict]):
+        super().__init__(message)
+        self.rounds = rounds
+
+
 def run_worker(impl: str, n: int, device: str, seed: int, budget: float | None,
-               mem_limit_gb: float = 0.0, live_memory: bool = False) -> tuple[list[dict], str]:
+               mem_limit_gb: float = 0.0, live_memory: bool = False,
+               backend: str | None = None) -> tuple[list[dict], str]:
     """Start a worker; collect its per-round lines; kill it once ``budget`` seconds have passed.
-    Returns the finished rounds and why it stopped early ("" if it ran the whole schedule)."""
+    Returns the finished rounds and why it stopped early ("" if it ran the whole schedule); raises
+    :class:`WorkerFailed` (with the last line it wrote to stderr) if it crashed.
+    ``backend`` sets PWFN_BACKEND (torch or triton) for the worker."""
     cmd = [sys.executable, "-m", "benchmarks.bench_clustering", "--worker", impl,
            "--n", str(n), "--device", device, "--seed", str(seed), "--mem-limit-gb", str(mem_limit_gb)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if backend:
+        env["PWFN_BACKEND"] = backend
     if live_memory:
         # Large blocks through mmap, returned on free: the RSS then follows live memory instead of
         # what glibc's heap keeps after a free (which would hide or inflate a round's own peak).
         # It slows allocation down, so times come from a separate run without it.
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
+    err: list[str] = []
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)],
                      daemon=True).start()
+    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
     deadline = None if budget is None else time.monotonic() + budget
     rounds, why = [], ""
     while True:
@@ -189,14 +204,18 @@ def run_worker(impl: str, n: int, device: str, seed: int, budget: float | None,
             break
         if line is None:
             break
+        if not line.startswith("{"):   # a library's own print, not one of the worker's records
+            continue
         record = json.loads(line)
         if "stopped" in record:
             why = f"stopped, {record['stopped']} (memory limit {mem_limit_gb:.1f} GiB)"
         else:
             rounds.append(record)
     proc.wait()
-    if proc.returncode not in (0, -9) and not why:
-        raise RuntimeError(f"{impl} worker failed with exit code {proc.returncode}")
+    if proc.returncode != 0 and not why:
+        last = [x.strip() for x in err if x.strip()]
+        raise WorkerFailed(f"{impl} worker failed (exit {proc.returncode}): "
+                           f"{last[-1][:160] if last else 'no message'}", rounds)
     return rounds, why
 
 
