@@ -99,6 +99,13 @@ def plot_step_centres(source, round_index: int | None = None, ax=None):
     return fig
 
 
+def _twin_legend(ax, right, loc: str) -> None:
+    """One legend on ``ax`` for the lines of ``ax`` and of its twin axis ``right``."""
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = right.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize="x-small", loc=loc)
+
+
 @styled
 def plot_step_counts(source, round_index: int | None = None, ax=None):
     """Weights each step took (bars) and fitted (dots: more than taken when the round's target
@@ -115,9 +122,7 @@ def plot_step_counts(source, round_index: int | None = None, ax=None):
     right.plot(steps["step"], steps["n_taken"].cumsum(), "-", color=COLOURS["vermillion"], label="cumulative taken")
     right.set_ylabel("cumulative taken", color=COLOURS["vermillion"])
     right.set_ylim(0, None)
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = right.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize="x-small", loc="upper right")
+    _twin_legend(ax, right, loc="upper right")
     return fig
 
 
@@ -137,9 +142,7 @@ def plot_step_growth(source, round_index: int | None = None, ax=None):
     right.set_yscale("log", base=2)
     right.set_ylabel("delta", color=COLOURS["purple"])
     _pass_boundaries(ax, steps)
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = right.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize="x-small", loc="upper left")
+    _twin_legend(ax, right, loc="upper left")
     return fig
 
 
