@@ -144,13 +144,17 @@ def _coverage(pm, ps, delta: float, sorted_centres: torch.Tensor) -> torch.Tenso
     return diff.cumsum(0)[:k]
 
 
-def _fitting(pm, ps, p_alive, a: int, z: int, c: float, delta: float, band: tuple[int, int] | None):
+def _fitting(pm, ps, p_alive, a: int, z: int, c: float, delta: float, band: tuple[int, int] | None,
+             count: int | None = None, on_device: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Positions in [a, z) of the unassigned weights that fit centre ``c`` (the same float64
     comparisons as ``_coverage``), plus those in the zero band ``band`` when ``c`` is zero.
-    On CUDA (or with the triton backend forced) one Triton kernel builds the mask."""
+    ``count``, when known (the coverage count), lets the Triton kernel's caller skip the host
+    sync of a data-dependent ``nonzero``. On CUDA (or with the triton backend forced) one Triton
+    kernel builds the mask, reading ``c`` and ``delta`` from ``on_device`` when given."""
     from . import kernels
     if kernels.use_triton(pm):
-        return kernels.fitting_positions(pm, ps, p_alive, a, z, c, delta, band)
+        c_, delta_ = on_device or (c, delta)
+        return kernels.fitting_positions(pm, ps, p_alive, a, z, c_, delta_, band, count)
     found = []
     for start in range(a, z, CHUNK):
         end = min(z, start + CHUNK)
@@ -160,7 +164,123 @@ def _fitting(pm, ps, p_alive, a: int, z: int, c: float, delta: float, band: tupl
             lo, hi = max(band[0], start) - start, min(band[1], end) - start
             fits[lo:hi] |= p_alive[start + lo:start + hi]
         found.append((fits.nonzero().squeeze(1) + start).to(torch.int32))   # N < 2^31 positions
-    return torch.cat(found) if found else torch.zeros(0, dtype=torch.int32, device=pm.device)
+    local = torch.cat(found) if found else torch.zeros(0, dtype=torch.int32, device=pm.device)
+    if count is not None and local.numel() != count:
+        raise AssertionError(f"coverage count {count} and window ({local.numel()} fit) disagree")
+    return local
+
+
+def _to_host(t: torch.Tensor) -> list:
+    """The one place a round reads device values on the host (a sync on CUDA): twice per pass
+    (extent and windows), once per greedy step (the counts) and once at the end (step statistics)."""
+    return t.tolist()
+
+
+def _to_device(t: torch.Tensor, device, dtype=None) -> torch.Tensor:
+    """The one place a round copies host values to the device (on CUDA a copy from pageable
+    memory waits for the stream: a sync too): a few times per pass, never per greedy step."""
+    return t.to(device=device, dtype=dtype)
+
+
+def _outside_zero(m: torch.Tensor, s: torch.Tensor, delta: float) -> torch.Tensor:
+    """Which float64 intervals [m - delta*s, m + delta*s] miss 0 (zero-band weights that the
+    coverage count of the zero centre did not include)."""
+    return ~((m - delta * s <= 0) & (m + delta * s >= 0))
+
+
+@dataclass
+class _Pass:
+    """What one greedy pass holds: its candidates on the host and the device, the coverage counts
+    (device, candidate order), each candidate's window of the mu-sorted weights and the zero band."""
+    cands: list[float]
+    counts: torch.Tensor
+    sorted_cands: torch.Tensor     # device, ascending values
+    rank: torch.Tensor             # rank[i] = position of candidate i in value order
+    windows: list[list[int]]       # [a, z) per candidate
+    band: tuple[int, int] | None
+    zero_rank: int                 # position of the zero centre in value order
+    consts: torch.Tensor           # device float64: delta, sigma divisor, candidates (candidate order)
+
+    # The kernels read these scalars by pointer: views, no copies.
+    delta = property(lambda self: self.consts[0:1])
+    divisor = property(lambda self: self.consts[1:2])
+
+    def centre(self, i: int) -> torch.Tensor:
+        return self.consts[2 + i:3 + i]
+
+
+def _start_pass(pm, ps, order: int, delta: float, cfg: ClusterConfig, zero_band: float) -> _Pass:
+    """Candidates of this order, their coverage counts and windows: two host reads in all."""
+    device, store = pm.device, pm.dtype
+    ends = _to_device(torch.tensor([-zero_band, zero_band], dtype=store), device)   # exact in float32
+    extent = torch.cat([pm[[0, -1]].double(), ps.max().double().view(1),
+                        torch.searchsorted(pm, ends[:1], right=True).double(),
+                        torch.searchsorted(pm, ends[1:]).double()])
+    first_mu, last_mu, sigma_max, band_lo, band_hi = _to_host(extent)
+    host = candidate_centres(order, max(-first_mu, last_mu), cfg.b)   # sorted by (|c|, c)
+    assert host[0].item() == 0.0   # the zero centre is identified by value: first
+    by_value = torch.argsort(host)
+    sorted_cands = _to_device(host[by_value], device)
+    rank = torch.argsort(by_value)
+    zero_rank = int(rank[0])
+    rank = _to_device(rank, device)
+    counts = _coverage(pm, ps, delta, sorted_cands).index_select(0, rank)
+    band = None
+    if cfg.zero_fix:  # |mu| < 2^-b is a contiguous slice of the mu-sorted weights
+        band = (int(band_lo), int(band_hi))
+        bm, bs = pm[band[0]:band[1]].double(), ps[band[0]:band[1]].double()
+        counts[0] += _outside_zero(bm, bs, delta).sum()
+    # Each candidate's fitting weights lie in a window of the sorted mu: no interval reaches
+    # further than 2*delta*max(sigma) (widened for rounding). Window ends are rounded to the
+    # stored dtype, to nearest, so no stored value inside a window falls outside it.
+    reach = 2 * delta * sigma_max
+    lo, hi = host - reach, host + reach
+    lo[0], hi[0] = min(lo[0].item(), -zero_band), max(hi[0].item(), zero_band)   # the zero band
+    windows = torch.searchsorted(pm, _to_device(torch.stack([lo, hi], 1), device, store))
+    consts = _to_device(torch.cat([torch.tensor([delta, cfg.sigma_divisor], dtype=torch.float64), host]), device)
+    return _Pass(host.tolist(), counts, sorted_cands, rank, _to_host(windows), band, zero_rank, consts)
+
+
+@dataclass
+class _Round:
+    """A round's working state. ``p_idx``/``pm``/``ps``: the weights unassigned at the start of the
+    pass, in mu order (index into the network, mu, floored sigma); the rest is per network weight."""
+    p_idx: torch.Tensor
+    pm: torch.Tensor
+    ps: torch.Tensor
+    sigma: torch.Tensor            # the input sigma (for the "divide" join)
+    new_mu: torch.Tensor
+    new_sigma: torch.Tensor
+    alive: torch.Tensor            # not yet assigned
+    assignment: torch.Tensor       # int32, -1 where not assigned
+
+
+def _snap(st: _Round, cur: _Pass, p_alive, local, best: int, centre_id: int, std_mu, delta: float,
+          cfg: ClusterConfig, recount: bool) -> None:
+    """Move the weights at sorted positions ``local`` to candidate ``best``: mu := c, sigma by the join
+    rule (``std_mu``: a 0-dim device tensor), marked assigned; with ``recount``, also take them out
+    of the pass's coverage counts. On CUDA (or with the triton backend forced) one Triton kernel
+    does all of it, where the torch path below needs about twenty operations."""
+    from . import kernels
+    if kernels.use_triton(st.pm):
+        diff = kernels.snap(st, cur, p_alive, local, best, centre_id, std_mu, cfg.sigma_join, recount)
+        if recount:
+            cur.counts -= diff.cumsum(0)[:-1].index_select(0, cur.rank)
+        return
+    take = st.p_idx[local]
+    st.new_mu[take] = cur.cands[best]
+    if cfg.sigma_join == "std_mu":
+        st.new_sigma[take] = std_mu.to(st.sigma.dtype)
+    elif cfg.sigma_join == "divide":
+        st.new_sigma[take] = st.sigma[take] / cfg.sigma_divisor
+    st.assignment[take] = centre_id
+    st.alive[take] = False
+    p_alive[local] = False
+    if recount:   # the taken weights no longer count for the remaining centres
+        cur.counts -= _coverage(st.pm[local], st.ps[local], delta, cur.sorted_cands).index_select(0, cur.rank)
+        if cur.band is not None:
+            in_band = local[(local >= cur.band[0]) & (local < cur.band[1])]
+            cur.counts[0] -= _outside_zero(st.pm[in_band].double(), st.ps[in_band].double(), delta).sum()
 
 
 def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
@@ -169,7 +289,8 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
 
     ``mu`` and ``sigma`` are flat tensors over the whole network (any float dtype, any device).
     Returns the snapped ``mu``/``sigma``, the ``fixed_mask``, each weight's centre and a table with
-    one row per greedy step. Extra memory is about 50 bytes per weight (no K x N matrix).
+    one row per greedy step. Extra memory is about 50 bytes per weight (no K x N matrix). On a GPU
+    a greedy step reads one small vector (the coverage counts) back to the host and nothing else.
     """
     cfg = config or ClusterConfig()
     _check_inputs(mu, sigma, fraction)
@@ -185,81 +306,50 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
     p_idx = torch.argsort(mu, stable=True)
     if n < 2 ** 31:   # int32 positions: 4 bytes per weight fewer
         p_idx = p_idx.to(torch.int32)
-    pm = mu[p_idx].to(store)
-    ps = sigma[p_idx].to(torch.promote_types(sigma.dtype, torch.float32)).clamp_(min=cfg.sigma_floor)
-    alive = torch.ones(n, dtype=torch.bool, device=device)   # not yet assigned
-    assignment = torch.full((n,), -1, dtype=torch.int32, device=device)   # int64 on return
-    new_mu, new_sigma = mu.clone(), sigma.clone()
-    centres, rows = [], []
+    st = _Round(p_idx=p_idx, pm=mu[p_idx].to(store),
+                ps=sigma[p_idx].to(torch.promote_types(sigma.dtype, torch.float32)).clamp_(min=cfg.sigma_floor),
+                sigma=sigma, new_mu=mu.clone(), new_sigma=sigma.clone(),
+                alive=torch.ones(n, dtype=torch.bool, device=device),
+                assignment=torch.full((n,), -1, dtype=torch.int32, device=device))   # int64 on return
+    centres, rows, stats = [], [], []
     n_assigned, order, delta, grow_order_next, pass_index = 0, 1, cfg.delta, True, 0
 
     while n_assigned < target:
-        p_alive = torch.ones(pm.numel(), dtype=torch.bool, device=device)
-        cands = candidate_centres(order, max(-pm[0].item(), pm[-1].item()), cfg.b).to(device)
-        by_value = torch.argsort(cands)
-        counts = torch.empty_like(by_value)
-        counts[by_value] = _coverage(pm, ps, delta, cands[by_value])
-        zero_pos = 0  # candidates are sorted by |c|: the zero centre is first, found by value
-        assert cands[zero_pos].item() == 0.0
-        band = None
-        if cfg.zero_fix:  # |mu| < 2^-b is a contiguous slice of the mu-sorted weights
-            ends = torch.tensor([-zero_band, zero_band], dtype=store, device=device)   # exact
-            band = (int(torch.searchsorted(pm, ends[0], right=True)), int(torch.searchsorted(pm, ends[1])))
-            bm, bs = pm[band[0]:band[1]].double(), ps[band[0]:band[1]].double()
-            counts[zero_pos] += int((~((bm - delta * bs <= 0) & (bm + delta * bs >= 0))).sum())
-        reach = 2 * delta * ps.max().item()   # widened for rounding: no fitting weight lies further
+        p_alive = torch.ones(st.pm.numel(), dtype=torch.bool, device=device)
+        cur = _start_pass(st.pm, st.ps, order, delta, cfg, zero_band)
         while True:
-            best = int(torch.argmax(counts))   # first maximum: ties go to the smaller |c|, then c < 0
-            n_fit = int(counts[best])
+            counts = _to_host(cur.counts)   # the step's one host read
+            best = max(range(len(counts)), key=counts.__getitem__)   # first maximum: ties go to the
+            n_fit = counts[best]                                      # smaller |c|, then c < 0
             if n_fit <= 0:
                 break
-            c = cands[best].item()
-            counts[best] = -1                   # a centre wins at most once per pass
-            lo_v, hi_v = c - reach, c + reach
-            if c == 0.0:
-                lo_v, hi_v = min(lo_v, -zero_band), max(hi_v, zero_band)
-            # (window ends rounded to the stored dtype: to nearest, so no stored value that lies
-            # inside the window can fall outside it)
-            a, z = torch.searchsorted(pm, torch.tensor([lo_v, hi_v], dtype=torch.float64,
-                                                       device=device).to(store)).tolist()
-            local = _fitting(pm, ps, p_alive, a, z, c, delta, band if c == 0.0 else None)
-            assert local.numel() == n_fit, "coverage count and window disagree"
+            c = cur.cands[best]
+            cur.counts[best] = -1               # a centre wins at most once per pass
+            a, z = cur.windows[best]
+            band = cur.band if c == 0.0 else None
+            local = _fitting(st.pm, st.ps, p_alive, a, z, c, delta, band, n_fit, (cur.centre(best), cur.delta))
             need = target - n_assigned
             if n_fit > need:  # the cap bites: closest first, ties by |mu|, then position
-                dist = pm[local].double().sub_(c).abs_().div_(ps[local].double())   # in place: few temporaries
-                if band is not None and c == 0.0:
+                dist = st.pm[local].double().sub_(c).abs_().div_(st.ps[local].double())   # in place
+                if band is not None:
                     dist.masked_fill_((local >= band[0]) & (local < band[1]), 0.0)
-                local = local[_smallest([dist, pm[local].abs(), p_idx[local]], need)]
-            take = p_idx[local]
+                local = local[_smallest([dist, st.pm[local].abs(), st.p_idx[local]], need)]
+            n_taken = min(n_fit, need)
 
-            # Snap: record the step, move mu to the centre, set sigma by the join rule.
-            taken_mu, taken_sigma = pm[local].double(), sigma[take].double()
+            # Record the step (its statistics stay on the device until the round ends), then snap.
+            var_mu, mean_mu = torch.var_mean(st.pm[local].double(), correction=0)
+            var_sigma, mean_sigma = torch.var_mean(st.sigma[st.p_idx[local]].double(), correction=0)
+            std_mu = var_mu.sqrt()
+            stats.append(torch.stack([mean_mu, std_mu, mean_sigma, var_sigma.sqrt()]))
             rows.append(dict(round=round_index, pass_index=pass_index, step=len(rows), P=order,
-                             delta=delta, centre=c, n_fit=n_fit, n_taken=take.numel(),
-                             mu_mean=taken_mu.mean().item(), mu_std=taken_mu.std(unbiased=False).item(),
-                             sigma_mean=taken_sigma.mean().item(),
-                             sigma_std=taken_sigma.std(unbiased=False).item()))
-            new_mu[take] = c
-            if cfg.sigma_join == "std_mu":
-                new_sigma[take] = taken_mu.std(unbiased=False).to(sigma.dtype)
-            elif cfg.sigma_join == "divide":
-                new_sigma[take] = sigma[take] / cfg.sigma_divisor
-            assignment[take] = len(centres)
+                             delta=delta, centre=c, n_fit=n_fit, n_taken=n_taken))
+            n_assigned += n_taken
+            _snap(st, cur, p_alive, local, best, len(centres), std_mu, delta, cfg, recount=n_assigned < target)
             centres.append(c)
-            alive[take] = False
-            p_alive[local] = False
-            n_assigned += take.numel()
             if n_assigned >= target:
                 break
-            # The taken weights no longer count for the remaining centres.
-            del taken_mu, taken_sigma
-            counts[by_value] -= _coverage(pm[local], ps[local], delta, cands[by_value])
-            if band is not None:
-                in_band = local[(local >= band[0]) & (local < band[1])]
-                bm, bs = pm[in_band].double(), ps[in_band].double()
-                counts[zero_pos] -= int((~((bm - delta * bs <= 0) & (bm + delta * bs >= 0))).sum())
         if n_assigned < target:  # grow: alternate one more power of two and a wider band
-            p_idx, pm, ps = p_idx[p_alive], pm[p_alive], ps[p_alive]
+            st.p_idx, st.pm, st.ps = st.p_idx[p_alive], st.pm[p_alive], st.ps[p_alive]
             if grow_order_next and order < cfg.max_order:
                 order += 1
             else:
@@ -267,6 +357,9 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
             grow_order_next = not grow_order_next
             pass_index += 1
 
-    return ClusterResult(mu=new_mu, sigma=new_sigma, fixed_mask=~alive, assignment=assignment.long(),
-                         centres=torch.tensor(centres, dtype=torch.float64),
-                         steps=pd.DataFrame(rows, columns=STEP_COLUMNS))
+    steps = pd.DataFrame(rows, columns=STEP_COLUMNS)
+    if stats:
+        steps[["mu_mean", "mu_std", "sigma_mean", "sigma_std"]] = _to_host(torch.stack(stats))
+    return ClusterResult(mu=st.new_mu, sigma=st.new_sigma, fixed_mask=~st.alive,
+                         assignment=st.assignment.long(),
+                         centres=torch.tensor(centres, dtype=torch.float64), steps=steps)

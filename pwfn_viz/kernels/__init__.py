@@ -12,8 +12,10 @@ Which path runs:
 
 The kernels (each module holds the torch reference next to the dispatching function):
 
-* :mod:`pwfn_viz.kernels.clustering`: coverage counts and the winner's fit mask of a
-  clustering round, exactly equal to the torch path (``pwfn_viz.clustering`` dispatches here).
+* :mod:`pwfn_viz.kernels.clustering`: coverage counts, the winner's fit mask and the snap of
+  the taken weights (with their removal from the counts) in a clustering round, exactly equal to
+  the torch path (``pwfn_viz.clustering`` dispatches here); a greedy step reads nothing back
+  but the counts.
 * :mod:`pwfn_viz.kernels.sampling`: fused reparameterised sampling for converted layers, noise
   drawn inside the kernel from a counter-based generator and recomputed in backward.
 * :mod:`pwfn_viz.kernels.kmeans`: 1-D k-means boundaries (assignment) and centroid update on
@@ -114,10 +116,10 @@ def triton_module(name: str):
     return module
 
 
-from .clustering import coverage_counts, fitting_positions  # noqa: E402
+from .clustering import coverage_counts, fitting_positions, snap  # noqa: E402
 from .kmeans import kmeans_assign, kmeans_boundaries, lloyd_step  # noqa: E402
 from .sampling import FusedNoise, fused_sample, fused_sampling_applies  # noqa: E402
 
 __all__ = ["BACKENDS", "FusedNoise", "automatic_backend", "backend", "coverage_counts", "fitting_positions",
            "forced_backend", "fused_sample", "fused_sampling_applies", "interpreting", "kmeans_assign",
-           "kmeans_boundaries", "lloyd_step", "triton_available", "use_backend", "use_triton"]
+           "kmeans_boundaries", "lloyd_step", "snap", "triton_available", "use_backend", "use_triton"]

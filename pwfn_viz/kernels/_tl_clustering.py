@@ -52,7 +52,7 @@ def coverage_kernel(pm_ptr, ps_ptr, delta_ptr, c_ptr, diff_ptr, n, k, steps,
 
 
 @triton.jit(do_not_specialize=["a", "z", "band_lo", "band_hi"])
-def fit_mask_kernel(pm_ptr, ps_ptr, alive_ptr, params_ptr, out_ptr, a, z, band_lo, band_hi,
+def fit_mask_kernel(pm_ptr, ps_ptr, alive_ptr, delta_ptr, c_ptr, out_ptr, a, z, band_lo, band_hi,
                     BLOCK: tl.constexpr):
     """out[i - a] = alive[i] & (m - delta*s <= c <= m + delta*s  or  band_lo <= i < band_hi)."""
     offs = a + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -60,9 +60,50 @@ def fit_mask_kernel(pm_ptr, ps_ptr, alive_ptr, params_ptr, out_ptr, a, z, band_l
     m = tl.load(pm_ptr + offs, mask=valid, other=0.0).to(tl.float64)   # stored float32 or float64:
     s = tl.load(ps_ptr + offs, mask=valid, other=0.0).to(tl.float64)   # exact in float64
     alive = tl.load(alive_ptr + offs, mask=valid, other=0) != 0
-    delta = tl.load(params_ptr)
-    c = tl.load(params_ptr + 1)
+    delta = tl.load(delta_ptr)
+    c = tl.load(c_ptr)
     inside = (m - delta * s <= c) & (m + delta * s >= c)
     in_band = (offs >= band_lo) & (offs < band_hi)
     fits = alive & (inside | in_band)
     tl.store(out_ptr + (offs - a), fits.to(tl.uint8), mask=valid)
+
+
+@triton.jit(do_not_specialize=["n_taken", "centre_id", "k", "steps", "band_lo", "band_hi", "zero_rank"])
+def snap_kernel(local_ptr, p_idx_ptr, pm_ptr, ps_ptr, sigma_ptr, new_mu_ptr, new_sigma_ptr, assign_ptr,
+                alive_ptr, p_alive_ptr, centre_ptr, delta_ptr, std_ptr, divisor_ptr, c_ptr, diff_ptr, n_taken, centre_id, k, steps,
+                band_lo, band_hi, zero_rank, BLOCK: tl.constexpr, JOIN: tl.constexpr, RECOUNT: tl.constexpr):
+    """For each taken sorted position p (weight i = p_idx[p]): new_mu[i] = c, new_sigma[i] by the
+    join (0: std_mu, 1: keep, 2: sigma / divisor), assignment[i] = centre_id, alive[i] = p_alive[p]
+    = 0. RECOUNT: the weight's interval leaves the coverage counts (diff[first] += 1, diff[stop]
+    -= 1, as in coverage_kernel), and a zero-band weight whose interval misses 0 leaves the zero
+    centre's extra count (diff[zero_rank] += 1, diff[zero_rank + 1] -= 1)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n_taken
+    pos = tl.load(local_ptr + offs, mask=valid, other=0).to(tl.int64)
+    idx = tl.load(p_idx_ptr + pos, mask=valid, other=0).to(tl.int64)
+    centre = tl.zeros([BLOCK], dtype=tl.float64) + tl.load(centre_ptr)
+    tl.store(new_mu_ptr + idx, centre.to(new_mu_ptr.dtype.element_ty), mask=valid)
+    if JOIN == 0:
+        std = tl.zeros([BLOCK], dtype=tl.float64) + tl.load(std_ptr)
+        tl.store(new_sigma_ptr + idx, std.to(new_sigma_ptr.dtype.element_ty), mask=valid)
+    if JOIN == 2:   # float64 quotient rounded once to sigma's dtype: the same as torch's division
+        sg = tl.load(sigma_ptr + idx, mask=valid, other=0.0).to(tl.float64)
+        tl.store(new_sigma_ptr + idx, (sg / tl.load(divisor_ptr)).to(new_sigma_ptr.dtype.element_ty), mask=valid)
+    tl.store(assign_ptr + idx, tl.zeros([BLOCK], dtype=tl.int32) + centre_id, mask=valid)
+    zero = tl.zeros([BLOCK], dtype=tl.uint8)
+    tl.store(alive_ptr + idx, zero, mask=valid)
+    tl.store(p_alive_ptr + pos, zero, mask=valid)
+    if RECOUNT:
+        m = tl.load(pm_ptr + pos, mask=valid, other=0.0).to(tl.float64)
+        s = tl.load(ps_ptr + pos, mask=valid, other=0.0).to(tl.float64)
+        delta = tl.load(delta_ptr)
+        lo = m - delta * s
+        hi = m + delta * s
+        first = _count_below(c_ptr, lo, k, steps, False)
+        stop = _count_below(c_ptr, hi, k, steps, True)
+        ones = tl.full([BLOCK], 1, dtype=tl.int32)
+        tl.atomic_add(diff_ptr + first, ones, mask=valid)
+        tl.atomic_add(diff_ptr + stop, -ones, mask=valid)
+        extra = valid & (pos >= band_lo) & (pos < band_hi) & ~((lo <= 0) & (hi >= 0))
+        tl.atomic_add(diff_ptr + zero_rank + tl.zeros([BLOCK], dtype=tl.int32), ones, mask=extra)
+        tl.atomic_add(diff_ptr + zero_rank + 1 + tl.zeros([BLOCK], dtype=tl.int32), -ones, mask=extra)

@@ -9,7 +9,8 @@ Both are exact twins of the torch code in :mod:`pwfn_viz.clustering` (``_coverag
   array of length K + 1 (a per-block histogram, then one atomic add per bin); a cumulative sum
   turns it into counts. O(N log K) work, O(K) extra memory, no host round trip.
 * :func:`fitting_positions`: positions in ``[a, z)`` of the unassigned weights whose interval
-  holds centre ``c`` (or that lie in the zero band), in increasing order.
+  holds centre ``c`` (or that lie in the zero band), in increasing order; given their number
+  (the coverage count) it needs no host round trip.
 
 Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)::
 
@@ -29,6 +30,15 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _scalar(x, device) -> torch.Tensor:
+    """A float64 scalar the kernels read by pointer: ``x`` itself when it is already a device
+    tensor (a view into a pass's constants: no host-to-device copy, which would sync the stream),
+    else a new one-element tensor."""
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.tensor([float(x)], dtype=torch.float64, device=device)
+
+
 def _bins(k: int) -> int:
     """Histogram size: a power of two, at least one bin per warp lane, holding 0..k."""
     return max(32, 1 << k.bit_length())
@@ -39,7 +49,7 @@ def coverage_counts(pm: torch.Tensor, ps: torch.Tensor, delta: float, sorted_cen
     """Triton twin of ``pwfn_viz.clustering._coverage`` (same int64 counts, exactly).
 
     ``pm``, ``ps``: float32 or float64 interval centres and half-widths per ``delta`` (the arithmetic is
-    float64); ``sorted_centres``:
+    float64; ``delta`` a float or a float64 device tensor of one element); ``sorted_centres``:
     float64, ascending. ``strategy`` ("histogram" or "atomic") overrides the automatic choice of
     how the block's interval ends reach the difference array (used by the GPU self-check).
     """
@@ -54,7 +64,7 @@ def coverage_counts(pm: torch.Tensor, ps: torch.Tensor, delta: float, sorted_cen
     if n:
         pm, ps = pm.contiguous(), ps.contiguous()   # float32 or float64; the kernel works in float64
         centres = sorted_centres.contiguous().to(torch.float64)
-        delta_t = torch.tensor([float(delta)], dtype=torch.float64, device=pm.device)
+        delta_t = _scalar(delta, pm.device)
         tk.coverage_kernel[(triton_cdiv(n, BLOCK),)](
             pm, ps, delta_t, centres, diff, n, k, k.bit_length(),
             BLOCK=BLOCK, BINS=bins if strategy == "histogram" else 32, HISTOGRAM=strategy == "histogram",
@@ -63,17 +73,53 @@ def coverage_counts(pm: torch.Tensor, ps: torch.Tensor, delta: float, sorted_cen
 
 
 def fitting_positions(pm: torch.Tensor, ps: torch.Tensor, p_alive: torch.Tensor, a: int, z: int,
-                      c: float, delta: float, band: tuple[int, int] | None) -> torch.Tensor:
+                      c: float, delta: float, band: tuple[int, int] | None,
+                      count: int | None = None) -> torch.Tensor:
     """Triton twin of ``pwfn_viz.clustering._fitting``: increasing int64 positions in [a, z) of
-    the alive weights that fit ``c``, plus the alive ones in ``band`` (the zero band, or None)."""
+    the alive weights that fit ``c``, plus the alive ones in ``band`` (the zero band, or None).
+
+    ``c``, ``delta``: floats, or float64 device tensors of one element (no host-to-device copy).
+    ``count``: how many fit, when the caller knows (the coverage count). The positions are then
+    gathered with ``nonzero_static``, which needs no host sync, where ``nonzero`` must first
+    copy its result's size to the host."""
     from . import triton_module
     tk = triton_module("_tl_clustering")
     if z <= a:
         return torch.zeros(0, dtype=torch.long, device=pm.device)
     mask = torch.empty(z - a, dtype=torch.uint8, device=pm.device)
-    params = torch.tensor([float(delta), float(c)], dtype=torch.float64, device=pm.device)
     band_lo, band_hi = band if band is not None else (0, 0)
     tk.fit_mask_kernel[(triton_cdiv(z - a, BLOCK),)](
-        pm.contiguous(), ps.contiguous(), p_alive.contiguous().view(torch.uint8), params, mask,
+        pm.contiguous(), ps.contiguous(), p_alive.contiguous().view(torch.uint8), _scalar(delta, pm.device),
+        _scalar(c, pm.device), mask,
         a, z, band_lo, band_hi, BLOCK=BLOCK, enable_fp_fusion=False)
-    return mask.view(torch.bool).nonzero().squeeze(1) + a
+    if count is None:
+        return mask.view(torch.bool).nonzero().squeeze(1) + a
+    return torch.nonzero_static(mask.view(torch.bool), size=count).squeeze(1) + a
+
+
+
+JOINS = {"std_mu": 0, "keep": 1, "divide": 2}
+
+
+def snap(st, cur, p_alive: torch.Tensor, local: torch.Tensor, best: int, centre_id: int, std_mu: torch.Tensor,
+         sigma_join: str, recount: bool) -> torch.Tensor | None:
+    """Triton twin of the torch path of ``pwfn_viz.clustering._snap``: one kernel moves the taken
+    weights to candidate ``best`` of the pass ``cur`` (mu, sigma by the join rule, assignment,
+    alive flags) and, with ``recount``, returns the difference array (int32, K + 1) whose cumulative
+    sum is the coverage the taken weights held (value order, the zero band's extra count
+    included); None without ``recount``. Scalars are read by pointer from ``cur.consts`` and
+    ``std_mu`` (a float64 device scalar): nothing is copied from the host."""
+    from . import triton_module
+    tk = triton_module("_tl_clustering")
+    k = cur.sorted_cands.numel()
+    diff = torch.zeros(k + 1, dtype=torch.int32, device=local.device) if recount else None
+    n_taken = local.numel()
+    if n_taken:
+        band_lo, band_hi = cur.band if cur.band is not None else (0, 0)
+        tk.snap_kernel[(triton_cdiv(n_taken, BLOCK),)](
+            local.contiguous(), st.p_idx, st.pm, st.ps, st.sigma.contiguous(), st.new_mu, st.new_sigma,
+            st.assignment, st.alive.view(torch.uint8), p_alive.view(torch.uint8), cur.centre(best),
+            cur.delta, std_mu.view(1), cur.divisor, cur.sorted_cands, diff if recount else st.assignment,
+            n_taken, centre_id, k, k.bit_length(), band_lo, band_hi, cur.zero_rank,
+            BLOCK=BLOCK, JOIN=JOINS[sigma_join], RECOUNT=recount, enable_fp_fusion=False)
+    return diff
