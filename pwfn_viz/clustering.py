@@ -172,7 +172,7 @@ def _fitting(pm, ps, p_alive, a: int, z: int, c: float, delta: float, band: tupl
 
 def _to_host(t: torch.Tensor) -> list:
     """The one place a round reads device values on the host (a sync on CUDA): twice per pass
-    (extent and windows), once per greedy step (the counts) and once at the end (step statistics)."""
+    (extent and windows), once per greedy step (winner and count) and once at the end (statistics)."""
     return t.tolist()
 
 
@@ -213,7 +213,7 @@ def _start_pass(pm, ps, order: int, delta: float, cfg: ClusterConfig, zero_band:
     """Candidates of this order, their coverage counts and windows: two host reads in all."""
     device, store = pm.device, pm.dtype
     ends = _to_device(torch.tensor([-zero_band, zero_band], dtype=store), device)   # exact in float32
-    extent = torch.cat([pm[[0, -1]].double(), ps.max().double().view(1),
+    extent = torch.cat([torch.stack([pm[0], pm[-1]]).double(), ps.max().double().view(1),
                         torch.searchsorted(pm, ends[:1], right=True).double(),
                         torch.searchsorted(pm, ends[1:]).double()])
     first_mu, last_mu, sigma_max, band_lo, band_hi = _to_host(extent)
@@ -290,7 +290,7 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
     ``mu`` and ``sigma`` are flat tensors over the whole network (any float dtype, any device).
     Returns the snapped ``mu``/``sigma``, the ``fixed_mask``, each weight's centre and a table with
     one row per greedy step. Extra memory is about 50 bytes per weight (no K x N matrix). On a GPU
-    a greedy step reads one small vector (the coverage counts) back to the host and nothing else.
+    a greedy step reads two numbers back to the host (the winner and its count) and nothing else.
     """
     cfg = config or ClusterConfig()
     _check_inputs(mu, sigma, fraction)
@@ -318,9 +318,10 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
         p_alive = torch.ones(st.pm.numel(), dtype=torch.bool, device=device)
         cur = _start_pass(st.pm, st.ps, order, delta, cfg, zero_band)
         while True:
-            counts = _to_host(cur.counts)   # the step's one host read
-            best = max(range(len(counts)), key=counts.__getitem__)   # first maximum: ties go to the
-            n_fit = counts[best]                                      # smaller |c|, then c < 0
+            # The step's one host read: which candidate fits the most, and how many. The first
+            # maximum wins: ties go to the smaller |c|, then c < 0 (candidate order).
+            n_fit, best = torch.max(cur.counts, 0)
+            best, n_fit = _to_host(torch.stack([best, n_fit]))
             if n_fit <= 0:
                 break
             c = cur.cands[best]
