@@ -33,6 +33,23 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
+def count_host_syncs(fn) -> tuple[object, int | None]:
+    """Run ``fn()``; on CUDA also count the stream synchronisations it caused (item(), tolist(),
+    nonzero, copies from pageable host memory...) with torch's sync debug mode. None on CPU."""
+    if not torch.cuda.is_available():
+        return fn(), None
+    import warnings
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return out, sum("synchroniz" in str(w.message) for w in caught)
+
+
 def run(device: str = "cpu", n: int = 1_000_000, fraction: float = 0.9, repeats: int = 2,
         backends: list[str] | None = None) -> dict:
     dev = torch.device(device)
@@ -69,9 +86,13 @@ def _time_backend(backend, dev, mu, sigma, warm_mu, warm_sigma, fraction, repeat
                 times.append(time.perf_counter() - t0)
                 if dev.type == "cuda":
                     peak = max(peak or 0, torch.cuda.max_memory_allocated() - base)
+                steps, passes = len(res.steps), int(res.steps.pass_index.max()) + 1
                 del res
+            syncs = None
+            if dev.type == "cuda":   # one more, untimed run: the debug mode's warnings cost time
+                _, syncs = count_host_syncs(lambda: cluster_round(mu, sigma, fraction, config=cfg))
             rows.append(dict(backend=backend, setting=label, seconds=statistics.median(times),
-                             best=min(times), peak_bytes=peak))
+                             best=min(times), peak_bytes=peak, steps=steps, passes=passes, syncs=syncs))
     return rows
 
 
@@ -79,11 +100,14 @@ def report(res: dict) -> list[str]:
     n = res["n"]
     lines = [f"WhatIf: one cluster_round at fraction {res['fraction']}, N = {n:,}, device: {res['device']} "
              f"(median of {res['repeats']})",
-             f"{'path':<7} | {'setting':<28} | {'seconds':>8} | {'best':>8} | {'peak extra MiB (B/weight)':>26}"]
+             f"{'path':<7} | {'setting':<28} | {'seconds':>8} | {'best':>8} | {'peak extra MiB (B/weight)':>26} | "
+             f"{'steps':>5} | {'ms/step':>7} | host syncs (passes)"]
     for r in res["rows"]:
         mem = (f"{r['peak_bytes'] / 2**20:10.1f} ({r['peak_bytes'] / n:5.1f})" if r["peak_bytes"] is not None
                else "-")
-        lines.append(f"{r['backend']:<7} | {r['setting']:<28} | {r['seconds']:8.3f} | {r['best']:8.3f} | {mem:>26}")
+        syncs = f"{r['syncs']} ({r['passes']})" if r.get("syncs") is not None else f"- ({r['passes']})"
+        lines.append(f"{r['backend']:<7} | {r['setting']:<28} | {r['seconds']:8.3f} | {r['best']:8.3f} | {mem:>26} | "
+                     f"{r['steps']:5d} | {1e3 * r['seconds'] / r['steps']:7.3f} | {syncs}")
     for backend, why in res.get("failed", {}).items():
         lines.append(f"{backend}: FAILED, not timed: {why}")
     if not res["rows"]:

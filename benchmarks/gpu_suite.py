@@ -8,7 +8,8 @@ traceback and the run goes on:
 1. the device and versions;
 2. kernel self-checks on CUDA tensors: every Triton kernel against its torch path on the same
    data (coverage counts, fit masks, a ten-round schedule bitwise, k-means exactly; sampling
-   statistics, fixed values and gradients to float32 rounding);
+   statistics, fixed values and gradients to float32 rounding), and the host syncs of a round
+   (one per greedy step, counted by torch's sync debug mode);
 3. compile every kernel variant the benchmarks meet (so compile time is not timed);
 4. the suite of ``python -m benchmarks --device cuda`` (WhatIf, training step, clustering at
    11.7M, 5.7M and 1M weights), with a time guard that skips what would not fit in
@@ -117,6 +118,25 @@ def check_schedule_bitwise() -> str:
             "(first use, includes compiles)")
 
 
+def check_host_syncs() -> str:
+    """A round on the Triton path synchronises with the host once per greedy step (the winner and
+    its count) plus a few times per pass: counted by torch's CUDA sync debug mode."""
+    from benchmarks.bench_clustering import synthetic_weights
+    from benchmarks.bench_whatif import count_host_syncs
+    from pwfn_viz import kernels
+    from pwfn_viz.clustering import cluster_round
+    mu, sigma = (t.to(DEV) for t in synthetic_weights(_n(1_000_000), seed=6))
+    with kernels.use_backend("triton"):
+        cluster_round(mu, sigma, 0.9)   # compile
+        res, syncs = count_host_syncs(lambda: cluster_round(mu, sigma, 0.9))
+    steps, passes = len(res.steps), int(res.steps.pass_index.max()) + 1
+    if syncs is None:
+        return f"not counted (no CUDA); {steps} steps, {passes} passes"
+    budget = steps + 10 * passes + 10   # per pass: extent, windows, last read, compaction; the cap
+    assert syncs <= budget, f"{syncs} host syncs for {steps} steps in {passes} passes (at most {budget} expected)"
+    return f"{syncs} host syncs for {steps} greedy steps in {passes} passes"
+
+
 def check_sampling() -> str:
     from pwfn_viz import kernels
     from pwfn_viz.kernels.sampling import reference_sample
@@ -213,6 +233,7 @@ def main(argv=None) -> int:
     out("", "== kernel self-checks (Triton vs torch path on the same CUDA tensors)")
     ok = [_check(out, name, fn) for name, fn in [("coverage counts and fit masks", check_coverage_and_fit),
                                                  ("ten-round schedule, both paths", check_schedule_bitwise),
+                                                 ("host syncs per greedy step", check_host_syncs),
                                                  ("fused sampling", check_sampling),
                                                  ("k-means kernels", check_kmeans),
                                                  ("compile kernel variants", warm_kernels)]]

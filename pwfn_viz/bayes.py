@@ -240,38 +240,70 @@ def load_flat_state(model: nn.Module, mu: torch.Tensor, sigma: torch.Tensor, fix
 
 # ---------------------------------------------------------------------------------------------
 # Loss terms: the sigma regulariser and weight decay that spares fixed weights.
+def _fused_by_device(items) -> dict:
+    """Group (tensor, fixed, noise) triples by device: the fused loss terms take one device."""
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(item[0].device, []).append(item)
+    return groups
+
+
 def sigma_regulariser(model: nn.Module, lam: float = REG_LAMBDA, cap: float = REG_CAP) -> torch.Tensor:
     """R = (lam / 2) * sum |eps| * max(0, cap - sigma)^2 over unfixed weights (METHOD.md section 3),
     with eps the noise of each layer's latest training forward pass. Its gradient on sigma is
     -lam * max(0, cap - sigma) * |eps|: every sigma is pushed up towards ``cap``.
 
-    Tensors sampled by the fused kernel (``pwfn_viz.kernels.sampling``) contribute their value
-    without a gradient: the call arms their pass with ``lam`` and ``cap`` and the kernel's backward
-    adds this gradient itself (so a loss scaled as a whole, e.g. by a GradScaler, does not scale
-    that part; see the kernels module)."""
+    Tensors sampled by the fused kernel (``pwfn_viz.kernels.sampling``) go through
+    ``fused_regulariser``: the value from one reduction kernel per tensor, and a gradient that is
+    exactly this one, scaled like the rest of the loss (``GradScaler``, division for gradient
+    accumulation, repeated calls, a separate ``.backward()``); in the usual ``(task + R)
+    .backward()`` it is added inside the sampling backward kernel instead of a pass of its own."""
     from . import kernels
-    total = None
+    from .kernels.sampling import fused_regulariser
+    total, fused, found = None, [], False
     for t in bayes_tensors(model):
         eps = t.module._pwfn_eps.get(t.attr)
         if eps is None:
             continue
+        found = True
         if isinstance(eps, kernels.FusedNoise):
-            eps.arm(lam, cap)
-            term = eps.regulariser_sum(t.sigma.detach(), t.fixed, cap).to(t.sigma.dtype)
-        else:
-            term = (eps.abs() * (cap - t.sigma).clamp(min=0) ** 2 * ~t.fixed).sum()
+            fused.append((t.sigma, t.fixed, eps))
+            continue
+        term = (eps.abs() * (cap - t.sigma).clamp(min=0) ** 2 * ~t.fixed).sum()
         total = term if total is None else total + term
-    if total is None:
+    if not found:
         raise RuntimeError("sigma_regulariser needs a training-mode forward pass first "
                            "(model.train(); loss = task_loss + sigma_regulariser(model))")
-    return lam / 2 * total
+    out = None if total is None else lam / 2 * total
+    for items in _fused_by_device(fused).values():
+        term = fused_regulariser(*zip(*items), lam, cap)
+        out = term if out is None else out + term
+    return out
 
 
 def masked_weight_decay(model: nn.Module, weight_decay: float) -> torch.Tensor:
     """(wd / 2) * sum mu^2 over unfixed weights: SGD's weight decay as a loss term that leaves fixed
-    weights exactly on their values (their optimiser group then uses weight_decay=0)."""
-    terms = [(t.mu ** 2 * ~t.fixed).sum() for t in bayes_tensors(model)]
-    return weight_decay / 2 * torch.stack(terms).sum()
+    weights exactly on their values (their optimiser group then uses weight_decay=0).
+
+    Tensors whose latest training pass used the fused kernel go through ``fused_weight_decay``
+    (one reduction kernel each; the gradient ``wd * mu`` is added inside the sampling backward
+    kernel in the usual ``(task + decay).backward()``, scaled like the rest of the loss)."""
+    from . import kernels
+    from .kernels.sampling import fused_weight_decay
+    terms, fused = [], []
+    for t in bayes_tensors(model):
+        noise = t.module._pwfn_eps.get(t.attr)
+        if isinstance(noise, kernels.FusedNoise) and kernels.fused_sampling_applies(t.mu, t.sigma, t.fixed_value):
+            fused.append((t.mu, t.fixed, noise))
+        else:
+            terms.append((t.mu ** 2 * ~t.fixed).sum())
+    if not terms and not fused:
+        raise ValueError(f"{type(model).__name__} has no converted tensors; convert(model) first")
+    out = weight_decay / 2 * torch.stack(terms).sum() if terms else None
+    for items in _fused_by_device(fused).values():
+        term = fused_weight_decay(*zip(*items), weight_decay)
+        out = term if out is None else out + term
+    return out
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

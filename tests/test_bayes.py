@@ -181,6 +181,30 @@ def test_regulariser_gradient_equals_formula():
     assert reg.item() == pytest.approx(expected_value, rel=1e-6)
 
 
+def test_loss_terms_scale_with_the_loss_on_the_torch_path():
+    """The reference the fused path is tested against (tests/test_kernels.py): on the torch path a
+    loss scaled by S (a GradScaler), divided for accumulation, or holding a term twice scales the
+    terms' gradients alike."""
+    torch.manual_seed(1)
+    model = _half_fixed_cnn().train()
+    x = torch.randn(2, 1, 6, 6)
+    model(x)
+    grads = []
+    for factor, calls in ((1.0, 1), (1024.0, 1), (0.25, 1), (1.0, 2)):
+        model.zero_grad(set_to_none=True)
+        terms = [sigma_regulariser(model, 2 ** -7, 0.05) + masked_weight_decay(model, 0.3) for _ in range(calls)]
+        (factor * sum(terms)).backward()
+        grads.append([p.grad / (factor * calls) for t in bayes_tensors(model) for p in (t.mu, t.sigma)])
+    for other in grads[1:]:
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-12) for a, b in zip(grads[0], other))
+    assert any(g.abs().sum() > 0 for g in grads[0])
+
+
+def test_masked_weight_decay_needs_a_converted_model():
+    with pytest.raises(ValueError, match="no converted tensors.*convert"):
+        masked_weight_decay(nn.Linear(3, 2), 1e-4)
+
+
 def test_regulariser_needs_a_training_pass():
     model = convert(nn.Linear(3, 2))
     with pytest.raises(RuntimeError, match="training-mode forward"):

@@ -12,6 +12,8 @@ gradients and the regulariser value to float32 rounding; statistics within 5 sta
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import json
 import os
@@ -121,6 +123,9 @@ def check_fit_mask_exact():
             want = _fitting(pm, ps, alive, a, z, c, delta, band)
         got = kernels.fitting_positions(pm, ps, alive, a, z, c, delta, band)
         assert torch.equal(got, want), (a, z, c, delta, band)
+        # with the count known (cluster_round passes the coverage count): no data-dependent size
+        got = kernels.fitting_positions(pm, ps, alive, a, z, c, delta, band, count=want.numel())
+        assert torch.equal(got, want), (a, z, c, delta, band, "count")
 
 
 def check_cluster_round_same_on_both_paths():
@@ -132,17 +137,71 @@ def check_cluster_round_same_on_both_paths():
     mu[:60] = torch.randn(60, generator=g) * 0.5                   # tails
     mu[100:140] = 0.0                                                # exact zeros
     sigma = pwfn_sigma_init(mu)
-    for fraction, cfg in [(1.0, ClusterConfig()), (0.7, ClusterConfig(delta=2.0, b=6, sigma_join="divide"))]:
-        got = cluster_round(mu, sigma, fraction, config=cfg)
+    cases = [(mu, sigma, 1.0, ClusterConfig()), (mu, sigma, 0.7, ClusterConfig(delta=2.0, b=6, sigma_join="divide")),
+             (mu, sigma, 0.9, ClusterConfig(delta=0.5, b=9, sigma_join="keep")),
+             (mu.double(), sigma.double() * 3, 0.95, ClusterConfig(sigma_join="divide", sigma_divisor=3.0)),
+             (mu[:5], sigma[:5], 0.2, ClusterConfig())]
+    for m, s, fraction, cfg in cases:
+        got = cluster_round(m, s, fraction, config=cfg)
         with kernels.use_backend("torch"):
-            want = cluster_round(mu, sigma, fraction, config=cfg)
+            want = cluster_round(m, s, fraction, config=cfg)
         for field in ("mu", "sigma", "fixed_mask", "assignment", "centres"):
-            assert torch.equal(getattr(got, field), getattr(want, field)), field
+            assert torch.equal(getattr(got, field), getattr(want, field)), (field, cfg)
         assert got.steps.equals(want.steps)
+
+
+def check_cluster_round_host_reads():
+    """On the Triton path a greedy step reads the coverage counts back to the host and nothing
+    else: no item(), no nonzero, no boolean-mask indexing, no host-to-device copy per step (each is
+    a stream sync on CUDA). Counted by a dispatch mode and by wrapping the round's host helpers."""
+    import collections
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from pwfn_viz import clustering
+    from pwfn_viz.bayes import pwfn_sigma_init
+
+    class SyncingOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__
+            if name.startswith(("_local_scalar_dense", "nonzero.", "masked_select", "is_nonzero", "equal")):
+                self.count[name] += 1
+            elif name.startswith("index.") and any(t is not None and t.dtype == torch.bool for t in args[1]):
+                self.count["boolean index"] += 1
+            return func(*args, **(kwargs or {}))
+
+    calls = collections.Counter()
+    to_host, to_device = clustering._to_host, clustering._to_device
+    clustering._to_host = lambda t: (calls.update(["host"]), to_host(t))[1]
+    clustering._to_device = lambda *a, **k: (calls.update(["device"]), to_device(*a, **k))[1]
+    try:
+        g = torch.Generator().manual_seed(0)
+        mu = torch.randn(20000, generator=g) * 0.05
+        sigma = pwfn_sigma_init(mu)
+        for fraction in (0.9, 1.0):
+            calls.clear()
+            with SyncingOps() as ops:
+                res = clustering.cluster_round(mu, sigma, fraction)
+            steps, passes = len(res.steps), int(res.steps.pass_index.max()) + 1
+            assert steps >= 5 * passes, (steps, passes)   # enough steps for a per-step read to show
+            # per pass: extent, windows and the read that finds no more fits; per step: the counts
+            assert calls["host"] == 3 * passes + steps, (calls, steps, passes)
+            assert calls["device"] <= 5 * passes, (calls, passes)
+            # per pass: a few reads of host-side candidate tensors and the compaction's masks;
+            # per round: the capped step's selection
+            assert sum(ops.count.values()) <= 8 * passes + 4, (dict(ops.count), steps, passes)
+    finally:
+        clustering._to_host, clustering._to_device = to_host, to_device
 
 
 def test_coverage_counts_exact():
     interpreted("check_coverage_counts_exact")
+
+
+def test_cluster_round_host_reads_once_per_step():
+    interpreted("check_cluster_round_host_reads")
 
 
 def test_fit_mask_exact():
@@ -161,6 +220,58 @@ def _tensor_state(shape, g, fixed_frac=0.3):
     fixed = torch.rand(shape, generator=g) < fixed_frac
     fixed_value = torch.where(fixed, torch.randn(shape, generator=g), torch.zeros(shape))
     return mu, sigma, fixed, fixed_value
+
+
+def _torch_loss_terms(mu, sigma, fixed, eps, lam, cap, wd):
+    """The torch path's loss terms (pwfn_viz.bayes) written out with a given eps: R and the decay."""
+    reg = lam / 2 * (eps.abs() * (cap - sigma).clamp(min=0) ** 2 * ~fixed).sum()
+    return reg, wd / 2 * (mu ** 2 * ~fixed).sum()
+
+
+NO_LAUNCH = {"empty", "empty_like", "empty_strided", "detach", "view", "reshape", "_unsafe_view", "slice", "select",
+             "expand", "alias", "as_strided", "set_", "lift_fresh", "unsqueeze", "squeeze", "_reshape_alias",
+             "permute", "transpose", "t", "unbind", "_record_function_enter_new", "_record_function_exit"}
+
+
+@contextlib.contextmanager
+def _counting_launches():
+    """Count launches: each Triton kernel of kernels._tl_sampling by name ("triton.<kernel>"), and
+    each torch operation that runs a kernel ("torch.<op>"; views and allocations left out), not
+    counting what the Triton interpreter itself does inside a launch."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    tk = kernels.triton_module("_tl_sampling")
+    counts, inside = collections.Counter(), [False]
+
+    class Counted:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                counts["triton." + self.name] += 1
+                inside[0] = True
+                try:
+                    return self.kernel[grid](*args, **kwargs)
+                finally:
+                    inside[0] = False
+            return launch
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if not inside[0] and not func.is_view and name not in NO_LAUNCH:
+                counts["torch." + name] += 1
+            return func(*args, **(kwargs or {}))
+
+    originals = {n: getattr(tk, n) for n in dir(tk) if n.endswith("_kernel")}
+    for n, k in originals.items():
+        setattr(tk, n, Counted(n, k))
+    try:
+        with Ops():
+            yield counts
+    finally:
+        for n, k in originals.items():
+            setattr(tk, n, k)
 
 
 def check_sampling_forward_and_statistics():
@@ -189,7 +300,7 @@ def check_sampling_forward_and_statistics():
 
 
 def check_sampling_gradients_match_formula():
-    from pwfn_viz.kernels.sampling import reference_sample
+    """The task gradient alone, and with the regulariser's gradient at scale 1 through arm()."""
     g = torch.Generator().manual_seed(4)
     lam, cap = 2.0 ** -11, 0.05
     for armed in (True, False):
@@ -209,16 +320,255 @@ def check_sampling_gradients_match_formula():
         assert torch.equal(mu.grad, upstream * free)
         assert torch.allclose(sigma.grad, (task - reg) * free, rtol=1e-6, atol=1e-12)
         assert (sigma.grad[fixed] == 0).all() and sigma.grad[0, 0] == -reg[0, 0] * free[0, 0]
-        # the same through torch autograd: task loss on the reference path plus the loss-term regulariser
-        mu2, sig2 = mu.detach().clone().requires_grad_(), s.clone().requires_grad_()
-        loss = (reference_sample(mu2, sig2, fixed, fixed_value, eps) * upstream).sum()
-        if armed:
-            loss = loss + lam / 2 * (eps.abs() * (cap - sig2).clamp(min=0) ** 2 * free).sum()
-        loss.backward()
-        assert torch.equal(mu.grad, mu2.grad)
-        assert torch.allclose(sigma.grad, sig2.grad, rtol=1e-6, atol=1e-12)
-        value = noise.regulariser_sum(s, fixed, cap)
-        assert value.item() == pytest.approx((eps.abs() * (cap - s).clamp(min=0) ** 2 * free).sum().item(), rel=1e-5)
+
+
+def _loss_term_case(g, mode):
+    """One tensor sampled on the fused path, task + regulariser + decay backpropagated the way
+    ``mode`` says; returns (grads of mu and sigma, the same on the torch formula with the kernel's
+    noise, the two values and their torch formulas, the launch counts)."""
+    from pwfn_viz.kernels.sampling import fused_regulariser, fused_weight_decay, reference_sample
+    lam, cap, wd = 2.0 ** -9, 0.05, 0.3
+    mu, sigma, fixed, fixed_value = _tensor_state((37, 29), g)
+    with torch.no_grad():
+        sigma[0, :4] = torch.tensor([2.0 ** -30, -0.5, 0.0, 0.2])
+        sigma[1:3] += 0.04                                          # some above the cap
+    upstream = torch.randn(37, 29, generator=g)
+    with _counting_launches() as counts:
+        w, noise = kernels.fused_sample(mu, sigma, fixed, fixed_value)
+        task = (w * upstream).sum()
+        reg = fused_regulariser([sigma], [fixed], [noise], lam, cap)
+        decay = fused_weight_decay([mu], [fixed], [noise], wd)
+        calls = 1
+        if mode == "scaled":                    # what a GradScaler does, then unscale
+            (1024.0 * (task + reg + decay)).backward()
+            scale = 1024.0
+        elif mode == "accumulated":             # loss / accumulation steps
+            ((task + reg + decay) / 4).backward()
+            scale = 0.25
+        elif mode == "twice":                   # each term asked twice: counts twice
+            reg2 = fused_regulariser([sigma], [fixed], [noise], lam, cap)
+            (task + reg + decay + reg2 + fused_weight_decay([mu], [fixed], [noise], wd)).backward()
+            scale, calls = 1.0, 2
+        elif mode == "two caps":                # a second regulariser with another cap: its own pass
+            (task + reg + decay + fused_regulariser([sigma], [fixed], [noise], lam, 0.08)).backward()
+            scale = 1.0
+        elif mode == "autograd.grad":           # gradients returned instead of accumulated
+            mu.grad, sigma.grad = torch.autograd.grad(1024.0 * (task + reg + decay), [mu, sigma])
+            scale = 1024.0
+        elif mode == "terms after task":        # separate backward calls: the terms' own gradient pass
+            task.backward()
+            (reg + decay).backward()
+            scale = 1.0
+        elif mode == "terms before task":
+            (reg + decay).backward()
+            task.backward()
+            scale = 1.0
+        elif mode == "retained twice":          # a retained graph backpropagated twice: counts twice
+            (task + reg + decay).backward(retain_graph=True)
+            (task + reg + decay).backward()
+            scale = 2.0
+        else:
+            (task + reg + decay).backward()
+            scale = 1.0
+    eps = noise.materialise().view_as(mu)
+    mu2, sig2 = mu.detach().clone().requires_grad_(), sigma.detach().clone().requires_grad_()
+    reg2, decay2 = _torch_loss_terms(mu2, sig2, fixed, eps, lam, cap, wd)
+    loss2 = (reference_sample(mu2, sig2, fixed, fixed_value, eps) * upstream).sum() + calls * (reg2 + decay2)
+    if mode == "two caps":
+        loss2 = loss2 + _torch_loss_terms(mu2, sig2, fixed, eps, lam, 0.08, wd)[0]
+    (scale * loss2).backward()
+    return dict(mu=(mu.grad, mu2.grad), sigma=(sigma.grad, sig2.grad), reg=(reg, reg2), decay=(decay, decay2),
+                fixed=fixed, counts=counts, scale=scale)
+
+
+def check_sampling_loss_terms_match_torch_path():
+    """Gradients and values of the fused regulariser and decay equal the torch path's formula for
+    any scaling of the loss, repeated calls and separate backward calls; fixed weights get 0."""
+    g = torch.Generator().manual_seed(5)
+    for mode in ("plain", "scaled", "accumulated", "twice", "two caps", "autograd.grad", "terms after task",
+                 "terms before task", "retained twice"):
+        r = _loss_term_case(g, mode)
+        for name in ("mu", "sigma"):
+            got, want = r[name]
+            assert torch.allclose(got / r["scale"], want / r["scale"], rtol=1e-5, atol=1e-7), (mode, name)
+            assert (got[r["fixed"]] == 0).all(), (mode, name)
+        for name in ("reg", "decay"):
+            got, want = r[name]
+            assert got.requires_grad and got.dtype == want.dtype and got.dim() == 0
+            assert got.item() == pytest.approx(want.item(), rel=1e-5), (mode, name)
+        # the terms' own gradient passes (regulariser kernel, decay's masked_fill) run only when
+        # the sampling backward cannot take the gradient over: separate backward calls
+        own = (r["counts"]["triton.regulariser_grad_kernel"], r["counts"]["torch.masked_fill_"])
+        want = (1, 1) if mode.startswith("terms") else (1, 0) if mode == "two caps" else (0, 0)
+        assert own == want, (mode, r["counts"])
+
+
+def check_sampling_aborted_backward_hands_nothing_on():
+    """A backward call that fails after the loss terms ran but before the sampling backward: their
+    hand-over belongs to that call and is dropped, so a later task-only backward gets the task
+    gradient only (as on the torch path, where the failed call accumulates nothing)."""
+    from pwfn_viz.kernels.sampling import fused_regulariser, fused_weight_decay
+
+    class FailOnce(torch.autograd.Function):
+        armed = True
+
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            if FailOnce.armed:
+                FailOnce.armed = False
+                raise RuntimeError("planned failure")
+            return grad
+
+    g = torch.Generator().manual_seed(10)
+    mu, sigma, fixed, fixed_value = _tensor_state((20, 20), g)
+    upstream = torch.randn(20, 20, generator=g)
+    w, noise = kernels.fused_sample(mu, sigma, fixed, fixed_value)
+    task = (FailOnce.apply(w) * upstream).sum()
+    loss = task + fused_regulariser([sigma], [fixed], [noise], 2.0 ** -6, 0.05) \
+        + fused_weight_decay([mu], [fixed], [noise], 0.5)
+    with pytest.raises(RuntimeError, match="planned failure"):
+        loss.backward(retain_graph=True)
+    assert mu.grad is None and sigma.grad is None
+    task.backward()
+    eps = noise.materialise().view_as(mu)
+    s = sigma.detach()
+    assert torch.equal(mu.grad, upstream * ~fixed)
+    assert torch.allclose(sigma.grad, upstream * eps * (s > 2.0 ** -30) * ~fixed, rtol=1e-6, atol=1e-12)
+
+
+def check_sampling_loss_terms_launches():
+    """The usual step, task + regulariser + decay, launches per tensor: seed, sampling forward, two
+    reductions, sampling backward; nothing else grows with the number of tensors."""
+    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    import torch.nn as nn
+    per_size = {}
+    for convs in (1, 3):
+        model = convert(nn.Sequential(*[nn.Conv2d(2, 2, 3, padding=1, bias=False) for _ in range(convs)],
+                                      nn.Flatten(), nn.Linear(8, 3)))
+        model.train()
+        with _counting_launches() as counts:
+            loss = model(torch.randn(2, 2, 2, 2)).square().sum()
+            loss = loss + sigma_regulariser(model) + masked_weight_decay(model, 1e-4)
+            loss.backward()
+        n = len(bayes_tensors(model))
+        for kernel in ("sample_fwd_kernel", "regulariser_sum_kernel", "decay_sum_kernel", "sample_bwd_kernel"):
+            assert counts["triton." + kernel] == n, (kernel, counts)
+        assert counts["triton.regulariser_grad_kernel"] == 0 and counts["torch.randint"] == n
+        ours = {k: v for k, v in counts.items() if "convolution" not in k}
+        per_size[n] = sum(ours.values())
+    (n1, c1), (n2, c2) = sorted(per_size.items())
+    assert (c2 - c1) == 5 * (n2 - n1), per_size   # 5 launches per extra tensor, the rest per model
+
+
+def check_sampling_grad_scaler():
+    """A real torch.amp.GradScaler (on CPU): after unscale_ the gradients are the unscaled loss's."""
+    import torch.nn as nn
+    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    torch.manual_seed(6)
+    model = convert(nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)))
+    with torch.no_grad():
+        for t in bayes_tensors(model):
+            t.sigma.copy_(torch.rand_like(t.sigma) * 0.1)
+            t.fixed.copy_(torch.rand_like(t.sigma) < 0.3)
+            t.fixed_value.copy_(torch.where(t.fixed, t.mu, 0))
+    model.train()
+    x = torch.randn(6, 5)
+    grads = {}
+    for scaled in (True, False):
+        torch.manual_seed(7)                                           # the same noise both times
+        for p in model.parameters():
+            p.grad = None
+        loss = model(x).square().mean() + sigma_regulariser(model, 2.0 ** -7, 0.05) \
+            + masked_weight_decay(model, 0.1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        if scaled:
+            scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 14)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        grads[scaled] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for n in grads[True]:
+        assert torch.allclose(grads[True][n], grads[False][n], rtol=1e-5, atol=1e-9), n
+    reg_sigma = [t.sigma for t in bayes_tensors(model) if (t.sigma.detach() < 0.05).any()]
+    assert reg_sigma                                                   # the regulariser is active
+
+
+def _fill_state(model, g):
+    from pwfn_viz.bayes import bayes_tensors
+    with torch.no_grad():
+        for t in bayes_tensors(model):
+            t.sigma.copy_(torch.rand(t.sigma.shape, generator=g) * 0.1)
+            t.fixed.copy_(torch.rand(t.sigma.shape, generator=g) < 0.3)
+            t.fixed_value.copy_(torch.where(t.fixed, t.mu, 0))
+
+
+@contextlib.contextmanager
+def _torch_path_noise(model, noise_of):
+    """Make the torch path sample ``model``'s converted tensors with ``noise_of(name)`` instead of
+    fresh noise (torch.randn_like patched for those mu tensors only)."""
+    from pwfn_viz.bayes import bayes_tensors
+    names = {id(t.mu): t.name for t in bayes_tensors(model)}
+    original = torch.randn_like
+
+    def randn_like(x, *args, **kwargs):
+        if id(x) in names:
+            return noise_of(names[id(x)]).view_as(x).clone()
+        return original(x, *args, **kwargs)
+    torch.randn_like = randn_like
+    try:
+        with kernels.use_backend("torch"):
+            yield
+    finally:
+        torch.randn_like = original
+
+
+def check_converted_layers_train_like_torch_path():
+    """End to end: SGD with momentum on task + regulariser + decay, two micro-batches per step with
+    loss / 2 (gradient accumulation) and a constant loss scale, on the fused path and on the torch
+    path fed the fused path's noise: the same parameters after every step; fixed weights stay."""
+    import copy
+    import torch.nn as nn
+    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, param_groups, sigma_regulariser
+    g = torch.Generator().manual_seed(8)
+    torch.manual_seed(8)
+    fused = convert(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)))
+    _fill_state(fused, g)
+    reference = copy.deepcopy(fused)
+    models = {"fused": fused, "torch": reference}
+    opts = {k: torch.optim.SGD(param_groups(m, 1e-2), lr=0.05, momentum=0.9) for k, m in models.items()}
+    fixed_before = {t.name: t.fixed_value[t.fixed].clone() for t in bayes_tensors(fused)}
+    scale = 256.0
+
+    def micro_step(model, x, y):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss = loss + sigma_regulariser(model, 2.0 ** -6, 0.05) + masked_weight_decay(model, 1e-2)
+        (scale * loss / 2).backward()
+
+    for step in range(3):
+        for k in models:
+            opts[k].zero_grad(set_to_none=True)
+        for micro in range(2):
+            x, y = torch.randn(5, 2, 4, 4, generator=g), torch.randint(0, 4, (5,), generator=g)
+            micro_step(fused, x, y)
+            eps = {t.name: t.module._pwfn_eps[t.attr].materialise() for t in bayes_tensors(fused)}
+            with _torch_path_noise(reference, eps.__getitem__):
+                micro_step(reference, x, y)
+            assert all(torch.equal(t.module._pwfn_eps[t.attr].flatten(), eps[t.name])
+                       for t in bayes_tensors(reference))
+        for k, m in models.items():
+            for p in m.parameters():
+                p.grad /= scale
+            opts[k].step()
+        for (name, p), (_, q) in zip(fused.named_parameters(), reference.named_parameters()):
+            assert torch.allclose(p, q, rtol=1e-5, atol=1e-7), (step, name, (p - q).abs().max().item())
+    for t in bayes_tensors(fused):
+        assert torch.equal(t.mu.detach()[t.fixed], fixed_before[t.name]) or not t.fixed.any()
+        assert torch.equal(t.fixed, next(r for r in bayes_tensors(reference) if r.name == t.name).fixed)
 
 
 def check_sampling_reproducible():
@@ -236,38 +586,34 @@ def check_sampling_reproducible():
 
 
 def check_converted_layers_use_fused_path():
-    """bayes.convert + forced triton: the hook samples with the kernel, sigma_regulariser gives the
-    value without gradient and arms the fused gradient; grads equal the torch path's formula."""
+    """bayes.convert + forced triton: the hook samples with the kernel; sigma_regulariser and
+    masked_weight_decay give the torch formulas' values, and the grads equal the torch path's."""
     import torch.nn as nn
-    from pwfn_viz.bayes import bayes_tensors, convert, sigma_regulariser
+    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
     from pwfn_viz.kernels.sampling import reference_sample
     model = convert(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)))
-    with torch.no_grad():
-        for t in bayes_tensors(model):
-            t.sigma.copy_(torch.rand_like(t.sigma) * 0.1)
-            t.fixed.copy_(torch.rand_like(t.sigma) < 0.3)
-            t.fixed_value.copy_(torch.where(t.fixed, t.mu, 0))
+    _fill_state(model, torch.Generator().manual_seed(9))
     x = torch.randn(5, 2, 4, 4)
     model.train()
     out = model(x)
     ts = bayes_tensors(model)
     assert all(isinstance(t.module._pwfn_eps[t.attr], kernels.FusedNoise) for t in ts)
     eps = {t.name: t.module._pwfn_eps[t.attr].materialise().view_as(t.mu) for t in ts}
-    lam, cap = 2.0 ** -9, 0.05
-    reg = sigma_regulariser(model, lam, cap)
-    assert not reg.requires_grad
-    want_reg = sum(lam / 2 * (eps[t.name].abs() * (cap - t.sigma.detach()).clamp(min=0) ** 2 * ~t.fixed).sum()
-                   for t in ts)
-    assert reg.item() == pytest.approx(want_reg.item(), rel=1e-5)
-    (out.square().sum() + reg).backward()
+    lam, cap, wd = 2.0 ** -9, 0.05, 0.2
+    reg, decay = sigma_regulariser(model, lam, cap), masked_weight_decay(model, wd)
+    assert reg.requires_grad and decay.requires_grad
+    want = [_torch_loss_terms(t.mu.detach(), t.sigma.detach(), t.fixed, eps[t.name], lam, cap, wd) for t in ts]
+    assert reg.item() == pytest.approx(sum(r for r, _ in want).item(), rel=1e-5)
+    assert decay.item() == pytest.approx(sum(d for _, d in want).item(), rel=1e-5)
+    (out.square().sum() + reg + decay).backward()
     # reference: the same network, weights from the torch formula with the same noise, loss-term R
     ref = {t.name: (t.mu.detach().clone().requires_grad_(), t.sigma.detach().clone().requires_grad_())
            for t in ts}
     w = {n: reference_sample(m, s, t.fixed, t.fixed_value, eps[n]) for t, (n, (m, s)) in zip(ts, ref.items())}
     h = nn.functional.conv2d(x, w["0.weight"], w["0.bias"]).relu().flatten(1)
     loss = nn.functional.linear(h, w["3.weight"], w["3.bias"]).square().sum()
-    loss = loss + sum(lam / 2 * (eps[t.name].abs() * (cap - ref[t.name][1]).clamp(min=0) ** 2 * ~t.fixed).sum()
-                      for t in ts)
+    for t in ts:
+        loss = loss + sum(_torch_loss_terms(*ref[t.name], t.fixed, eps[t.name], lam, cap, wd))
     loss.backward()
     for t in ts:
         assert torch.allclose(t.mu.grad, ref[t.name][0].grad, rtol=1e-5, atol=1e-7), t.name
@@ -278,6 +624,43 @@ def check_converted_layers_use_fused_path():
     assert torch.equal(model(x), nn.functional.linear(h, mean["3.weight"], mean["3.bias"]))
 
 
+def check_converted_layers_mixed_paths():
+    """A float64 layer (the fused kernels take float32/16/bf16) stays on the torch path next to a
+    fused float32 one: the loss terms add both kinds, with the torch formulas' values and grads."""
+    import torch.nn as nn
+    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.kernels.sampling import reference_sample
+
+    class ToDouble(nn.Module):
+        def forward(self, x):
+            return x.double()
+
+    model = convert(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), ToDouble(), nn.Linear(3, 2).double()))
+    _fill_state(model, torch.Generator().manual_seed(11))
+    model.train()
+    x = torch.randn(5, 4)
+    out = model(x)
+    ts = bayes_tensors(model)
+    noises = [t.module._pwfn_eps[t.attr] for t in ts]
+    assert [isinstance(n, kernels.FusedNoise) for n in noises] == [True, True, False, False]
+    eps = [(n.materialise() if isinstance(n, kernels.FusedNoise) else n).view_as(t.mu) for n, t in zip(noises, ts)]
+    lam, cap, wd = 2.0 ** -6, 0.05, 0.3
+    reg, decay = sigma_regulariser(model, lam, cap), masked_weight_decay(model, wd)
+    assert reg.dtype == decay.dtype == torch.float64
+    (out.sum() + 8.0 * (reg + decay)).backward()
+    ref = [(t.mu.detach().clone().requires_grad_(), t.sigma.detach().clone().requires_grad_()) for t in ts]
+    w = [reference_sample(m, s, t.fixed, t.fixed_value, e) for (m, s), t, e in zip(ref, ts, eps)]
+    ref_out = nn.functional.linear(nn.functional.linear(x, w[0], w[1]).tanh().double(), w[2], w[3])
+    terms = [_torch_loss_terms(m, s, t.fixed, e.to(s.dtype), lam, cap, wd) for (m, s), t, e in zip(ref, ts, eps)]
+    ref_reg, ref_decay = sum(r for r, _ in terms), sum(d for _, d in terms)
+    assert reg.item() == pytest.approx(ref_reg.item(), rel=1e-5)
+    assert decay.item() == pytest.approx(ref_decay.item(), rel=1e-5)
+    (ref_out.sum() + 8.0 * (ref_reg + ref_decay)).backward()
+    for t, (m, s) in zip(ts, ref):
+        assert torch.allclose(t.mu.grad, m.grad, rtol=1e-5, atol=1e-7), t.name
+        assert torch.allclose(t.sigma.grad, s.grad, rtol=1e-5, atol=1e-7), t.name
+
+
 def test_sampling_forward_and_statistics():
     interpreted("check_sampling_forward_and_statistics")
 
@@ -286,8 +669,32 @@ def test_sampling_gradients_match_formula():
     interpreted("check_sampling_gradients_match_formula")
 
 
+def test_sampling_loss_terms_match_torch_path():
+    interpreted("check_sampling_loss_terms_match_torch_path")
+
+
+def test_sampling_aborted_backward_hands_nothing_on():
+    interpreted("check_sampling_aborted_backward_hands_nothing_on")
+
+
+def test_sampling_loss_terms_launches():
+    interpreted("check_sampling_loss_terms_launches")
+
+
+def test_sampling_grad_scaler():
+    interpreted("check_sampling_grad_scaler")
+
+
+def test_converted_layers_train_like_torch_path():
+    interpreted("check_converted_layers_train_like_torch_path")
+
+
 def test_sampling_reproducible():
     interpreted("check_sampling_reproducible")
+
+
+def test_converted_layers_mixed_paths():
+    interpreted("check_converted_layers_mixed_paths")
 
 
 def test_converted_layers_use_fused_path():
