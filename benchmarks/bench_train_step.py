@@ -14,12 +14,18 @@ regulariser and the decay that spares fixed weights for converted models), zero_
 gradient-norm clip 1.0, SGD step. Times are medians over steps, measured in alternating blocks so
 that clock drift hits every variant alike.
 
-    python -m benchmarks.bench_train_step --device cuda      # batch 128 at 224x224
+    python -m benchmarks.bench_train_step --device cuda      # batch 128 at 224x224, float32, NCHW
+    python -m benchmarks.bench_train_step --device cuda --amp bf16 --channels-last
     python -m benchmarks.bench_train_step --device cpu       # batch 8 at 64x64
+
+``--amp bf16|fp16`` runs forward and loss under autocast (the loss terms of converted models stay
+outside it, as in ``pwfn_viz.pipeline``; fp16 adds a GradScaler); ``--channels-last`` moves every
+model and the batch to channels_last.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -82,12 +88,13 @@ def authors_model(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------- steps
 
-def _variants(device: torch.device, fused: bool) -> dict:
+def _variants(device: torch.device, fused: bool, channels_last: bool = False) -> dict:
     torch.manual_seed(0)
     base = timm.create_model("resnet18", pretrained=False, num_classes=1000)
-    plain = copy.deepcopy(base).to(device)
-    converted = bayes.convert(copy.deepcopy(base)).to(device)
-    authors = authors_model(copy.deepcopy(base)).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    plain = copy.deepcopy(base).to(device, memory_format=fmt)
+    converted = bayes.convert(copy.deepcopy(base)).to(device, memory_format=fmt)
+    authors = authors_model(copy.deepcopy(base)).to(device, memory_format=fmt)
     variants = {"deterministic": (plain, torch.optim.SGD(plain.parameters(), lr=LR, momentum=MOMENTUM,
                                                          weight_decay=WD), "plain", "torch")}
     conv_opt = torch.optim.SGD(bayes.param_groups(converted, WD), lr=LR, momentum=MOMENTUM)
@@ -99,18 +106,28 @@ def _variants(device: torch.device, fused: bool) -> dict:
     return variants
 
 
-def step(model, opt, kind: str, x, y) -> None:
-    loss = F.cross_entropy(model(x), y)
-    if kind == "pwfn":
+def step(model, opt, kind: str, x, y, amp: str | None = None, scaler=None) -> None:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    with torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+        loss = F.cross_entropy(model(x).float(), y)
+    if kind == "pwfn":   # outside autocast, as in pwfn_viz.pipeline.train_steps
         loss = loss + bayes.sigma_regulariser(model) + bayes.masked_weight_decay(model, WD)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    else:
+        loss.backward()
     if kind == "authors":
         for m in model.modules():
             if isinstance(m, _SampledLayer):
                 m.edit_gradients(bayes.REG_LAMBDA, bayes.REG_CAP)
     nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-    opt.step()
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
 
 
 def _sync(device):
@@ -119,13 +136,16 @@ def _sync(device):
 
 
 def run(device: str = "cpu", batch: int = 8, resolution: int = 64, warmup: int = 2, steps: int = 6,
-        blocks: int = 2) -> dict:
+        blocks: int = 2, amp: str | None = None, channels_last: bool = False) -> dict:
     """Time every variant; returns {"rows": [...], "device": name, ...}."""
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
-    variants = _variants(dev, fused=dev.type == "cuda" and kernels.triton_available())
+    variants = _variants(dev, dev.type == "cuda" and kernels.triton_available(), channels_last)
+    scalers = {name: torch.amp.GradScaler(dev.type) if amp == "fp16" else None for name in variants}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, resolution, resolution, generator=g).to(dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), generator=g).to(dev)
     failed = {}
     for name, (model, opt, kind, backend) in list(variants.items()):   # warm up (cudnn autotune, compiles)
@@ -133,7 +153,7 @@ def run(device: str = "cpu", batch: int = 8, resolution: int = 64, warmup: int =
         try:
             with kernels.use_backend(backend):
                 for _ in range(warmup):
-                    step(model, opt, kind, x, y)
+                    step(model, opt, kind, x, y, amp, scalers[name])
         except Exception as exc:   # e.g. no C compiler for Triton's launcher: report, time the others
             if name == "deterministic":
                 raise
@@ -151,7 +171,7 @@ def run(device: str = "cpu", batch: int = 8, resolution: int = 64, warmup: int =
                 for _ in range(per_block):
                     _sync(dev)
                     t0 = time.perf_counter()
-                    step(model, opt, kind, x, y)
+                    step(model, opt, kind, x, y, amp, scalers[name])
                     _sync(dev)
                     times[name].append(time.perf_counter() - t0)
                 if dev.type == "cuda":
@@ -162,7 +182,8 @@ def run(device: str = "cpu", batch: int = 8, resolution: int = 64, warmup: int =
             for name, t in times.items()]
     n_weights = sum(t.mu.numel() for t in bayes.bayes_tensors(variants["pwfn torch"][0]))
     return dict(rows=rows, device=_device_name(dev), batch=batch, resolution=resolution, n_weights=n_weights,
-                failed=failed)
+                failed=failed, precision=f"{amp} autocast" if amp else "float32",
+                layout="channels_last" if channels_last else "NCHW")
 
 
 def _device_name(dev: torch.device) -> str:
@@ -173,7 +194,8 @@ def _device_name(dev: torch.device) -> str:
 
 def report(res: dict) -> list[str]:
     lines = [f"training step, timm resnet18 ({res['n_weights']:,} converted weights), batch {res['batch']} "
-             f"at {res['resolution']}x{res['resolution']}, device: {res['device']}",
+             f"at {res['resolution']}x{res['resolution']}, {res.get('precision', 'float32')}, "
+             f"{res.get('layout', 'NCHW')}, device: {res['device']}",
              f"{'variant':<22} | {'ms/step':>9} | {'vs deterministic':>16} | {'peak MiB':>9} | steps"]
     for r in res["rows"]:
         peak = f"{r['peak_mib']:9.0f}" if r["peak_mib"] is not None else f"{'-':>9}"
@@ -194,10 +216,12 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int)
     ap.add_argument("--resolution", type=int)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--amp", choices=["bf16", "fp16"], help="autocast forward and loss (default: float32)")
+    ap.add_argument("--channels-last", action="store_true", help="models and batch in channels_last")
     args = ap.parse_args(argv)
     gpu = args.device == "cuda"
     res = run(args.device, args.batch or (128 if gpu else 8), args.resolution or (224 if gpu else 64),
-              warmup=5 if gpu else 2, steps=args.steps)
+              warmup=5 if gpu else 2, steps=args.steps, amp=args.amp, channels_last=args.channels_last)
     print("\n".join(report(res)))
 
 

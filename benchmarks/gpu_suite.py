@@ -137,16 +137,21 @@ def check_host_syncs() -> str:
     return f"{syncs} host syncs for {steps} greedy steps in {passes} passes"
 
 
+def _sampling_inputs(seed: int, sigma_max: float):
+    """A flat converted tensor on DEV: mu and sigma leaves, 30 % fixed with their own values."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    n = _n(1 << 20)
+    mu = (torch.randn(n, generator=g, device=DEV) * 0.1).requires_grad_()
+    sigma = (torch.rand(n, generator=g, device=DEV) * sigma_max).requires_grad_()
+    fixed = torch.rand(n, generator=g, device=DEV) < 0.3
+    return g, n, mu, sigma, fixed, torch.where(fixed, torch.randn(n, generator=g, device=DEV), 0)
+
+
 def check_sampling() -> str:
     from pwfn_viz import kernels
     from pwfn_viz.kernels.sampling import reference_sample
     dev = DEV
-    g = torch.Generator(device=dev).manual_seed(1)
-    n = _n(1 << 20)
-    mu = (torch.randn(n, generator=g, device=dev) * 0.1).requires_grad_()
-    sigma = (torch.rand(n, generator=g, device=dev) * 0.1).requires_grad_()
-    fixed = torch.rand(n, generator=g, device=dev) < 0.3
-    fixed_value = torch.where(fixed, torch.randn(n, generator=g, device=dev), 0)
+    g, n, mu, sigma, fixed, fixed_value = _sampling_inputs(1, sigma_max=0.1)
     with kernels.use_backend("triton"):
         torch.manual_seed(7)
         w, noise = kernels.fused_sample(mu, sigma, fixed, fixed_value)
@@ -169,6 +174,37 @@ def check_sampling() -> str:
     gerr = (sigma.grad - want).abs().max().item()
     assert torch.allclose(sigma.grad, want, rtol=1e-5, atol=1e-7), f"grad sigma off by {gerr}"
     return f"max |w - formula| {err:.1e}, max |grad_sigma - formula| {gerr:.1e}, noise mean {m:+.4f} std {sd:.4f}"
+
+
+def check_loss_terms() -> str:
+    """The regulariser and decay through a scaled loss (as under a GradScaler), on the device's
+    autograd thread: gradients equal the formula times the scale, and both terms hand their
+    gradient to the sampling backward instead of a pass of their own."""
+    from pwfn_viz import kernels
+    from pwfn_viz.kernels import sampling
+    dev, lam, cap, wd, scale = DEV, 2.0 ** -11, 0.05, 1e-4, 1024.0
+    g, n, mu, sigma, fixed, fixed_value = _sampling_inputs(3, sigma_max=0.06)
+    x = torch.randn(n, generator=g, device=dev)
+    handed = []
+    hand_over = sampling.FusedNoise._hand_over
+    sampling.FusedNoise._hand_over = lambda self, *a: handed.append(hand_over(self, *a)) or handed[-1]
+    try:
+        with kernels.use_backend("triton"):
+            w, noise = kernels.fused_sample(mu, sigma, fixed, fixed_value)
+            loss = (w * x).sum() + sampling.fused_regulariser([sigma], [fixed], [noise], lam, cap) \
+                + sampling.fused_weight_decay([mu], [fixed], [noise], wd)
+            (scale * loss).backward()
+            eps = noise.materialise()
+    finally:
+        sampling.FusedNoise._hand_over = hand_over
+    m, s = mu.detach(), sigma.detach()
+    want_mu = torch.where(fixed, 0, scale * (x + wd * m))
+    want_sigma = torch.where(fixed, 0, scale * (x * eps * (s > 2.0 ** -30) - lam * (cap - s).clamp(min=0) * eps.abs()))
+    assert torch.allclose(mu.grad, want_mu, rtol=1e-5, atol=1e-6), "grad mu"
+    assert torch.allclose(sigma.grad, want_sigma, rtol=1e-5, atol=1e-6), "grad sigma"
+    assert handed == [True, True], f"hand-over results {handed} (False: the term computed its own gradient)"
+    return (f"loss x {scale:.0f}: grads within float32 rounding of the formula, both terms handed over "
+            f"(max |d grad_sigma| {(sigma.grad - want_sigma).abs().max().item():.1e})")
 
 
 def check_kmeans() -> str:
@@ -235,6 +271,7 @@ def main(argv=None) -> int:
                                                  ("ten-round schedule, both paths", check_schedule_bitwise),
                                                  ("host syncs per greedy step", check_host_syncs),
                                                  ("fused sampling", check_sampling),
+                                                 ("fused loss terms, scaled loss", check_loss_terms),
                                                  ("k-means kernels", check_kmeans),
                                                  ("compile kernel variants", warm_kernels)]]
     out(f"self-checks: {sum(ok)}/{len(ok)} passed ({time.monotonic() - start:.0f} s so far)", "")
