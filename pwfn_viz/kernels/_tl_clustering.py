@@ -71,24 +71,34 @@ def fit_mask_kernel(pm_ptr, ps_ptr, alive_ptr, delta_ptr, c_ptr, out_ptr, a, z, 
 @triton.jit(do_not_specialize=["n_taken", "centre_id", "k", "steps", "band_lo", "band_hi", "zero_rank"])
 def snap_kernel(local_ptr, p_idx_ptr, pm_ptr, ps_ptr, sigma_ptr, new_mu_ptr, new_sigma_ptr, assign_ptr,
                 alive_ptr, p_alive_ptr, centre_ptr, delta_ptr, std_ptr, divisor_ptr, c_ptr, diff_ptr, n_taken, centre_id, k, steps,
-                band_lo, band_hi, zero_rank, BLOCK: tl.constexpr, JOIN: tl.constexpr, RECOUNT: tl.constexpr):
+                band_lo, band_hi, zero_rank, BLOCK: tl.constexpr, JOIN: tl.constexpr, RECOUNT: tl.constexpr,
+                MU_VIA_F32: tl.constexpr, SIGMA_VIA_F32: tl.constexpr):
     """For each taken sorted position p (weight i = p_idx[p]): new_mu[i] = c, new_sigma[i] by the
     join (0: std_mu, 1: keep, 2: sigma / divisor), assignment[i] = centre_id, alive[i] = p_alive[p]
     = 0. RECOUNT: the weight's interval leaves the coverage counts (diff[first] += 1, diff[stop]
     -= 1, as in coverage_kernel), and a zero-band weight whose interval misses 0 leaves the zero
-    centre's extra count (diff[zero_rank] += 1, diff[zero_rank + 1] -= 1)."""
+    centre's extra count (diff[zero_rank] += 1, diff[zero_rank + 1] -= 1). MU_/SIGMA_VIA_F32: that
+    output is narrower than float64 and values reach it through float32, as torch converts a double
+    to half or bfloat16 (the same roundings as the torch path)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n_taken
     pos = tl.load(local_ptr + offs, mask=valid, other=0).to(tl.int64)
     idx = tl.load(p_idx_ptr + pos, mask=valid, other=0).to(tl.int64)
     centre = tl.zeros([BLOCK], dtype=tl.float64) + tl.load(centre_ptr)
+    if MU_VIA_F32:
+        centre = centre.to(tl.float32)
     tl.store(new_mu_ptr + idx, centre.to(new_mu_ptr.dtype.element_ty), mask=valid)
     if JOIN == 0:
         std = tl.zeros([BLOCK], dtype=tl.float64) + tl.load(std_ptr)
+        if SIGMA_VIA_F32:
+            std = std.to(tl.float32)
         tl.store(new_sigma_ptr + idx, std.to(new_sigma_ptr.dtype.element_ty), mask=valid)
-    if JOIN == 2:   # float64 quotient rounded once to sigma's dtype: the same as torch's division
-        sg = tl.load(sigma_ptr + idx, mask=valid, other=0.0).to(tl.float64)
-        tl.store(new_sigma_ptr + idx, (sg / tl.load(divisor_ptr)).to(new_sigma_ptr.dtype.element_ty), mask=valid)
+    if JOIN == 2:   # the float64 quotient, rounded to float32 then to a narrower dtype, equals torch's
+        sg = tl.load(sigma_ptr + idx, mask=valid, other=0.0).to(tl.float64)   # float32-opmath division
+        q = sg / tl.load(divisor_ptr)
+        if SIGMA_VIA_F32:
+            q = q.to(tl.float32)
+        tl.store(new_sigma_ptr + idx, q.to(new_sigma_ptr.dtype.element_ty), mask=valid)
     tl.store(assign_ptr + idx, tl.zeros([BLOCK], dtype=tl.int32) + centre_id, mask=valid)
     zero = tl.zeros([BLOCK], dtype=tl.uint8)
     tl.store(alive_ptr + idx, zero, mask=valid)

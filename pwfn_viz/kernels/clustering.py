@@ -121,5 +121,6 @@ def snap(st, cur, p_alive: torch.Tensor, local: torch.Tensor, best: int, centre_
             st.assignment, st.alive.view(torch.uint8), p_alive.view(torch.uint8), cur.centre(best),
             cur.delta, std_mu.view(1), cur.divisor, cur.sorted_cands, diff if recount else st.assignment,
             n_taken, centre_id, k, k.bit_length(), band_lo, band_hi, cur.zero_rank,
-            BLOCK=BLOCK, JOIN=JOINS[sigma_join], RECOUNT=recount, enable_fp_fusion=False)
+            BLOCK=BLOCK, JOIN=JOINS[sigma_join], RECOUNT=recount, enable_fp_fusion=False,
+            MU_VIA_F32=st.new_mu.dtype != torch.float64, SIGMA_VIA_F32=st.new_sigma.dtype != torch.float64)
     return diff
