@@ -181,7 +181,7 @@ def check_loss_terms() -> str:
     autograd thread: gradients equal the formula times the scale, and both terms hand their
     gradient to the sampling backward instead of a pass of their own."""
     from pwfn_viz import kernels
-    from pwfn_viz.kernels import sampling
+    from pwfn_viz.kernels import loss_terms, sampling
     dev, lam, cap, wd, scale = DEV, 2.0 ** -11, 0.05, 1e-4, 1024.0
     g, n, mu, sigma, fixed, fixed_value = _sampling_inputs(3, sigma_max=0.06)
     x = torch.randn(n, generator=g, device=dev)
@@ -191,8 +191,8 @@ def check_loss_terms() -> str:
     try:
         with kernels.use_backend("triton"):
             w, noise = kernels.fused_sample(mu, sigma, fixed, fixed_value)
-            loss = (w * x).sum() + sampling.fused_regulariser([sigma], [fixed], [noise], lam, cap) \
-                + sampling.fused_weight_decay([mu], [fixed], [noise], wd)
+            loss = (w * x).sum() + loss_terms.fused_regulariser([sigma], [fixed], [noise], lam, cap) \
+                + loss_terms.fused_weight_decay([mu], [fixed], [noise], wd)
             (scale * loss).backward()
             eps = noise.materialise()
     finally:

@@ -100,12 +100,15 @@ def _sample_hook(module: nn.Module, args):
     the fused kernel: the noise is drawn inside it and never stored; ``_pwfn_eps`` then holds the
     pass's ``FusedNoise`` (its seed) instead of the noise tensor."""
     from . import kernels
-    for name in module._pwfn_names:
+    seeds = None
+    for i, name in enumerate(module._pwfn_names):
         mu = getattr(module, f"{name}_mu")
         sigma, fixed_value = getattr(module, f"{name}_sigma"), getattr(module, f"{name}_fixed_value")
         if module.training and kernels.fused_sampling_applies(mu, sigma, fixed_value):
+            if seeds is None:   # one launch draws the seeds of all the module's tensors
+                seeds = kernels.sampling.draw_seeds(len(module._pwfn_names), mu.device)
             w, module._pwfn_eps[name] = kernels.fused_sample(mu, sigma, getattr(module, f"{name}_fixed"),
-                                                              fixed_value, SIGMA_MIN)
+                                                              fixed_value, SIGMA_MIN, seed=seeds[i:i + 1])
             setattr(module, name, w)
             continue
         if module.training:
@@ -259,7 +262,7 @@ def sigma_regulariser(model: nn.Module, lam: float = REG_LAMBDA, cap: float = RE
     accumulation, repeated calls, a separate ``.backward()``); in the usual ``(task + R)
     .backward()`` it is added inside the sampling backward kernel instead of a pass of its own."""
     from . import kernels
-    from .kernels.sampling import fused_regulariser
+    from .kernels.loss_terms import fused_regulariser
     total, fused, found = None, [], False
     for t in bayes_tensors(model):
         eps = t.module._pwfn_eps.get(t.attr)
@@ -289,7 +292,7 @@ def masked_weight_decay(model: nn.Module, weight_decay: float) -> torch.Tensor:
     (one reduction kernel each; the gradient ``wd * mu`` is added inside the sampling backward
     kernel in the usual ``(task + decay).backward()``, scaled like the rest of the loss)."""
     from . import kernels
-    from .kernels.sampling import fused_weight_decay
+    from .kernels.loss_terms import fused_weight_decay
     terms, fused = [], []
     for t in bayes_tensors(model):
         noise = t.module._pwfn_eps.get(t.attr)

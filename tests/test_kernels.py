@@ -140,7 +140,10 @@ def check_cluster_round_same_on_both_paths():
     cases = [(mu, sigma, 1.0, ClusterConfig()), (mu, sigma, 0.7, ClusterConfig(delta=2.0, b=6, sigma_join="divide")),
              (mu, sigma, 0.9, ClusterConfig(delta=0.5, b=9, sigma_join="keep")),
              (mu.double(), sigma.double() * 3, 0.95, ClusterConfig(sigma_join="divide", sigma_divisor=3.0)),
-             (mu[:5], sigma[:5], 0.2, ClusterConfig())]
+             (mu[:5], sigma[:5], 0.2, ClusterConfig()),
+             (mu.half(), sigma.half() * 3, 0.9, ClusterConfig()),               # values reach half via float32
+             (mu.half(), sigma.half() * 3, 0.8, ClusterConfig(sigma_join="divide", sigma_divisor=3.0)),
+             (mu, sigma.double(), 0.9, ClusterConfig())]                        # mixed dtypes
     for m, s, fraction, cfg in cases:
         got = cluster_round(m, s, fraction, config=cfg)
         with kernels.use_backend("torch"):
@@ -237,10 +240,13 @@ NO_LAUNCH = {"empty", "empty_like", "empty_strided", "detach", "view", "reshape"
 def _counting_launches():
     """Count launches: each Triton kernel of kernels._tl_sampling by name ("triton.<kernel>"), and
     each torch operation that runs a kernel ("torch.<op>"; views and allocations left out), not
-    counting what the Triton interpreter itself does inside a launch."""
+    counting what the Triton interpreter itself does inside a launch. ``counts.launches`` lists
+    each Triton launch as (kernel name, data_ptr of each positional argument, None for
+    non-tensors): holding the tensors would keep autograd from stealing the gradients."""
     from torch.utils._python_dispatch import TorchDispatchMode
     tk = kernels.triton_module("_tl_sampling")
     counts, inside = collections.Counter(), [False]
+    counts.launches = []
 
     class Counted:
         def __init__(self, name, kernel):
@@ -249,6 +255,8 @@ def _counting_launches():
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
                 counts["triton." + self.name] += 1
+                counts.launches.append((self.name, [a.data_ptr() if isinstance(a, torch.Tensor) else None
+                                                    for a in args]))
                 inside[0] = True
                 try:
                     return self.kernel[grid](*args, **kwargs)
@@ -322,17 +330,27 @@ def check_sampling_gradients_match_formula():
         assert (sigma.grad[fixed] == 0).all() and sigma.grad[0, 0] == -reg[0, 0] * free[0, 0]
 
 
-def _loss_term_case(g, mode):
+def _loss_term_case(g, mode, shape=(37, 29), place=None):
     """One tensor sampled on the fused path, task + regulariser + decay backpropagated the way
     ``mode`` says; returns (grads of mu and sigma, the same on the torch formula with the kernel's
-    noise, the two values and their torch formulas, the launch counts)."""
-    from pwfn_viz.kernels.sampling import fused_regulariser, fused_weight_decay, reference_sample
+    noise, the two values and their torch formulas, the launch counts, the strides of the
+    gradients that reached mu and sigma, the sample and the tensors). ``place(name, t)`` puts mu,
+    sigma, fixed, fixed_value and the upstream gradient in the memory layout to test."""
+    from pwfn_viz.kernels.loss_terms import fused_regulariser, fused_weight_decay
+    from pwfn_viz.kernels.sampling import reference_sample
     lam, cap, wd = 2.0 ** -9, 0.05, 0.3
-    mu, sigma, fixed, fixed_value = _tensor_state((37, 29), g)
+    mu, sigma, fixed, fixed_value = _tensor_state(shape, g)
     with torch.no_grad():
-        sigma[0, :4] = torch.tensor([2.0 ** -30, -0.5, 0.0, 0.2])
+        sigma.view(-1)[:4] = torch.tensor([2.0 ** -30, -0.5, 0.0, 0.2])
         sigma[1:3] += 0.04                                          # some above the cap
-    upstream = torch.randn(37, 29, generator=g)
+    upstream = torch.randn(shape, generator=g)
+    if place is not None:
+        mu, sigma = (place(n, t.detach()).requires_grad_() for n, t in (("mu", mu), ("sigma", sigma)))
+        fixed, fixed_value, upstream = (place(n, t) for n, t in (("fixed", fixed), ("fixed_value", fixed_value),
+                                                                 ("upstream", upstream)))
+    strides = {"mu": [], "sigma": []}
+    for name, t in (("mu", mu), ("sigma", sigma)):
+        t.register_hook(lambda grad, name=name: strides[name].append(grad.stride()))
     with _counting_launches() as counts:
         w, noise = kernels.fused_sample(mu, sigma, fixed, fixed_value)
         task = (w * upstream).sum()
@@ -378,7 +396,8 @@ def _loss_term_case(g, mode):
         loss2 = loss2 + _torch_loss_terms(mu2, sig2, fixed, eps, lam, 0.08, wd)[0]
     (scale * loss2).backward()
     return dict(mu=(mu.grad, mu2.grad), sigma=(sigma.grad, sig2.grad), reg=(reg, reg2), decay=(decay, decay2),
-                fixed=fixed, counts=counts, scale=scale)
+                fixed=fixed, counts=counts, scale=scale, strides=strides, w=w, eps=eps,
+                tensors=(mu.detach(), sigma.detach(), fixed, fixed_value))
 
 
 def check_sampling_loss_terms_match_torch_path():
@@ -407,7 +426,7 @@ def check_sampling_aborted_backward_hands_nothing_on():
     """A backward call that fails after the loss terms ran but before the sampling backward: their
     hand-over belongs to that call and is dropped, so a later task-only backward gets the task
     gradient only (as on the torch path, where the failed call accumulates nothing)."""
-    from pwfn_viz.kernels.sampling import fused_regulariser, fused_weight_decay
+    from pwfn_viz.kernels.loss_terms import fused_regulariser, fused_weight_decay
 
     class FailOnce(torch.autograd.Function):
         armed = True
@@ -457,7 +476,8 @@ def check_sampling_loss_terms_launches():
         n = len(bayes_tensors(model))
         for kernel in ("sample_fwd_kernel", "regulariser_sum_kernel", "decay_sum_kernel", "sample_bwd_kernel"):
             assert counts["triton." + kernel] == n, (kernel, counts)
-        assert counts["triton.regulariser_grad_kernel"] == 0 and counts["torch.randint"] == n
+        modules = sum(1 for m in model.modules() if hasattr(m, "_pwfn_names"))
+        assert counts["triton.regulariser_grad_kernel"] == 0 and counts["torch.randint"] == modules   # a module's seeds: one draw
         ours = {k: v for k, v in counts.items() if "convolution" not in k}
         per_size[n] = sum(ours.values())
     (n1, c1), (n2, c2) = sorted(per_size.items())
@@ -661,6 +681,254 @@ def check_converted_layers_mixed_paths():
         assert torch.allclose(t.sigma.grad, s.grad, rtol=1e-5, atol=1e-7), t.name
 
 
+# ---- memory layouts (channels_last etc.): the Philox counter is the offset in mu's layout
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+SAMPLING_LAYOUTS = {   # name: (shape, put a tensor of that shape in the layout), all tensors alike
+    "channels_last": ((8, 6, 5, 7), _cl),
+    "channels_last_3d": ((4, 6, 3, 5, 5), lambda t: t.contiguous(memory_format=torch.channels_last_3d)),
+    "permuted": ((9, 11, 13), lambda t: t.permute(1, 2, 0).contiguous().permute(2, 0, 1)),
+    "transposed": ((37, 29), lambda t: t.t().contiguous().t()),
+    "not dense": ((37, 29), lambda t: torch.empty(37, 58, dtype=t.dtype)[:, ::2].copy_(t)),
+}
+COPY_OPS = ("torch.copy_", "torch.clone", "torch._to_copy", "torch.contiguous")
+
+
+def _copies(counts) -> int:
+    return sum(counts[k] for k in COPY_OPS)
+
+
+def test_sampling_layout_rule():
+    """Layout.of: mu's strides where mu is non-overlapping and dense in some order, else row-major;
+    put() leaves a tensor that lies that way alone and copies any other once, logical order kept."""
+    from pwfn_viz.kernels.sampling import Layout
+    x = torch.arange(2 * 3 * 4 * 5.0).view(2, 3, 4, 5)
+    for t in (x, _cl(x), torch.zeros(2, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d),
+              x.permute(3, 1, 0, 2).contiguous().permute(2, 1, 3, 0), x[:1], x.view(6, 20).t(),
+              torch.zeros(20).as_strided((1, 4, 5), (7, 5, 1)),
+              _cl(torch.zeros(4, 3, 1, 1)), torch.zeros(3, 0, 2).permute(2, 0, 1), torch.tensor(2.0)):
+        assert Layout.of(t).stride == t.stride(), t.stride()         # dense in some order: kept
+    for t in (x[:, :, ::2], x[:, :1], x[:, 1:], x.permute(0, 2, 1, 3)[:, :3], torch.zeros(3).expand(4, 3)):
+        assert Layout.of(t).stride == torch.empty(t.shape).stride(), t.stride()   # not dense: row-major
+    y = _cl(x)
+    cl = Layout.of(y)
+    assert cl.put(y) is y                                               # lies that way: as it is
+    moved = cl.put(x)                                                   # row-major: copied into it
+    assert moved.stride() == y.stride() and torch.equal(moved, x)
+    assert torch.equal(cl.put(x.reshape(-1)), x)                       # flat logical order
+    one = Layout.of(_cl(torch.zeros(4, 3, 1, 1)))
+    z = torch.randn(4, 3, 1, 1)                                        # strides differ on size-1 dims only
+    assert one.put(z) is z
+
+
+def check_sampling_memory_layouts():
+    """mu, sigma, fixed, fixed_value (and the incoming gradient) in one layout: channels_last,
+    channels_last_3d, a permutation, a transpose, or an odd view (not dense: row-major). The sample
+    is the formula with materialise()'s noise (logical order) and has mu's layout; the loss terms'
+    values and the gradients equal the torch formula's with the same noise, for the handed-over
+    and the terms' own gradient passes; the gradients have mu's layout; a dense layout copies
+    nothing in the whole step."""
+    from pwfn_viz.kernels.sampling import reference_sample
+    g = torch.Generator().manual_seed(12)
+    for layout, (shape, put) in SAMPLING_LAYOUTS.items():
+        for mode in ("scaled", "terms after task"):
+            r = _loss_term_case(g, mode, shape, lambda name, t: put(t))
+            mu, sigma, fixed, fixed_value = r["tensors"]
+            dense = layout != "not dense"
+            want_stride = mu.stride() if dense else torch.empty(shape).stride()
+            assert not mu.is_contiguous(), layout                           # a layout other than row-major
+            assert torch.equal(r["w"], reference_sample(mu, sigma, fixed, fixed_value, r["eps"])), (layout, mode)
+            assert r["w"].stride() == want_stride, (layout, r["w"].stride())
+            for name in ("mu", "sigma"):
+                got, want = r[name]
+                assert torch.allclose(got / r["scale"], want / r["scale"], rtol=1e-5, atol=1e-7), (layout, mode, name)
+                assert r["strides"][name] and set(r["strides"][name]) == {want_stride}, (layout, mode, r["strides"])
+            for name in ("reg", "decay"):
+                got, want = r[name]
+                assert got.item() == pytest.approx(want.item(), rel=1e-5), (layout, mode, name)
+            if dense:
+                assert _copies(r["counts"]) == 0, (layout, mode, dict(r["counts"]))
+
+
+def check_sampling_mixed_layouts():
+    """mu (and fixed_value) channels_last, sigma, fixed and the incoming gradient row-major: each of
+    those is copied once into mu's layout by the launch that reads it, and every result still
+    equals the formula's with the same noise."""
+    from pwfn_viz.kernels.sampling import reference_sample
+    g = torch.Generator().manual_seed(13)
+    rowmajor = ("sigma", "fixed", "upstream")
+    for mode in ("plain", "scaled", "terms after task"):
+        r = _loss_term_case(g, mode, (8, 6, 5, 7), lambda name, t: t if name in rowmajor else _cl(t))
+        mu, sigma, fixed, fixed_value = r["tensors"]
+        assert sigma.is_contiguous() and not mu.is_contiguous()
+        assert torch.equal(r["w"], reference_sample(mu, sigma, fixed, fixed_value, r["eps"])), mode
+        assert r["w"].stride() == mu.stride()
+        for name in ("mu", "sigma"):
+            got, want = r[name]
+            assert torch.allclose(got / r["scale"], want / r["scale"], rtol=1e-5, atol=1e-7), (mode, name)
+        for name in ("reg", "decay"):
+            got, want = r[name]
+            assert got.item() == pytest.approx(want.item(), rel=1e-5), (mode, name)
+    # one copy each of sigma and fixed for the forward (their kernel reads them in mu's layout)
+    mu, sigma, fixed, fixed_value = _tensor_state((8, 6, 5, 7), g)
+    mu, fixed_value = _cl(mu.detach()).requires_grad_(), _cl(fixed_value)
+    with _counting_launches() as counts:
+        w, noise = kernels.fused_sample(mu, sigma, fixed, fixed_value)
+    assert counts["torch.copy_"] == 2 and _copies(counts) == 2, dict(counts)
+
+
+def _channels_last_case(mixed: bool):
+    """A converted conv net moved to channels_last (parameters and buffers), sampled on the fused
+    path; ``mixed``: one conv's sigma and fixed mask made row-major again. Returns what the checks
+    compare (see check_converted_layers_channels_last)."""
+    import torch.nn as nn
+    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.kernels.sampling import reference_sample
+    model = convert(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.Flatten(),
+                                  nn.Linear(50, 3)))
+    _fill_state(model, torch.Generator().manual_seed(14))
+    model.to(memory_format=torch.channels_last).train()
+    ts = bayes_tensors(model)
+    assert all(not getattr(ts[0], k).is_contiguous() for k in ("mu", "sigma", "fixed", "fixed_value"))
+    if mixed:
+        ts[0].sigma.data = ts[0].sigma.data.contiguous()
+        ts[0].module.weight_fixed = ts[0].fixed.contiguous()
+    x = _cl(torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(15)))
+    calls, original = [], kernels.fused_sample
+
+    def watched(mu, sigma, fixed, fixed_value, *args, **kwargs):    # what the hooks' calls do
+        with _counting_launches() as counts:
+            out = original(mu, sigma, fixed, fixed_value, *args, **kwargs)
+        calls.append(((mu, sigma, fixed, fixed_value), counts))
+        return out
+    kernels.fused_sample = watched
+    try:
+        out = model(x)
+    finally:
+        kernels.fused_sample = original
+    strides = {t.name: {"mu": [], "sigma": []} for t in ts}
+    for t in ts:
+        for kind in ("mu", "sigma"):
+            getattr(t, kind).register_hook(lambda grad, n=t.name, k=kind: strides[n][k].append(grad.stride()))
+    lam, cap, wd = 2.0 ** -8, 0.05, 0.2
+    with _counting_launches() as step:
+        loss = out.square().sum() + sigma_regulariser(model, lam, cap) + masked_weight_decay(model, wd)
+        (1024.0 * loss).backward()
+    eps = {t.name: t.module._pwfn_eps[t.attr].materialise().view_as(t.mu) for t in ts}
+    # the torch path's formulas on row-major copies, with the same noise
+    ref = {t.name: (t.mu.detach().contiguous().requires_grad_(), t.sigma.detach().contiguous().requires_grad_())
+           for t in ts}
+    w = {t.name: reference_sample(*ref[t.name], t.fixed, t.fixed_value, eps[t.name]) for t in ts}
+    h = nn.functional.conv2d(x.contiguous(), w["0.weight"], w["0.bias"], padding=1).relu()
+    h = nn.functional.conv2d(h, w["2.weight"], w["2.bias"]).flatten(1)
+    ref_loss = nn.functional.linear(h, w["4.weight"], w["4.bias"]).square().sum()
+    for t in ts:
+        ref_loss = ref_loss + sum(_torch_loss_terms(*ref[t.name], t.fixed, eps[t.name], lam, cap, wd))
+    (1024.0 * ref_loss).backward()
+    return dict(model=model, ts=ts, calls=calls, strides=strides, step=step, eps=eps, ref=ref, loss=loss,
+                ref_loss=ref_loss)
+
+
+def _check_channels_last(mixed: bool):
+    from pwfn_viz.kernels.sampling import reference_sample
+    r = _channels_last_case(mixed)
+    ts = r["ts"]
+    assert len(r["calls"]) == len(ts)                                  # every tensor on the fused path
+    for t, (inputs, counts) in zip(ts, r["calls"]):
+        w = getattr(t.module, t.attr)                                   # this pass's sample (detached)
+        assert torch.equal(w, reference_sample(t.mu.detach(), t.sigma.detach(), t.fixed, t.fixed_value,
+                                               r["eps"][t.name])), t.name
+        assert w.stride() == t.mu.stride(), (t.name, w.stride(), t.mu.stride())
+        (name, ptrs), = counts.launches                                 # the forward kernel reads ...
+        assert name == "sample_fwd_kernel"
+        as_is = [a == b.data_ptr() for a, b in zip(ptrs[:4], inputs)]
+        copies = _copies(counts)
+        if mixed and t.name == "0.weight":                              # ... sigma and fixed copied once
+            assert as_is == [True, False, False, True] and copies == 2, (as_is, dict(counts))
+        else:                                                           # ... the layer's own tensors
+            assert as_is == [True] * 4 and copies == 0, (t.name, as_is, dict(counts))
+        for kind in ("mu", "sigma"):
+            got, want = getattr(t, kind).grad, getattr(r["ref"][t.name][{"mu": 0, "sigma": 1}[kind]], "grad")
+            assert torch.allclose(got / 1024, want / 1024, rtol=1e-5, atol=1e-7), (t.name, kind)
+            assert r["strides"][t.name][kind] == [t.mu.stride()], (t.name, kind, r["strides"][t.name][kind])
+    assert r["loss"].item() == pytest.approx(r["ref_loss"].item(), rel=1e-5)
+    if not mixed:        # loss terms and backward copy nothing (conv backward gives channels_last grads)
+        assert _copies(r["step"]) == 0, dict(r["step"])
+
+
+def check_converted_layers_channels_last():
+    """model.to(memory_format=torch.channels_last) on the fused path: the samples are the formula
+    with materialise()'s noise and keep the parameters' layout, the forward kernels read the
+    layers' own tensors (no copies), and the gradients of task + regulariser + decay (loss scaled
+    by 1024) equal the torch formula's with the same noise, in the parameters' layout."""
+    _check_channels_last(mixed=False)
+
+
+def check_converted_layers_channels_last_mixed_sigma():
+    """The same with one conv's sigma (its data replaced) and fixed mask row-major again."""
+    _check_channels_last(mixed=True)
+
+
+def check_sampling_module_seeds():
+    """One draw_seeds launch gives the seeds of all tensors of a module: each fused_sample uses its
+    one-element view as it is; the tensors get different noise; torch.manual_seed reproduces them."""
+    from pwfn_viz.kernels.sampling import draw_seeds
+    g = torch.Generator().manual_seed(16)
+    weight, bias = _tensor_state((40, 30), g), _tensor_state((40,), g)
+
+    def module_pass():
+        with _counting_launches() as counts:
+            seeds = draw_seeds(2, "cpu")
+            (w, nw), (b, nb) = (kernels.fused_sample(*state, seed=seeds[i:i + 1])
+                                for i, state in enumerate((weight, bias)))
+        assert counts["torch.randint"] == 1 and _copies(counts) == 0, dict(counts)
+        assert nw.seed.data_ptr() == seeds.data_ptr() and nb.seed.data_ptr() == seeds[1:].data_ptr()
+        return w, b, nw, nb
+
+    torch.manual_seed(21)
+    w1, b1, nw, nb = module_pass()
+    assert int(nw.seed) != int(nb.seed)
+    assert not torch.equal(nw.materialise()[:40], nb.materialise())   # the same counters, other noise
+    w2, b2, _, _ = module_pass()                                        # the next pass: other noise
+    assert not torch.equal(w1, w2) and not torch.equal(b1, b2)
+    torch.manual_seed(21)
+    w3, b3, _, _ = module_pass()
+    assert torch.equal(w1, w3) and torch.equal(b1, b3)
+    for bad in (torch.zeros(2, dtype=torch.int64), torch.zeros(1), torch.zeros(1, dtype=torch.int32)):
+        with pytest.raises(ValueError, match="one int64 element"):
+            kernels.fused_sample(*bias, seed=bad)
+
+
+def check_converted_layers_seeds():
+    """A converted channels_last conv net: weight and bias of one module get different seeds and
+    noise, torch.manual_seed(s) twice gives the same samples, the next pass other ones."""
+    import torch.nn as nn
+    from pwfn_viz.bayes import bayes_tensors, convert
+    from pwfn_viz.kernels.sampling import FusedNoise, Layout
+    model = convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(36, 3)))
+    model.to(memory_format=torch.channels_last).train()
+    x = torch.randn(2, 3, 5, 5)
+
+    def one_pass():
+        out = model(x)
+        return out, {t.name: t.module._pwfn_eps[t.attr] for t in bayes_tensors(model)}
+
+    torch.manual_seed(3)
+    out1, n1 = one_pass()
+    seeds = [int(n.seed) for n in n1.values()]
+    assert len(set(seeds)) == len(seeds)
+    memory_order = FusedNoise(n1["0.weight"].seed, Layout((108,), (1,))).materialise()
+    assert not torch.equal(memory_order[:4], n1["0.bias"].materialise())
+    out2, _ = one_pass()
+    torch.manual_seed(3)
+    out3, n3 = one_pass()
+    assert torch.equal(out1, out3) and not torch.equal(out1, out2)
+    assert all(torch.equal(n1[k].materialise(), n3[k].materialise()) for k in n1)
+
+
 def test_sampling_forward_and_statistics():
     interpreted("check_sampling_forward_and_statistics")
 
@@ -699,6 +967,30 @@ def test_converted_layers_mixed_paths():
 
 def test_converted_layers_use_fused_path():
     interpreted("check_converted_layers_use_fused_path")
+
+
+def test_sampling_memory_layouts():
+    interpreted("check_sampling_memory_layouts")
+
+
+def test_sampling_mixed_layouts():
+    interpreted("check_sampling_mixed_layouts")
+
+
+def test_converted_layers_channels_last():
+    interpreted("check_converted_layers_channels_last")
+
+
+def test_converted_layers_channels_last_mixed_sigma():
+    interpreted("check_converted_layers_channels_last_mixed_sigma")
+
+
+def test_sampling_module_seeds():
+    interpreted("check_sampling_module_seeds")
+
+
+def test_converted_layers_seeds():
+    interpreted("check_converted_layers_seeds")
 
 
 # ---------------------------------------------------------------- k-means kernels

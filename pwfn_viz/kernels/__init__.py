@@ -17,7 +17,9 @@ The kernels (each module holds the torch reference next to the dispatching funct
   the torch path (``pwfn_viz.clustering`` dispatches here); a greedy step reads nothing back
   but the counts.
 * :mod:`pwfn_viz.kernels.sampling`: fused reparameterised sampling for converted layers, noise
-  drawn inside the kernel from a counter-based generator and recomputed in backward.
+  drawn inside the kernel from a counter-based generator and recomputed in backward, in the
+  tensors' own memory layout; :mod:`pwfn_viz.kernels.loss_terms`: the regulariser and masked
+  decay whose gradients (scaled like the loss) the sampling backward adds in the same kernel.
 * :mod:`pwfn_viz.kernels.kmeans`: 1-D k-means boundaries (assignment) and centroid update on
   sorted values with prefix sums.
 

@@ -1,9 +1,11 @@
 """Triton kernels of fused reparameterised sampling (launched from :mod:`pwfn_viz.kernels.sampling`).
 
 The noise of element i is ``tl.randn(seed, i)`` (Philox, counter-based): every kernel below
-recomputes it from the seed instead of reading it from memory. Arithmetic in float32. The loss
-terms' gradient scales (``reg_ptr``, ``decay_ptr``, ``scale_ptr``) are one-element device tensors
-read by pointer, so that no launch waits for the host.
+recomputes it from the seed instead of reading it from memory. ``i`` is the element's offset in
+memory: the launcher hands every kernel its tensors in one shared layout (mu's, see
+``sampling.Layout``), so offset i is the same logical element in every tensor and every kernel.
+Arithmetic in float32. The loss terms' gradient scales (``reg_ptr``, ``decay_ptr``, ``scale_ptr``)
+are one-element device tensors read by pointer, so that no launch waits for the host.
 """
 import triton
 import triton.language as tl

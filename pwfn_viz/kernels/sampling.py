@@ -7,16 +7,28 @@ the masked weight decay are ordinary autograd expressions. The fused path:
 * forward: ``w = fixed ? fixed_value : mu + max(sigma, sigma_min) * eps`` in one kernel, with
   ``eps[i] = randn(seed, i)`` drawn inside it by a counter-based generator (Philox); eps is
   never written to memory. One int64 ``seed`` per tensor and pass is drawn from torch's
-  generator on the tensor's device, so ``torch.manual_seed`` makes runs reproducible.
-* loss terms: :func:`fused_regulariser` ``= (lam / 2) * sum |eps| * max(0, cap - sigma)^2`` and
-  :func:`fused_weight_decay` ``= (wd / 2) * sum mu^2`` (sums over free, i.e. unfixed, weights;
-  METHOD.md section 3) each take the tensors of a whole model: one reduction kernel per tensor
-  and one sum, no elementwise autograd graph.
+  generator on the tensor's device, so ``torch.manual_seed`` makes runs reproducible;
+  :func:`draw_seeds` draws those of several tensors (a module's) in one launch, and
+  :func:`fused_sample` takes one of them as a one-element view.
+* loss terms (:mod:`pwfn_viz.kernels.loss_terms`): ``fused_regulariser`` ``= (lam / 2) * sum
+  |eps| * max(0, cap - sigma)^2`` and ``fused_weight_decay`` ``= (wd / 2) * sum mu^2`` (sums over
+  free, i.e. unfixed, weights; METHOD.md section 3) each take the tensors of a whole model: one
+  reduction kernel per tensor and one sum, no elementwise autograd graph.
 * backward: recomputes eps from the seed; ``grad_mu = free * (g + d * mu)`` and
   ``grad_sigma = free * (g * eps * [sigma > sigma_min] - r * max(0, cap - sigma) * |eps|)`` in
   one kernel, where ``r = lam * G`` and ``d = wd * G`` are handed over by the loss terms'
   backward, ``G`` being the gradient that reaches the term (a device tensor: 1 for a plain
   ``loss.backward()``, a ``GradScaler``'s scale, ``1 / accumulation steps``, ...).
+
+The layout rule (every launch on a tensor follows it, so that forward, loss terms and backward
+see the same eps for the same element): the counter ``i`` of an element is its offset in memory
+in *mu's layout* (:class:`Layout`): mu's own strides when mu is non-overlapping and dense in any
+dimension order (contiguous, channels_last, channels_last_3d, any permutation), else row-major.
+The layout is fixed when the pass samples and kept in its :class:`FusedNoise`. Every other tensor
+of a launch (sigma, fixed, fixed_value, the incoming gradient, the decay's mu) is read as it is
+when it lies that way and copied once into that layout otherwise; outputs (w, the gradients) are
+allocated in it, so a channels_last parameter gets a channels_last weight and gradients, and no
+pass copies anything. :meth:`FusedNoise.materialise` returns eps in logical (row-major) order.
 
 The hand-over: autograd reaches a loss term's node (it hangs off the loss) before the sampling
 node (it waits for the whole network's backward). When the term's backward finds that the
@@ -29,6 +41,7 @@ the gradients equal the torch path's for any scaling of the loss and any number 
 
 Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)::
 
+    from pwfn_viz.kernels.loss_terms import fused_regulariser, fused_weight_decay
     w, noise = fused_sample(mu, sigma, fixed, fixed_value)   # w requires grad through mu, sigma
     loss = (w * x).sum() + fused_regulariser([sigma], [fixed], [noise], 2 ** -11, 0.05) \\
         + fused_weight_decay([mu], [fixed], [noise], 1e-4)
@@ -37,7 +50,7 @@ Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)::
 """
 from __future__ import annotations
 
-import functools
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -56,6 +69,62 @@ def _tk():
 
 def _grid(n: int) -> tuple[int]:
     return (max(1, -(-n // BLOCK)),)
+
+
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _is_dense(shape, stride) -> bool:
+    """Non-overlapping and dense in some dimension order: sorted by stride, each stride is the
+    product of the sizes before it (dimensions of size 1 may have any stride)."""
+    if 0 in shape:
+        return True
+    expected = 1
+    for size, step in sorted(((n, st) for n, st in zip(shape, stride) if n != 1), key=lambda p: p[1]):
+        if step != expected:
+            return False
+        expected *= size
+    return True
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a sampled tensor's elements lie in memory; the Philox counter of an element is its
+    offset there (module docstring). ``Layout.of(mu)``: mu's strides if dense, else row-major.
+
+    >>> Layout.of(torch.empty(2, 3, 4, 5).to(memory_format=torch.channels_last)).stride
+    (60, 1, 15, 3)
+    >>> Layout.of(torch.empty(4, 6)[:, ::2]).stride      # not dense: row-major
+    (3, 1)
+    """
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @staticmethod
+    def of(mu: torch.Tensor) -> "Layout":
+        shape = tuple(mu.shape)
+        dense = _is_dense(shape, mu.stride())
+        return Layout(shape, tuple(mu.stride()) if dense else _contiguous_strides(shape))
+
+    def holds(self, t: torch.Tensor) -> bool:
+        """Does ``t`` (of this shape) lie in memory the way this layout says?"""
+        return tuple(t.shape) == self.shape and all(
+            a == b for n, a, b in zip(self.shape, t.stride(), self.stride) if n != 1)
+
+    def empty(self, dtype: torch.dtype, device) -> torch.Tensor:
+        return torch.empty_strided(self.shape, self.stride, dtype=dtype, device=device)
+
+    def put(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (same number of elements, logical order) as it is when it lies this way, else
+        copied once into this layout."""
+        if tuple(t.shape) != self.shape:
+            t = t.reshape(self.shape)
+        return t if self.holds(t) else self.empty(t.dtype, t.device).copy_(t)
 
 
 def _graph_task_id() -> int:
@@ -77,17 +146,19 @@ class FusedNoise:
     """The noise of one fused sampling pass of one tensor, ``eps[i] = randn(seed, i)``, held as
     its seed only, and the loss terms' gradient scales handed over to the pass's backward."""
 
-    def __init__(self, seed: torch.Tensor, numel: int):
-        self.seed, self.numel = seed, numel
+    def __init__(self, seed: torch.Tensor, layout: Layout):
+        self.seed, self.layout = seed, layout   # one-element int64 device tensor; see Layout
+        self.numel = math.prod(layout.shape)
         self._node = None            # weak reference to the pass's autograd node
         self._ran_in = None          # the backward call its backward last ran in
         self._handover: dict[str, _Handover] = {}
 
     def materialise(self) -> torch.Tensor:
-        """The float32 noise the kernels drew (flat; a test and debugging helper: O(N) memory)."""
-        out = torch.empty(self.numel, dtype=torch.float32, device=self.seed.device)
+        """The float32 noise the kernels drew, flat in logical (row-major) order whatever the
+        layout (a test and debugging helper: O(N) memory)."""
+        out = self.layout.empty(torch.float32, self.seed.device)
         _tk().noise_kernel[_grid(self.numel)](self.seed, out, self.numel, BLOCK=BLOCK)
-        return out
+        return out.reshape(-1)
 
     def arm(self, lam: float, cap: float) -> None:
         """Make the pass's next backward add the regulariser's gradient ``-lam * max(0, cap -
@@ -139,18 +210,20 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _as_bytes(mask: torch.Tensor) -> torch.Tensor:
-    return mask.contiguous().view(torch.uint8)
+    return mask.view(torch.uint8)   # bool and uint8 have one byte: a view in any layout
 
 
 class _FusedSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, sigma, fixed, fixed_value, noise: FusedNoise, sigma_min: float):
-        out = torch.empty_like(mu, memory_format=torch.contiguous_format)
-        _tk().sample_fwd_kernel[_grid(mu.numel())](
-            mu.contiguous(), sigma.contiguous(), _as_bytes(fixed), fixed_value.contiguous(), noise.seed,
-            out, mu.numel(), float(sigma_min), BLOCK=BLOCK)
-        ctx.save_for_backward(sigma, fixed)
-        ctx.noise, ctx.sigma_min = noise, float(sigma_min)
+        lay = noise.layout
+        sigma, fixed = lay.put(sigma), lay.put(fixed)
+        out = lay.empty(mu.dtype, mu.device)
+        _tk().sample_fwd_kernel[_grid(out.numel())](
+            lay.put(mu), sigma, _as_bytes(fixed), lay.put(fixed_value), noise.seed, out, out.numel(),
+            float(sigma_min), BLOCK=BLOCK)
+        ctx.save_for_backward(sigma, fixed)          # in the layout: backward copies them no more
+        ctx.noise, ctx.sigma_min, ctx.mu_dtype = noise, float(sigma_min), mu.dtype
         noise._node = weakref.ref(ctx)   # ctx is the autograd node; weak: no cycle, no lifetime change
         return out
 
@@ -165,113 +238,17 @@ class _FusedSample(torch.autograd.Function):
         reg, decay = reg if need_sigma else None, decay if need_mu else None
         if not (need_mu or need_sigma):
             return None, None, None, None, None, None
-        grad = grad.contiguous()
-        grad_mu = torch.empty_like(sigma, memory_format=torch.contiguous_format) if need_mu else grad
-        grad_sigma = torch.empty_like(sigma, memory_format=torch.contiguous_format) if need_sigma else grad
+        lay = noise.layout
+        grad = lay.put(grad)
+        grad_mu = lay.empty(ctx.mu_dtype, grad.device) if need_mu else grad
+        grad_sigma = lay.empty(sigma.dtype, grad.device) if need_sigma else grad
         _tk().sample_bwd_kernel[_grid(sigma.numel())](
-            grad, decay.extra.contiguous() if decay else grad, sigma.contiguous(), _as_bytes(fixed), noise.seed,
+            grad, lay.put(decay.extra) if decay else grad, sigma, _as_bytes(fixed), noise.seed,
             reg.scale if reg else grad, decay.scale if decay else grad, grad_mu, grad_sigma, sigma.numel(),
             ctx.sigma_min, reg.coef if reg else 0.0, reg.extra if reg else 0.0, decay.coef if decay else 0.0,
             BLOCK=BLOCK, NEED_MU=need_mu, NEED_SIGMA=need_sigma, HAS_REG=reg is not None,
             HAS_DECAY=decay is not None)
         return (grad_mu if need_mu else None, grad_sigma if need_sigma else None, None, None, None, None)
-
-
-def _result_dtype(tensors) -> torch.dtype:
-    """The dtype the torch path's sum would have (float32 for float32 tensors)."""
-    dtypes = {t.dtype for t in tensors}
-    return dtypes.pop() if len(dtypes) == 1 else functools.reduce(torch.promote_types, dtypes)
-
-
-def _block_sums(tensors, launch) -> torch.Tensor:
-    """One float32 buffer of per-block partial sums for all tensors (``launch(i, grid, out)``
-    fills tensor i's slice); the caller sums it once."""
-    blocks = [_grid(t.numel())[0] for t in tensors]
-    partial = torch.empty(sum(blocks), dtype=torch.float32, device=tensors[0].device)
-    start = 0
-    for i, b in enumerate(blocks):
-        launch(i, (b,), partial[start:start + b])
-        start += b
-    return partial
-
-
-class _FusedRegulariser(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, lam, cap, noises, fixeds, *sigmas):
-        tk = _tk()
-        partial = _block_sums(sigmas, lambda i, grid, out: tk.regulariser_sum_kernel[grid](
-            sigmas[i].contiguous(), _as_bytes(fixeds[i]), noises[i].seed, out, sigmas[i].numel(),
-            float(cap), float(lam) / 2, BLOCK=BLOCK))
-        ctx.save_for_backward(*sigmas)
-        ctx.lam, ctx.cap, ctx.noises, ctx.fixeds = float(lam), float(cap), noises, fixeds
-        return partial.sum().to(_result_dtype(sigmas))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        grads = []
-        for i, (sigma, fixed, noise) in enumerate(zip(ctx.saved_tensors, ctx.fixeds, ctx.noises)):
-            if not ctx.needs_input_grad[4 + i] or noise._hand_over("reg", grad, ctx.lam, ctx.cap):
-                grads.append(None)
-                continue
-            out = torch.empty_like(sigma, memory_format=torch.contiguous_format)
-            _tk().regulariser_grad_kernel[_grid(sigma.numel())](
-                sigma.contiguous(), _as_bytes(fixed), noise.seed, grad.reshape(1), out, sigma.numel(),
-                ctx.cap, ctx.lam, BLOCK=BLOCK)
-            grads.append(out)
-        return (None, None, None, None, *grads)
-
-
-class _FusedDecay(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weight_decay, noises, fixeds, *mus):
-        tk = _tk()
-        partial = _block_sums(mus, lambda i, grid, out: tk.decay_sum_kernel[grid](
-            mus[i].contiguous(), _as_bytes(fixeds[i]), out, mus[i].numel(), float(weight_decay) / 2,
-            BLOCK=BLOCK))
-        ctx.save_for_backward(*mus)
-        ctx.wd, ctx.noises, ctx.fixeds = float(weight_decay), noises, fixeds
-        return partial.sum().to(_result_dtype(mus))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        grads = []
-        for i, (mu, fixed, noise) in enumerate(zip(ctx.saved_tensors, ctx.fixeds, ctx.noises)):
-            if not ctx.needs_input_grad[3 + i] or noise._hand_over("decay", grad, ctx.wd, mu):
-                grads.append(None)
-            else:
-                grads.append((mu * (grad * ctx.wd)).masked_fill_(fixed, 0))
-        return (None, None, None, *grads)
-
-
-def _check_terms(name: str, tensors, fixeds, noises) -> None:
-    if not tensors or not len(tensors) == len(fixeds) == len(noises):
-        raise ValueError(f"{name} needs one fixed mask and one FusedNoise per tensor (and at least one "
-                         f"tensor); got {len(tensors)} tensors, {len(fixeds)} masks, {len(noises)} noises")
-    for t, f, n in zip(tensors, fixeds, noises):
-        if not t.numel() == f.numel() == n.numel or t.device != tensors[0].device:
-            raise ValueError(f"{name}: a tensor of {t.numel()} entries on {t.device} does not match its "
-                             f"mask ({f.numel()}), its noise ({n.numel}) or the first tensor's device "
-                             f"({tensors[0].device}); call it once per device")
-
-
-def fused_regulariser(sigmas, fixeds, noises, lam: float, cap: float) -> torch.Tensor:
-    """``(lam / 2) * sum |eps| * max(0, cap - sigma)^2`` over the free weights of all ``sigmas``
-    (one device), each with its pass's :class:`FusedNoise`; differentiable in the sigmas, with
-    the gradient handed over to the sampling backward where it can be (module docstring)."""
-    sigmas, fixeds, noises = tuple(sigmas), tuple(fixeds), tuple(noises)
-    _check_terms("fused_regulariser", sigmas, fixeds, noises)
-    return _FusedRegulariser.apply(float(lam), float(cap), noises, fixeds, *sigmas)
-
-
-def fused_weight_decay(mus, fixeds, noises, weight_decay: float) -> torch.Tensor:
-    """``(wd / 2) * sum mu^2`` over the free weights of all ``mus`` (one device); differentiable
-    in the mus, gradient ``wd * mu`` on free weights, handed over to the sampling backward of
-    each tensor's pass (its :class:`FusedNoise`) where it can be (module docstring)."""
-    mus, fixeds, noises = tuple(mus), tuple(fixeds), tuple(noises)
-    _check_terms("fused_weight_decay", mus, fixeds, noises)
-    return _FusedDecay.apply(float(weight_decay), noises, fixeds, *mus)
 
 
 def fused_sampling_applies(mu: torch.Tensor, sigma: torch.Tensor, fixed_value: torch.Tensor) -> bool:
@@ -282,17 +259,34 @@ def fused_sampling_applies(mu: torch.Tensor, sigma: torch.Tensor, fixed_value: t
             and mu.numel() < 2 ** 31 and use_triton(mu))
 
 
-def fused_sample(mu: torch.Tensor, sigma: torch.Tensor, fixed: torch.Tensor, fixed_value: torch.Tensor,
-                 sigma_min: float = SIGMA_MIN, seed: int | None = None) -> tuple[torch.Tensor, FusedNoise]:
-    """One training sample of a converted tensor and its :class:`FusedNoise` (see module docstring).
+def draw_seeds(count: int, device) -> torch.Tensor:
+    """``count`` seeds (int64) from torch's generator on ``device`` in one launch: one for each
+    tensor a module samples in a pass; hand ``seeds[i:i + 1]`` to :func:`fused_sample`."""
+    return torch.randint(0, 2 ** 62, (count,), dtype=torch.int64, device=device)
 
-    ``seed`` (tests): use this seed instead of drawing one from torch's generator.
-    """
+
+def _seed_tensor(seed, device) -> torch.Tensor:
     if seed is None:
-        seed_t = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=mu.device)
-    else:
-        seed_t = torch.tensor([int(seed)], dtype=torch.int64, device=mu.device)
-    noise = FusedNoise(seed_t, mu.numel())
+        return draw_seeds(1, device)
+    if not isinstance(seed, torch.Tensor):
+        return torch.tensor([int(seed)], dtype=torch.int64, device=device)
+    if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != torch.device(device):
+        raise ValueError(f"fused_sample: a seed tensor must be one int64 element on {device} (e.g. "
+                         f"draw_seeds(n, device)[i:i + 1]); got {seed.numel()} x {seed.dtype} on {seed.device}")
+    return seed
+
+
+def fused_sample(mu: torch.Tensor, sigma: torch.Tensor, fixed: torch.Tensor, fixed_value: torch.Tensor,
+                 sigma_min: float = SIGMA_MIN, seed: int | torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, FusedNoise]:
+    """One training sample of a converted tensor and its :class:`FusedNoise` (see module docstring).
+    ``w`` has mu's layout (:class:`Layout`).
+
+    ``seed``: None draws one from torch's generator (a launch); a one-element int64 tensor on mu's
+    device (a view of :func:`draw_seeds`' output) is used as it is, no copy; an int (tests) is
+    that seed. Never give two tensors of one pass the same seed.
+    """
+    noise = FusedNoise(_seed_tensor(seed, mu.device), Layout.of(mu))
     return _FusedSample.apply(mu, sigma, fixed, fixed_value, noise, sigma_min), noise
 
 
