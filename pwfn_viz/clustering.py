@@ -241,6 +241,25 @@ def _start_pass(pm, ps, order: int, delta: float, cfg: ClusterConfig, zero_band:
     return _Pass(host.tolist(), counts, sorted_cands, rank, _to_host(windows), band, zero_rank, consts)
 
 
+def mu_order(mu: torch.Tensor) -> torch.Tensor:
+    """The order a round sorts the weights in (``cluster_round(..., order=)`` reuses it): a stable
+    argsort of ``mu``, int32 when N < 2^31 (4 bytes per weight fewer)."""
+    order = torch.argsort(mu.detach(), stable=True)
+    return order.to(torch.int32) if mu.numel() < 2 ** 31 else order
+
+
+def _checked_order(order: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    if (not isinstance(order, torch.Tensor) or order.shape != mu.shape or order.device != mu.device
+            or order.dtype not in (torch.int32, torch.int64)):
+        raise ValueError(f"order must be an integer tensor of mu's shape {tuple(mu.shape)} on {mu.device}: "
+                         "pass mu_order(mu) for the same mu")
+    sorted_mu = mu.detach()[order]
+    if not (bool((sorted_mu[1:] >= sorted_mu[:-1]).all())
+            and bool((torch.bincount(order.long(), minlength=mu.numel()) == 1).all())):
+        raise ValueError("order does not sort mu (it was computed for another mu?): pass mu_order(mu)")
+    return order
+
+
 @dataclass
 class _Round:
     """A round's working state. ``p_idx``/``pm``/``ps``: the weights unassigned at the start of the
@@ -284,13 +303,18 @@ def _snap(st: _Round, cur: _Pass, p_alive, local, best: int, centre_id: int, std
 
 
 def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
-                  config: ClusterConfig | None = None, round_index: int = 0) -> ClusterResult:
+                  config: ClusterConfig | None = None, round_index: int = 0,
+                  order: torch.Tensor | None = None) -> ClusterResult:
     """Fix ``target_count(fraction, N)`` weights to shared centres, from scratch (METHOD.md section 5).
 
     ``mu`` and ``sigma`` are flat tensors over the whole network (any float dtype, any device).
     Returns the snapped ``mu``/``sigma``, the ``fixed_mask``, each weight's centre and a table with
     one row per greedy step. Extra memory is about 50 bytes per weight (no K x N matrix). On a GPU
     a greedy step reads two numbers back to the host (the winner and its count) and nothing else.
+
+    ``order``: ``mu_order(mu)`` (an argsort of ``mu``), when the caller re-clusters the same mu
+    several times (the WhatIf widget): the round then skips its sort, the most expensive step of a
+    round on a CPU. It is checked (a permutation that sorts mu), so a stale order raises.
     """
     cfg = config or ClusterConfig()
     _check_inputs(mu, sigma, fraction)
@@ -303,9 +327,7 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
     # lie in one contiguous slice; sigma floored. Stored in (at least) float32, which holds every
     # input exactly; all arithmetic on them is float64. Each pass keeps the ones still unassigned.
     store = torch.promote_types(mu.dtype, torch.float32)   # float16/bfloat16/float32 -> float32
-    p_idx = torch.argsort(mu, stable=True)
-    if n < 2 ** 31:   # int32 positions: 4 bytes per weight fewer
-        p_idx = p_idx.to(torch.int32)
+    p_idx = mu_order(mu) if order is None else _checked_order(order, mu)
     st = _Round(p_idx=p_idx, pm=mu[p_idx].to(store),
                 ps=sigma[p_idx].to(torch.promote_types(sigma.dtype, torch.float32)).clamp_(min=cfg.sigma_floor),
                 sigma=sigma, new_mu=mu.clone(), new_sigma=sigma.clone(),

@@ -482,3 +482,39 @@ def test_memory_is_linear_not_k_by_n():
     # A K x N bool matrix alone would be >= 100 * n bytes at P = 4 (K ~ 100-200 here).
     assert growth < limit, (f"peak RSS grew by {growth / 2**20:.0f} MiB ({growth / n:.0f} B/weight) "
                             f"for N={n}; limit {limit / 2**20:.0f} MiB (64 B/weight + 16 MiB)")
+
+
+def test_reused_order_gives_the_same_round_and_a_stale_one_raises():
+    """cluster_round(order=mu_order(mu)) (the WhatIf widget sorts once) equals the plain call; an
+    order of another mu, of the wrong length or with repeated indices is refused."""
+    from pwfn_viz.clustering import mu_order
+    g = torch.Generator().manual_seed(11)
+    mu = torch.randn(4000, generator=g) * 0.05
+    mu[:300] = 0.25                                   # ties: the order among them must not matter
+    sigma = torch.rand(4000, generator=g) * 0.01
+    order = mu_order(mu)
+    assert order.dtype == torch.int32 and torch.equal(mu[order], torch.sort(mu).values)
+    for fraction, cfg in [(0.6, ClusterConfig()), (1.0, ClusterConfig(delta=0.5, b=9))]:
+        want = cluster_round(mu, sigma, fraction, config=cfg)
+        other_ties = torch.flip(torch.argsort(-mu, stable=True), [0])   # tied mu in reverse index order
+        assert not torch.equal(other_ties.int(), order)
+        for given in (order, order.long(), other_ties):
+            got = cluster_round(mu, sigma, fraction, config=cfg, order=given)
+            for field in ("mu", "sigma", "fixed_mask", "assignment", "centres"):
+                assert torch.equal(getattr(got, field), getattr(want, field)), field
+            stats = ["mu_mean", "mu_std", "sigma_mean", "sigma_std"]
+            assert got.steps.drop(columns=stats).equals(want.steps.drop(columns=stats))
+            # the statistics sum the taken weights in sorted order: exact for the same order,
+            # to rounding for another order of ties
+            np.testing.assert_allclose(got.steps[stats], want.steps[stats], rtol=0 if given is not other_ties else 1e-12)
+    other = mu_order(mu.flip(0))
+    with pytest.raises(ValueError, match="does not sort mu"):
+        cluster_round(mu, sigma, 0.5, order=other)
+    repeated = order.clone()
+    repeated[1] = repeated[0]                          # mu[order] may still be sorted (ties): not a permutation
+    with pytest.raises(ValueError, match="does not sort mu"):
+        cluster_round(mu, sigma, 0.5, order=repeated)
+    with pytest.raises(ValueError, match="integer tensor of mu's shape"):
+        cluster_round(mu, sigma, 0.5, order=order[:-1])
+    with pytest.raises(ValueError, match="integer tensor of mu's shape"):
+        cluster_round(mu, sigma, 0.5, order=order.float())

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from ..bayes import load_flat_state
-from ..clustering import ClusterConfig, ClusterResult, cluster_round
+from ..clustering import ClusterConfig, ClusterResult, cluster_round, mu_order
 from ..metrics import codebook_stats, evaluate
 from ..viz.tables import round_from_cluster, value_counts
 from ..viz.uncertainty import plot_sigma_vs_mu
@@ -38,10 +38,11 @@ STAT_KEYS = ["n_fixed", "unique", "unique_nonzero", "entropy", "entropy_nonzero"
 
 
 def whatif_snap(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, config: ClusterConfig,
-                round_index: int = 0) -> tuple[ClusterResult, dict]:
+                round_index: int = 0, order: torch.Tensor | None = None) -> tuple[ClusterResult, dict]:
     """One re-clustering: ``cluster_round`` and the codebook of its snapped values
-    (``codebook_stats``) plus the number fixed, of centres and of greedy steps."""
-    result = cluster_round(mu, sigma, fraction, config=config, round_index=round_index)
+    (``codebook_stats``) plus the number fixed, of centres and of greedy steps. ``order``:
+    ``mu_order(mu)``, computed once for a widget's mu (the round's sort, reused)."""
+    result = cluster_round(mu, sigma, fraction, config=config, round_index=round_index, order=order)
     stats = {"n_fixed": int(result.fixed_mask.sum()), **codebook_stats(result.mu),
              "n_centres": len(result.centres), "n_steps": len(result.steps)}
     return result, stats
@@ -77,6 +78,7 @@ class WhatIf(Explorer):
         super().__init__()
         self.width, self.device, self._data, self.cluster_threads = width, device, data, cluster_threads
         self.result, self.stats, self._model, self._loader, self._holding = None, {}, None, None, False
+        self._order = None
         self.delta = widgets.FloatLogSlider(value=1.0, base=2, min=-3, max=4, step=0.25, description="delta",
                                             continuous_update=False)
         self.b = widgets.IntSlider(value=7, min=1, max=16, description="zero 2^-b", continuous_update=False)
@@ -142,8 +144,10 @@ class WhatIf(Explorer):
             step("re-clustering")
             t0 = time.perf_counter()
             with torch_threads(self.cluster_threads):
+                if self._order is None:   # the sort of this round's mu, once for every update
+                    self._order = mu_order(self.mu)
                 result, stats = whatif_snap(self.mu, self.sigma, float(self.fraction.value), self.config(),
-                                            self.round.index)
+                                            self.round.index, order=self._order)
             stats["seconds"] = time.perf_counter() - t0
             if self.accuracy.value:
                 step("evaluating on the test split")
