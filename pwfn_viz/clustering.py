@@ -145,16 +145,18 @@ def _coverage(pm, ps, delta: float, sorted_centres: torch.Tensor) -> torch.Tenso
 
 
 def _fitting(pm, ps, p_alive, a: int, z: int, c: float, delta: float, band: tuple[int, int] | None,
-             count: int | None = None, on_device: tuple[torch.Tensor, torch.Tensor] | None = None):
+             count: int | None = None, on_device: tuple[torch.Tensor, torch.Tensor] | None = None,
+             mismatches: torch.Tensor | None = None):
     """Positions in [a, z) of the unassigned weights that fit centre ``c`` (the same float64
     comparisons as ``_coverage``), plus those in the zero band ``band`` when ``c`` is zero.
     ``count``, when known (the coverage count), lets the Triton kernel's caller skip the host
     sync of a data-dependent ``nonzero``. On CUDA (or with the triton backend forced) one Triton
-    kernel builds the mask, reading ``c`` and ``delta`` from ``on_device`` when given."""
+    kernel builds the mask, reading ``c`` and ``delta`` from ``on_device`` when given, and counts
+    a mask that disagrees with ``count`` in ``mismatches`` (the torch path raises at once)."""
     from . import kernels
     if kernels.use_triton(pm):
         c_, delta_ = on_device or (c, delta)
-        return kernels.fitting_positions(pm, ps, p_alive, a, z, c_, delta_, band, count)
+        return kernels.fitting_positions(pm, ps, p_alive, a, z, c_, delta_, band, count, mismatches)
     found = []
     for start in range(a, z, CHUNK):
         end = min(z, start + CHUNK)
@@ -334,6 +336,7 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
                 alive=torch.ones(n, dtype=torch.bool, device=device),
                 assignment=torch.full((n,), -1, dtype=torch.int32, device=device))   # int64 on return
     centres, rows, stats = [], [], []
+    mismatches = torch.zeros(1, dtype=torch.int64, device=device)   # coverage count vs fit mask
     n_assigned, order, delta, grow_order_next, pass_index = 0, 1, cfg.delta, True, 0
 
     while n_assigned < target:
@@ -350,7 +353,8 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
             cur.counts[best] = -1               # a centre wins at most once per pass
             a, z = cur.windows[best]
             band = cur.band if c == 0.0 else None
-            local = _fitting(st.pm, st.ps, p_alive, a, z, c, delta, band, n_fit, (cur.centre(best), cur.delta))
+            local = _fitting(st.pm, st.ps, p_alive, a, z, c, delta, band, n_fit, (cur.centre(best), cur.delta),
+                             mismatches)
             need = target - n_assigned
             if n_fit > need:  # the cap bites: closest first, ties by |mu|, then position
                 dist = st.pm[local].double().sub_(c).abs_().div_(st.ps[local].double())   # in place
@@ -381,8 +385,11 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
             pass_index += 1
 
     steps = pd.DataFrame(rows, columns=STEP_COLUMNS)
-    if stats:
-        steps[["mu_mean", "mu_std", "sigma_mean", "sigma_std"]] = _to_host(torch.stack(stats))
+    *values, bad = _to_host(torch.cat([torch.stack(stats).flatten(), mismatches.double()]))
+    if bad:
+        raise AssertionError(f"coverage counts and fit masks disagreed in {int(bad)} greedy steps (a kernel "
+                             "bug: please report it, with PWFN_BACKEND=torch as the workaround)")
+    steps[["mu_mean", "mu_std", "sigma_mean", "sigma_std"]] = [values[i:i + 4] for i in range(0, len(values), 4)]
     return ClusterResult(mu=st.new_mu, sigma=st.new_sigma, fixed_mask=~st.alive,
                          assignment=st.assignment.long(),
                          centres=torch.tensor(centres, dtype=torch.float64), steps=steps)

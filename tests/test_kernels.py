@@ -153,6 +153,25 @@ def check_cluster_round_same_on_both_paths():
         assert got.steps.equals(want.steps)
 
 
+def check_cluster_round_catches_count_mismatch():
+    """The Triton path gathers the winner's positions with nonzero_static sized by the coverage
+    count; a mask that disagrees with the count is counted on the device and raises at the end
+    of the round (here forced by handing the kernel a count one too high)."""
+    import pytest
+    from pwfn_viz import clustering
+    g = torch.Generator().manual_seed(4)
+    mu = torch.randn(3000, generator=g) * 0.05
+    sigma = torch.rand(3000, generator=g) * 0.01
+    clustering.cluster_round(mu, sigma, 0.9)   # agrees: no error
+    real = kernels.fitting_positions
+    kernels.fitting_positions = lambda *a, **k: real(*a[:8], a[8] + 1, *a[9:], **k)
+    try:
+        with pytest.raises(AssertionError, match="disagreed in"):
+            clustering.cluster_round(mu, sigma, 0.9)
+    finally:
+        kernels.fitting_positions = real
+
+
 def check_cluster_round_host_reads():
     """On the Triton path a greedy step reads the coverage counts back to the host and nothing
     else: no item(), no nonzero, no boolean-mask indexing, no host-to-device copy per step (each is
@@ -205,6 +224,10 @@ def test_coverage_counts_exact():
 
 def test_cluster_round_host_reads_once_per_step():
     interpreted("check_cluster_round_host_reads")
+
+
+def test_cluster_round_catches_count_mismatch():
+    interpreted("check_cluster_round_catches_count_mismatch")
 
 
 def test_fit_mask_exact():

@@ -74,14 +74,15 @@ def coverage_counts(pm: torch.Tensor, ps: torch.Tensor, delta: float, sorted_cen
 
 def fitting_positions(pm: torch.Tensor, ps: torch.Tensor, p_alive: torch.Tensor, a: int, z: int,
                       c: float, delta: float, band: tuple[int, int] | None,
-                      count: int | None = None) -> torch.Tensor:
+                      count: int | None = None, mismatches: torch.Tensor | None = None) -> torch.Tensor:
     """Triton twin of ``pwfn_viz.clustering._fitting``: increasing int64 positions in [a, z) of
     the alive weights that fit ``c``, plus the alive ones in ``band`` (the zero band, or None).
 
     ``c``, ``delta``: floats, or float64 device tensors of one element (no host-to-device copy).
     ``count``: how many fit, when the caller knows (the coverage count). The positions are then
     gathered with ``nonzero_static``, which needs no host sync, where ``nonzero`` must first
-    copy its result's size to the host."""
+    copy its result's size to the host; ``mismatches`` (a one-element int64 device tensor) then
+    counts the calls whose mask disagreed with ``count``, for the caller to check without a sync."""
     from . import triton_module
     tk = triton_module("_tl_clustering")
     if z <= a:
@@ -94,6 +95,8 @@ def fitting_positions(pm: torch.Tensor, ps: torch.Tensor, p_alive: torch.Tensor,
         a, z, band_lo, band_hi, BLOCK=BLOCK, enable_fp_fusion=False)
     if count is None:
         return mask.view(torch.bool).nonzero().squeeze(1) + a
+    if mismatches is not None:   # the caller reads it once per round (a count that disagrees with
+        mismatches += mask.sum() != count   # the mask would pad or cut the positions silently)
     return torch.nonzero_static(mask.view(torch.bool), size=count).squeeze(1) + a
 
 
