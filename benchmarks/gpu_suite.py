@@ -13,11 +13,14 @@ traceback and the run goes on:
 3. compile every kernel variant the benchmarks meet (so compile time is not timed);
 4. the suite of ``python -m benchmarks --device cuda`` (WhatIf, training step, clustering at
    11.7M, 5.7M and 1M weights), with a time guard that skips what would not fit in
-   ``--budget-s`` (default 420 s) and says so.
+   ``--budget-s`` (default 420 s) and says so;
+5. if time is left, ``bench_train_gpu`` (training through timm's ImageFolder pipeline).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import platform
 import sys
@@ -237,6 +240,28 @@ def warm_kernels() -> str:
     return "coverage kernel: 9 variants"
 
 
+def pipeline_section(out, deadline: float, dry_run: bool):
+    """``bench_train_gpu`` (issue 7): images per second of a converted resnet18 against the plain
+    one through timm's ImageFolder pipeline, bf16, channels_last, 100 timed steps; run only when
+    at least 90 s of the budget are left. Returns ok (None: skipped)."""
+    if time.monotonic() + 90 > deadline:
+        out("== training through timm's ImageFolder pipeline: skipped, the time budget is spent", "")
+        return None
+    from benchmarks import bench_train_gpu
+    out("== training through timm's ImageFolder pipeline (bench_train_gpu)")
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):   # main() prints its text too: once is enough
+            text = bench_train_gpu.main(["--quick"] if dry_run else ["--steps", "100"])
+        out(*text.splitlines())
+        return True
+    except Exception:
+        out("FAILED", *traceback.format_exc().rstrip().splitlines())
+        return False
+    finally:
+        out(f"(took {time.perf_counter() - t0:.0f} s)", "")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip benchmarks that would end later")
@@ -279,6 +304,7 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
     status = suite.run_suite(out, DEV.type, args.quick or args.dry_run, order=["whatif", "train", "clustering"],
                              deadline=start + args.budget_s, descending=True)
+    status["train through timm's ImageFolder pipeline"] = pipeline_section(out, start + args.budget_s, args.dry_run)
     out(f"GPU suite finished in {time.monotonic() - start:.0f} s; sections: "
         + ", ".join(f"{k} {({True: 'ok', False: 'FAILED', None: 'skipped'})[v]}" for k, v in status.items()))
     return 0 if all(ok) and all(v is not False for v in status.values()) else 1
