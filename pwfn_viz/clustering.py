@@ -211,15 +211,15 @@ class _Pass:
         return self.consts[2 + i:3 + i]
 
 
-def _start_pass(pm, ps, order: int, delta: float, cfg: ClusterConfig, zero_band: float) -> _Pass:
-    """Candidates of this order, their coverage counts and windows: two host reads in all."""
+def _start_pass(pm, ps, n_powers: int, delta: float, cfg: ClusterConfig, zero_band: float) -> _Pass:
+    """Candidates with up to n_powers powers of two, their coverage counts and windows: two host reads."""
     device, store = pm.device, pm.dtype
     ends = _to_device(torch.tensor([-zero_band, zero_band], dtype=store), device)   # exact in float32
     extent = torch.cat([torch.stack([pm[0], pm[-1]]).double(), ps.max().double().view(1),
                         torch.searchsorted(pm, ends[:1], right=True).double(),
                         torch.searchsorted(pm, ends[1:]).double()])
     first_mu, last_mu, sigma_max, band_lo, band_hi = _to_host(extent)
-    host = candidate_centres(order, max(-first_mu, last_mu), cfg.b)   # sorted by (|c|, c)
+    host = candidate_centres(n_powers, max(-first_mu, last_mu), cfg.b)   # sorted by (|c|, c)
     assert host[0].item() == 0.0   # the zero centre is identified by value: first
     by_value = torch.argsort(host)
     sorted_cands = _to_device(host[by_value], device)
@@ -337,11 +337,11 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
                 assignment=torch.full((n,), -1, dtype=torch.int32, device=device))   # int64 on return
     centres, rows, stats = [], [], []
     mismatches = torch.zeros(1, dtype=torch.int64, device=device)   # coverage count vs fit mask
-    n_assigned, order, delta, grow_order_next, pass_index = 0, 1, cfg.delta, True, 0
+    n_assigned, n_powers, delta, grow_order_next, pass_index = 0, 1, cfg.delta, True, 0   # n_powers: P
 
     while n_assigned < target:
         p_alive = torch.ones(st.pm.numel(), dtype=torch.bool, device=device)
-        cur = _start_pass(st.pm, st.ps, order, delta, cfg, zero_band)
+        cur = _start_pass(st.pm, st.ps, n_powers, delta, cfg, zero_band)
         while True:
             # The step's one host read: which candidate fits the most, and how many. The first
             # maximum wins: ties go to the smaller |c|, then c < 0 (candidate order).
@@ -368,7 +368,7 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
             var_sigma, mean_sigma = torch.var_mean(st.sigma[st.p_idx[local]].double(), correction=0)
             std_mu = var_mu.sqrt()
             stats.append(torch.stack([mean_mu, std_mu, mean_sigma, var_sigma.sqrt()]))
-            rows.append(dict(round=round_index, pass_index=pass_index, step=len(rows), P=order,
+            rows.append(dict(round=round_index, pass_index=pass_index, step=len(rows), P=n_powers,
                              delta=delta, centre=c, n_fit=n_fit, n_taken=n_taken))
             n_assigned += n_taken
             _snap(st, cur, p_alive, local, best, len(centres), std_mu, delta, cfg, recount=n_assigned < target)
@@ -377,8 +377,8 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
                 break
         if n_assigned < target:  # grow: alternate one more power of two and a wider band
             st.p_idx, st.pm, st.ps = st.p_idx[p_alive], st.pm[p_alive], st.ps[p_alive]
-            if grow_order_next and order < cfg.max_order:
-                order += 1
+            if grow_order_next and n_powers < cfg.max_order:
+                n_powers += 1
             else:
                 delta *= 2
             grow_order_next = not grow_order_next
