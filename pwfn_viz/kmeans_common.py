@@ -94,6 +94,14 @@ def _clamped(xs, flat, shape, k, keep_zero) -> KMeansResult | None:
     return KMeansResult(centres, torch.from_numpy(labels), 0.0, 0, True, centres.clone())
 
 
+def _prepare(x, k, keep_zero, name):
+    """The flat float64 values, their shape and sorted copy, and the trivial answer when there are
+    at most k distinct values (else None): the start of every 1-D k-means here."""
+    flat, shape = _as_flat_float64(x, name)
+    xs = np.sort(flat)
+    return flat, shape, xs, _clamped(xs, flat, shape, k, keep_zero)
+
+
 def _warn_clamped(k: int, used: int) -> None:
     warnings.warn(f"k={k} exceeds the number of distinct values ({used}); using those values as "
                   "the centres (inertia 0)", UserWarning, stacklevel=3)

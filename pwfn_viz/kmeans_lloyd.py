@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .kmeans_common import KMeansResult, _as_flat_float64, _check_k, _clamped, _warn_clamped
+from .kmeans_common import KMeansResult, _check_k, _prepare, _warn_clamped
 from .kmeans_init import _check_init, _initial_centres
 
 
@@ -117,9 +117,7 @@ def _kmeans(x, k, *, init="kmeans++", seed=0, keep_zero=False, max_iter=300, tol
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     if init_centres is None:
         _check_init(init)
-    flat, shape = _as_flat_float64(x, name)
-    xs = np.sort(flat)
-    trivial = _clamped(xs, flat, shape, k, keep_zero)
+    flat, shape, xs, trivial = _prepare(x, k, keep_zero, name)
     if trivial is not None:
         return trivial, trivial.k < k
     start = _initial_centres(xs, k, init, seed, keep_zero, init_centres)

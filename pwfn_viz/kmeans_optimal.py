@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kmeans_common import KMeansResult, _as_flat_float64, _check_k, _clamped, _warn_clamped
+from .kmeans_common import KMeansResult, _check_k, _prepare, _warn_clamped
 from .kmeans_lloyd import _finish
 
 
@@ -42,9 +42,7 @@ def optimal_kmeans_1d(x, k: int) -> KMeansResult:
 def _optimal(x, k, *, name="x") -> tuple[KMeansResult, bool]:
     """optimal_kmeans_1d without the warning; also returns whether k was clamped."""
     _check_k(k)
-    flat, shape = _as_flat_float64(x, name)
-    xs = np.sort(flat)
-    trivial = _clamped(xs, flat, shape, k, False)
+    flat, shape, xs, trivial = _prepare(x, k, False, name)
     if trivial is not None:
         return trivial, trivial.k < k
     values, counts = np.unique(xs, return_counts=True)
