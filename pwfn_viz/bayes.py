@@ -243,6 +243,41 @@ def load_flat_state(model: nn.Module, mu: torch.Tensor, sigma: torch.Tensor, fix
 
 # ---------------------------------------------------------------------------------------------
 # Loss terms: the sigma regulariser and weight decay that spares fixed weights.
+class _RegulariserSum(torch.autograd.Function):
+    """sum |eps| * max(0, cap - sigma)^2 over free weights (torch path), with the gradient
+    -2 * |eps| * max(0, cap - sigma) written out: half the passes over the weights of the same
+    expression left to autograd."""
+
+    @staticmethod
+    def forward(ctx, sigma, eps, fixed, cap: float):
+        gap = (cap - sigma.detach()).clamp_(min=0)
+        weighted = eps.abs().masked_fill_(fixed, 0).mul_(gap)    # |eps| * gap on free weights
+        ctx.save_for_backward(weighted)
+        return (weighted * gap).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        weighted, = ctx.saved_tensors
+        return weighted * (-2 * grad), None, None, None
+
+
+class _SquareSum(torch.autograd.Function):
+    """sum mu^2 over free weights (torch path), gradient 2 * mu on free weights, 0 on fixed."""
+
+    @staticmethod
+    def forward(ctx, mu, fixed):
+        free_mu = mu.detach().masked_fill(fixed, 0)
+        ctx.save_for_backward(free_mu)
+        return (free_mu * free_mu).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        free_mu, = ctx.saved_tensors
+        return free_mu * (2 * grad), None
+
+
 def _fused_by_device(items) -> dict:
     """Group (tensor, fixed, noise) triples by device: the fused loss terms take one device."""
     groups: dict = {}
@@ -272,7 +307,7 @@ def sigma_regulariser(model: nn.Module, lam: float = REG_LAMBDA, cap: float = RE
         if isinstance(eps, kernels.FusedNoise):
             fused.append((t.sigma, t.fixed, eps))
             continue
-        term = (eps.abs() * (cap - t.sigma).clamp(min=0) ** 2 * ~t.fixed).sum()
+        term = _RegulariserSum.apply(t.sigma, eps, t.fixed, float(cap))
         total = term if total is None else total + term
     if not found:
         raise RuntimeError("sigma_regulariser needs a training-mode forward pass first "
@@ -299,7 +334,7 @@ def masked_weight_decay(model: nn.Module, weight_decay: float) -> torch.Tensor:
         if isinstance(noise, kernels.FusedNoise) and kernels.fused_sampling_applies(t.mu, t.sigma, t.fixed_value):
             fused.append((t.mu, t.fixed, noise))
         else:
-            terms.append((t.mu ** 2 * ~t.fixed).sum())
+            terms.append(_SquareSum.apply(t.mu, t.fixed))
     if not terms and not fused:
         raise ValueError(f"{type(model).__name__} has no converted tensors; convert(model) first")
     out = weight_decay / 2 * torch.stack(terms).sum() if terms else None
