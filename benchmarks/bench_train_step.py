@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pwfn_viz import bayes, kernels
+from pwfn_viz.pipeline import optimizer_step
 
 LR, MOMENTUM, WD, CLIP = 1e-3, 0.9, 1e-4, 1.0
 
@@ -112,22 +113,14 @@ def step(model, opt, kind: str, x, y, amp: str | None = None, scaler=None) -> No
         loss = F.cross_entropy(model(x).float(), y)
     if kind == "pwfn":   # outside autocast, as in pwfn_viz.pipeline.train_steps
         loss = loss + bayes.sigma_regulariser(model) + bayes.masked_weight_decay(model, WD)
-    opt.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-    else:
-        loss.backward()
-    if kind == "authors":
-        for m in model.modules():
-            if isinstance(m, _SampledLayer):
-                m.edit_gradients(bayes.REG_LAMBDA, bayes.REG_CAP)
-    nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-    if scaler is not None:
-        scaler.step(opt)
-        scaler.update()
-    else:
-        opt.step()
+    optimizer_step(model, opt, loss, scaler=scaler, grad_clip=CLIP,
+                   edit_grads=(lambda: _edit_gradients(model)) if kind == "authors" else None)
+
+
+def _edit_gradients(model) -> None:
+    for m in model.modules():
+        if isinstance(m, _SampledLayer):
+            m.edit_gradients(bayes.REG_LAMBDA, bayes.REG_CAP)
 
 
 def _sync(device):

@@ -181,27 +181,39 @@ def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast() if autocast is not None else contextlib.nullcontext():
                 loss = nn.functional.cross_entropy(forward(x).float(), y)
-            total += loss.item()
+            total = total + loss.detach().double()   # on the device: no host sync per step
             if bayesian:
                 loss = loss + bayes.sigma_regulariser(model, reg_lambda, reg_cap) \
                     + bayes.masked_weight_decay(model, weight_decay)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(opt) if scaler is not None else opt.step()
-            if scaler is not None:
-                scaler.update()
+            optimizer_step(model, opt, loss, scaler=scaler, grad_clip=grad_clip)
             done += 1
             bar.update()
             if done == n_steps:
                 break
     bar.close()
-    return total / n_steps
+    return float(total) / n_steps
+
+
+def optimizer_step(model: nn.Module, opt, loss: torch.Tensor, *, scaler=None, grad_clip: float = 0.0,
+                   edit_grads=None) -> None:
+    """The update of one training step, as ``train_steps`` makes it: zero_grad, backward (through
+    ``scaler`` when given, then unscaled), ``edit_grads()`` if given (benchmarks/bench_train_step's
+    authors' approach edits gradients there), gradient-norm clip, optimiser step."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    else:
+        loss.backward()
+    if edit_grads is not None:
+        edit_grads()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
 
 
 def _versions() -> dict:
