@@ -150,6 +150,12 @@ def _sampling_inputs(seed: int, sigma_max: float):
     return g, n, mu, sigma, fixed, torch.where(fixed, torch.randn(n, generator=g, device=DEV), 0)
 
 
+def _grad_sigma_formula(upstream, eps, sigma, fixed, lam: float, cap: float, scale: float = 1.0):
+    """The torch path's sigma gradient (task term, floor at 2^-30, regulariser), 0 on fixed."""
+    task = upstream * eps * (sigma > 2.0 ** -30)
+    return torch.where(fixed, 0, scale * (task - lam * (cap - sigma).clamp(min=0) * eps.abs()))
+
+
 def check_sampling() -> str:
     from pwfn_viz import kernels
     from pwfn_viz.kernels.sampling import reference_sample
@@ -171,8 +177,7 @@ def check_sampling() -> str:
     assert err <= 1e-6, f"w differs from the torch formula by {err}"
     m, sd = eps.mean().item(), eps.std().item()
     assert abs(m) < 5 / n ** 0.5 and abs(sd - 1) < 5 / (2 * n) ** 0.5, f"noise mean {m}, std {sd}"
-    s = sigma.detach()
-    want = torch.where(fixed, 0, up * eps * (s > 2.0 ** -30) - 2.0 ** -11 * (0.05 - s).clamp(min=0) * eps.abs())
+    want = _grad_sigma_formula(up, eps, sigma.detach(), fixed, 2.0 ** -11, 0.05)
     assert torch.equal(mu.grad, torch.where(fixed, 0, up)), "grad mu"
     gerr = (sigma.grad - want).abs().max().item()
     assert torch.allclose(sigma.grad, want, rtol=1e-5, atol=1e-7), f"grad sigma off by {gerr}"
@@ -202,7 +207,7 @@ def check_loss_terms() -> str:
         sampling.FusedNoise._hand_over = hand_over
     m, s = mu.detach(), sigma.detach()
     want_mu = torch.where(fixed, 0, scale * (x + wd * m))
-    want_sigma = torch.where(fixed, 0, scale * (x * eps * (s > 2.0 ** -30) - lam * (cap - s).clamp(min=0) * eps.abs()))
+    want_sigma = _grad_sigma_formula(x, eps, s, fixed, lam, cap, scale)
     assert torch.allclose(mu.grad, want_mu, rtol=1e-5, atol=1e-6), "grad mu"
     assert torch.allclose(sigma.grad, want_sigma, rtol=1e-5, atol=1e-6), "grad sigma"
     assert handed == [True, True], f"hand-over results {handed} (False: the term computed its own gradient)"

@@ -149,6 +149,15 @@ def _finish(mu, sigma, cfg, m, s_raw, assignment, centres, steps, taken_per_step
                      assignment=assign.to(dev), centres=[float(c) for c in centres], steps=steps)
 
 
+def _grow(order: int, delta: float, toggle: str, cfg: RefConfig) -> tuple[int, float, str]:
+    """Still short after a pass: alternate P += 1 (while P < max_order) and delta *= 2."""
+    if toggle == "P" and order < cfg.max_order:
+        order += 1
+    else:
+        delta *= 2.0
+    return order, delta, "delta" if toggle == "P" else "P"
+
+
 def _fit_counts(active, fits, lo, hi, small, assigned, zero_fix) -> list[int]:
     """n_fit for every active centre. Loops over whichever is shorter, the centres (one mask
     each) or the unassigned weights (one pass over the centres each); both count the same pairs."""
@@ -214,12 +223,8 @@ def brute_force_cluster(mu, sigma, fraction, config=None, round_index=0) -> RefR
             taken_per_step.append(taken)
             n_assigned += len(taken)
             del active[k]
-        if n_assigned < target:  # grow: alternate P += 1 and delta *= 2
-            if toggle == "P" and order < cfg.max_order:
-                order += 1
-            else:
-                delta *= 2.0
-            toggle = "delta" if toggle == "P" else "P"
+        if n_assigned < target:
+            order, delta, toggle = _grow(order, delta, toggle, cfg)
             pass_index += 1
     return _finish(mu, sigma, cfg, m, s_raw, assignment, centres, steps, taken_per_step)
 
@@ -289,11 +294,7 @@ def dense_cluster(mu, sigma, fraction, config=None, round_index=0) -> RefResult:
             n_assigned += int(taken.numel())
             active = torch.cat([active[:k], active[k + 1:]])
         if n_assigned < target:
-            if toggle == "P" and order < cfg.max_order:
-                order += 1
-            else:
-                delta *= 2.0
-            toggle = "delta" if toggle == "P" else "P"
+            order, delta, toggle = _grow(order, delta, toggle, cfg)
             pass_index += 1
     return _finish(mu, sigma, cfg, m.cpu().numpy(), s_raw.cpu().numpy(),
                    assignment.cpu().numpy(), centres, steps, taken_per_step)
