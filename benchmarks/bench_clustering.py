@@ -79,7 +79,7 @@ def synthetic_weights(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 
 def _implementation(name: str):
     if name == "project":
-        from pwfn_viz.clustering import cluster_round
+        from pwfn_viz.core.clustering import cluster_round
         return lambda mu, sigma, f, r: cluster_round(mu, sigma, f, round_index=r)
     sys.path.insert(0, str(ROOT / "tests"))
     from clustering_reference import dense_cluster

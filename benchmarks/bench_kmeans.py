@@ -23,7 +23,7 @@ import sklearn
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_info
 
-from pwfn_viz.kmeans import init_centres, kmeans_1d
+from pwfn_viz.baselines.kmeans import init_centres, kmeans_1d
 
 TARGET_SPEEDUP = 20.0  # at the largest k
 INERTIA_SLACK = 1e-9  # relative: ours may be worse than scikit-learn's by at most this

@@ -34,7 +34,7 @@ def make_imagefolder(root: Path, classes: int, per_class: int, size: int, seed: 
 
 
 def throughput(model: nn.Module, loader, steps: int, warmup: int, device, amp: str | None, bayesian: bool) -> float:
-    from pwfn_viz import bayes
+    from pwfn_viz.core import bayes
     params = bayes.param_groups(model, 1e-4) if bayesian else model.parameters()
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -73,8 +73,8 @@ def main(argv=None) -> str:
     p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
     args = p.parse_args(argv)
     import timm
-    from pwfn_viz import bayes
-    from pwfn_viz.data import create_dataset
+    from pwfn_viz.core import bayes
+    from pwfn_viz.data.datasets import create_dataset
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     size, batch = (64, 8) if args.quick else (224, 128)

@@ -3,13 +3,13 @@
 Variants, built from the same initial weights and timed side by side on the same batch:
 
 * ``deterministic``: the plain resnet18; SGD (lr 1e-3, momentum 0.9, weight decay 1e-4).
-* ``pwfn torch``: ``pwfn_viz.bayes.convert``, sampling on the torch path (``PWFN_BACKEND=torch``).
+* ``pwfn torch``: ``pwfn_viz.core.bayes.convert``, sampling on the torch path (``PWFN_BACKEND=torch``).
 * ``pwfn fused``: the same, sampling with the fused Triton kernels (CUDA only).
 * ``authors' approach``: conv/linear modules *replaced* by Bayesian layers that sample their weights
   with separate torch ops, keep the noise, and edit the gradients after backward (regulariser
   gradient added, fixed weights' gradients zeroed), as the paper authors' code does.
 
-A step is what ``pwfn_viz.pipeline.train_steps`` does: forward, cross-entropy (+ the sigma
+A step is what ``pwfn_viz.train.loop.train_steps`` does: forward, cross-entropy (+ the sigma
 regulariser and the decay that spares fixed weights for converted models), zero_grad, backward,
 gradient-norm clip 1.0, SGD step. Times are medians over steps, measured in alternating blocks so
 that clock drift hits every variant alike.
@@ -19,7 +19,7 @@ that clock drift hits every variant alike.
     python -m benchmarks.bench_train_step --device cpu       # batch 8 at 64x64
 
 ``--amp bf16|fp16`` runs forward and loss under autocast (the loss terms of converted models stay
-outside it, as in ``pwfn_viz.pipeline``; fp16 adds a GradScaler); ``--channels-last`` moves every
+outside it, as in ``pwfn_viz.train.loop``; fp16 adds a GradScaler); ``--channels-last`` moves every
 model and the batch to channels_last.
 """
 from __future__ import annotations
@@ -35,8 +35,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pwfn_viz import bayes, kernels
-from pwfn_viz.pipeline import optimizer_step
+from pwfn_viz import kernels
+from pwfn_viz.core import bayes
+from pwfn_viz.train.loop import optimizer_step
 
 LR, MOMENTUM, WD, CLIP = 1e-3, 0.9, 1e-4, 1.0
 
@@ -111,7 +112,7 @@ def step(model, opt, kind: str, x, y, amp: str | None = None, scaler=None) -> No
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     with torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
         loss = F.cross_entropy(model(x).float(), y)
-    if kind == "pwfn":   # outside autocast, as in pwfn_viz.pipeline.train_steps
+    if kind == "pwfn":   # outside autocast, as in pwfn_viz.train.loop.train_steps
         loss = loss + bayes.sigma_regulariser(model) + bayes.masked_weight_decay(model, WD)
     optimizer_step(model, opt, loss, scaler=scaler, grad_clip=CLIP,
                    edit_grads=(lambda: _edit_gradients(model)) if kind == "authors" else None)

@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.bench_clustering import synthetic_weights
 from pwfn_viz import kernels
-from pwfn_viz.clustering import ClusterConfig, cluster_round, mu_order
+from pwfn_viz.core.clustering import ClusterConfig, cluster_round, mu_order
 
 SETTINGS = {"paper (delta 1, zero 2^-7)": ClusterConfig(),
             "delta 2": ClusterConfig(delta=2.0),

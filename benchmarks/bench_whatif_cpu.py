@@ -28,11 +28,11 @@ import time
 
 import torch
 
-from pwfn_viz.bayes import convert, flat_state
-from pwfn_viz.clustering import ClusterConfig, cluster_round, mu_order
-from pwfn_viz.data import create_dataset, make_loader
-from pwfn_viz.metrics import codebook_stats
-from pwfn_viz.models import create_model
+from pwfn_viz.core.bayes import convert, flat_state
+from pwfn_viz.core.clustering import ClusterConfig, cluster_round, mu_order
+from pwfn_viz.data.datasets import create_dataset, make_loader
+from pwfn_viz.core.metrics import codebook_stats
+from pwfn_viz.models.factory import create_model
 from pwfn_viz.widgets import snapped_accuracy, whatif_snap
 from pwfn_viz.widgets._common import torch_threads
 

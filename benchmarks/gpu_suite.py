@@ -64,7 +64,7 @@ def _n(n: int) -> int:
 
 def check_coverage_and_fit() -> str:
     from pwfn_viz import kernels
-    from pwfn_viz.clustering import _coverage, _fitting
+    from pwfn_viz.core.clustering import _coverage, _fitting
     dev = DEV
     g = torch.Generator(device=dev).manual_seed(0)
     n = _n(2_000_000)
@@ -99,7 +99,7 @@ def check_coverage_and_fit() -> str:
 def check_schedule_bitwise() -> str:
     from benchmarks.bench_clustering import SCHEDULE, synthetic_weights
     from pwfn_viz import kernels
-    from pwfn_viz.clustering import cluster_round
+    from pwfn_viz.core.clustering import cluster_round
     mu0, sigma0 = (t.to(DEV) for t in synthetic_weights(_n(300_000), seed=5))
     results, times = {}, {}
     for backend in ("triton", "torch"):
@@ -127,7 +127,7 @@ def check_host_syncs() -> str:
     from benchmarks.bench_clustering import synthetic_weights
     from benchmarks.bench_whatif import count_host_syncs
     from pwfn_viz import kernels
-    from pwfn_viz.clustering import cluster_round
+    from pwfn_viz.core.clustering import cluster_round
     mu, sigma = (t.to(DEV) for t in synthetic_weights(_n(1_000_000), seed=6))
     with kernels.use_backend("triton"):
         cluster_round(mu, sigma, 0.9)   # compile
@@ -219,7 +219,7 @@ def check_kmeans() -> str:
     import numpy as np
     from pwfn_viz import kernels
     from pwfn_viz.kernels.kmeans import assign_torch, boundaries_torch
-    from pwfn_viz.kmeans import _boundaries
+    from pwfn_viz.baselines.kmeans import _boundaries
     rng = np.random.default_rng(2)
     ties = np.repeat(np.arange(-8, 9) / 8, 50)   # values exactly half-way between centres
     xs = np.sort(np.concatenate([rng.laplace(0, 0.05, _n(1_000_000)), np.zeros(1000), ties]))

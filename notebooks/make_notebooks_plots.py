@@ -52,7 +52,7 @@ This notebook asks **where** in the network the large and small sigmas sit:
 4. and how that shows in the order in which layers get fixed, round by round.
 
 Every figure is one call to a function of `pwfn_viz.viz`, and every figure is backed by a table in
-`pwfn_viz.viz.tables` that you can print instead. Set `PWFN_FAST=0` for the full-length run (paper
+`pwfn_viz.analysis.tables` that you can print instead. Set `PWFN_FAST=0` for the full-length run (paper
 schedule: three epochs between rounds).
 """),
     code(f"""
@@ -361,11 +361,11 @@ import os
 import pandas as pd
 import torch
 
-from pwfn_viz.clustering import ClusterConfig, candidate_centres, cluster_round
-from pwfn_viz.kmeans import kmeans_1d
-from pwfn_viz.metrics import codebook_stats
+from pwfn_viz.core.clustering import ClusterConfig, candidate_centres, cluster_round
+from pwfn_viz.baselines.kmeans import kmeans_1d
+from pwfn_viz.core.metrics import codebook_stats
 from pwfn_viz.viz import plot_greedy_steps, plot_sigma_vs_mu
-from pwfn_viz.viz.tables import power_of_two_terms, round_from_cluster
+from pwfn_viz.analysis.tables import power_of_two_terms, round_from_cluster
 from pwfn_viz.viz.teaching import plot_number_line, snap_to_codebook
 
 {FAST}

@@ -143,7 +143,7 @@ This notebook asks what the uncertainty buys. It
    units of its learned PWFN `sigma`,
 4. lets you explore any other `k` and k-means init interactively (`CompareExplorer`).
 
-All the logic lives in the package (`pwfn_viz.compare`, `pwfn_viz.viz.compare_plots`,
+All the logic lives in the package (`pwfn_viz.analysis.compare`, `pwfn_viz.viz.compare_plots`,
 `pwfn_viz.widgets`); the command line does the same with `pwfn-viz compare RUN_DIR`. The run is shortened
 (half an epoch between rounds) so the notebook finishes in well under a minute.
 '''),
@@ -233,7 +233,7 @@ ax.set_title("weights moved more than 1, 2, 3 sigma");
 ## Any k, interactively
 The budgets above are two points. `CompareExplorer` puts the k-means side on a slider: move **k** (the
 codebook size; it starts at PWFN's unique count) or change the **init**, and the table, the codebooks and
-the per-layer error follow. It measures exactly as `pwfn_viz.compare` does, but without fine-tuning, so
+the per-layer error follow. It measures exactly as `pwfn_viz.analysis.compare` does, but without fine-tuning, so
 that each change takes a fraction of a second on this network.
 '''),
     ("code", '''

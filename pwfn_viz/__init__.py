@@ -7,21 +7,28 @@ One-line entry points::
     run = pwfn_viz.load_run("runs/...")       # replay without re-training
     run.rounds[3].sigma["conv1.weight"]           # any tensor of any round, by name
     model = run.model_at(3)                   # the network after round 3
+
+Layers, each importing only those above it in this list: ``kernels`` (Triton kernels and their
+torch twins), ``core`` (conversion, sigma, clustering, metrics), ``models`` and ``data``,
+``baselines`` (WFN, k-means), ``record`` (the run directory), ``train`` (config and round loop),
+``analysis`` (compare, noise, export, tables), ``viz`` (plots), ``widgets`` (JupyterLab), ``cli``.
 """
-from .analyse import AnalysisResult, analyse
-from .bayes import bayes_tensors, convert, flat_state, load_flat_state, sigma_regulariser
-from .clustering import ClusterConfig, ClusterResult, candidate_centres, cluster_round
-from .compare import compare
-from .data import create_dataset, list_datasets
-from .export import ExportReport, export_run, load_exported
-from .metrics import codebook_stats, evaluate, layer_table
-from .models import create_model, list_models
-from .pipeline import PAPER_FRACTIONS, RunConfig, run
-from .record import Round, Run, load_run
+from .analysis.compare import compare
+from .analysis.export import ExportReport, export_run, load_exported
+from .analysis.noise import AnalysisResult, analyse
+from .baselines import kmeans
+from .core.bayes import bayes_tensors, convert, flat_state, load_flat_state, sigma_regulariser
+from .core.clustering import ClusterConfig, ClusterResult, candidate_centres, cluster_round
+from .core.metrics import codebook_stats, evaluate, layer_table
+from .data.datasets import create_dataset, list_datasets
+from .models.factory import create_model, list_models
+from .record.rundir import Round, Run, load_run
+from .train.config import PAPER_FRACTIONS, RunConfig
+from .train.loop import run
 
 __version__ = "0.1.0"
 __all__ = ["AnalysisResult", "ExportReport", "analyse", "export_run", "load_exported",
            "ClusterConfig", "ClusterResult", "PAPER_FRACTIONS", "Round", "Run", "RunConfig", "bayes_tensors",
            "candidate_centres", "cluster_round", "codebook_stats", "compare", "convert", "create_dataset", "create_model",
-           "evaluate", "flat_state", "layer_table", "list_datasets", "list_models", "load_flat_state",
+           "evaluate", "flat_state", "kmeans", "layer_table", "list_datasets", "list_models", "load_flat_state",
            "load_run", "run", "sigma_regulariser"]

@@ -14,8 +14,8 @@ import argparse
 import os
 import sys
 
-from .clustering import SIGMA_JOINS, ClusterConfig
-from .pipeline import PAPER_FRACTIONS, RunConfig
+from .core.clustering import SIGMA_JOINS, ClusterConfig
+from .train.loop import PAPER_FRACTIONS, RunConfig
 
 
 def _fractions(text: str) -> tuple:
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     import pandas as pd
     try:
         if args.command == "run":
-            from .pipeline import run
+            from .train.loop import run
             result = run(None if args.resume else _config(args), args.out, resume=args.resume,
                          progress=not args.quiet)
             if int(os.environ.get("RANK", "0")) == 0:   # under torchrun only rank 0 prints
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
                            "entropy_nonzero"]
                 print(result.table()[columns].to_string(float_format=lambda v: f"{v:.3f}"))
         elif args.command == "show":
-            from .record import load_run
+            from .record.rundir import load_run
             result = load_run(args.run_dir)
             print(repr(result))
             with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
                 if args.layers and result.rounds:
                     print(result.rounds[-1].layers.to_string(float_format=lambda v: f"{v:.4g}"))
         elif args.command == "compare":
-            from .compare import compare
+            from .analysis.compare import compare
             result = compare(args.run_dir, init=args.init, scope=args.scope, finetune=not args.no_finetune,
                              seed=args.seed, keep_zero=args.keep_zero, device=args.device, progress=not args.quiet)
             print(repr(result))
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
                 result.table.to_csv(args.csv, index=False)
                 print(f"wrote {args.csv}")
         elif args.command == "analyse":
-            from .analyse import analyse
+            from .analysis.noise import analyse
             result = analyse(args.run_dir, round_index=args.round, which=args.which, n_samples=args.samples,
                              seed=args.seed, device=args.device, progress=not args.quiet)
             print(repr(result))
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
                     print(f"wrote {path}")
         elif args.command == "export":
             from pathlib import Path
-            from .export import export_run
+            from .analysis.export import export_run
             print(export_run(args.run_dir, args.out or Path(args.run_dir) / "export.safetensors", args.round))
         elif args.command == "figures":
             from .viz.figures import write_figures
@@ -229,11 +229,11 @@ def main(argv=None) -> int:
                                   comparison=not args.no_compare, dpi=args.dpi)
             print(f"wrote {len(paths)} files to {args.out}")
         elif args.command == "list":
-            from .data import list_datasets
-            from .models import list_models
+            from .data.datasets import list_datasets
+            from .models.factory import list_models
             print("models:  ", ", ".join(list_models(args.pattern)))
             print("datasets:", ", ".join(list_datasets()))
-            from .presets import PRESETS
+            from .train.presets import PRESETS
             print("presets: ", ", ".join(sorted(PRESETS)))
     except (ValueError, FileNotFoundError, FileExistsError, IndexError) as err:
         print(f"pwfn-viz: error: {err}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Independent reference implementations of one PWFN clustering round.
 
-Two twins of ``pwfn_viz.clustering.cluster_round`` written straight from the spec
+Two twins of ``pwfn_viz.core.clustering.cluster_round`` written straight from the spec
 (METHOD.md section 5 plus the project's tie-breaking decisions), used by the tests and
 by ``benchmarks/bench_clustering.py``:
 
@@ -40,7 +40,7 @@ STEP_COLUMNS = ["round", "pass_index", "step", "P", "delta", "centre", "n_fit", 
 
 @dataclass
 class RefConfig:
-    """Mirror of ``pwfn_viz.clustering.ClusterConfig`` (same fields and defaults)."""
+    """Mirror of ``pwfn_viz.core.clustering.ClusterConfig`` (same fields and defaults)."""
 
     zero_fix: bool = True
     b: int = 7

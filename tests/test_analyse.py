@@ -21,7 +21,7 @@ import pwfn_viz  # noqa: E402
 from pwfn_viz.cli import main  # noqa: E402
 from pwfn_viz.viz.analyse_plots import plot_noise_accuracy, plot_reliability  # noqa: E402
 
-A = importlib.import_module("pwfn_viz.analyse")   # the module (pwfn_viz.analyse is the function)
+A = importlib.import_module("pwfn_viz.analysis.noise")   # the module (pwfn_viz.analyse is the function)
 D_INFO, D_DEAD, C = 6, 10, 3
 
 

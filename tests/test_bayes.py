@@ -8,10 +8,10 @@ import timm
 import torch
 import torch.nn as nn
 
-from pwfn_viz import bayes
-from pwfn_viz.bayes import (SIGMA_MIN, bayes_tensors, convert, flat_state, load_flat_state, masked_weight_decay,
+from pwfn_viz.core import bayes
+from pwfn_viz.core.bayes import (SIGMA_MIN, bayes_tensors, convert, flat_state, load_flat_state, masked_weight_decay,
                             param_groups, power_of_two_gap, pwfn_sigma_init, quantile, sigma_regulariser)
-from pwfn_viz.models import create_model
+from pwfn_viz.models.factory import create_model
 
 
 def _zoo():
@@ -95,8 +95,8 @@ def _half_fixed_cnn():
 
 
 def test_fixed_weights_bitwise_unchanged_by_training_and_use_their_value():
-    from pwfn_viz.data import create_dataset, make_loader
-    from pwfn_viz.pipeline import train_steps
+    from pwfn_viz.data.datasets import create_dataset, make_loader
+    from pwfn_viz.train.loop import train_steps
     model = _half_fixed_cnn()
     before = {t.name: (t.value.clone(), t.mu.detach().clone(), t.sigma.detach().clone(), t.fixed.clone())
               for t in bayes_tensors(model)}

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from clustering_reference import (RefConfig, brute_force_cluster, dense_cluster,
                                   ref_target_count, reference_candidates)
-from pwfn_viz.clustering import ClusterConfig, candidate_centres, cluster_round, target_count
+from pwfn_viz.core.clustering import ClusterConfig, candidate_centres, cluster_round, target_count
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = [0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0]
@@ -449,7 +449,7 @@ def test_property_dense_equals_brute_force(data, fraction, config):
 
 _MEMORY_SCRIPT = textwrap.dedent("""
     import sys, torch
-    from pwfn_viz.clustering import ClusterConfig, cluster_round
+    from pwfn_viz.core.clustering import ClusterConfig, cluster_round
 
     def rss_kib(field="VmRSS"):
         with open("/proc/self/status") as f:
@@ -487,7 +487,7 @@ def test_memory_is_linear_not_k_by_n():
 def test_reused_order_gives_the_same_round_and_a_stale_one_raises():
     """cluster_round(order=mu_order(mu)) (the WhatIf widget sorts once) equals the plain call; an
     order of another mu, of the wrong length or with repeated indices is refused."""
-    from pwfn_viz.clustering import mu_order
+    from pwfn_viz.core.clustering import mu_order
     g = torch.Generator().manual_seed(11)
     mu = torch.randn(4000, generator=g) * 0.05
     mu[:300] = 0.25                                   # ties: the order among them must not matter

@@ -16,10 +16,10 @@ matplotlib.use("Agg")
 import pwfn_viz  # noqa: E402
 from pwfn_viz import RunConfig  # noqa: E402
 from pwfn_viz.cli import main  # noqa: E402
-from pwfn_viz.compare import COLUMNS, SIGMA_FLOOR, compare, kmeans_finetune, match_entropy  # noqa: E402
-from pwfn_viz.data import create_dataset, make_loader  # noqa: E402
-from pwfn_viz.kmeans import kmeans_quantize  # noqa: E402
-from pwfn_viz.metrics import evaluate  # noqa: E402
+from pwfn_viz.analysis.compare import COLUMNS, SIGMA_FLOOR, compare, kmeans_finetune, match_entropy  # noqa: E402
+from pwfn_viz.data.datasets import create_dataset, make_loader  # noqa: E402
+from pwfn_viz.baselines.kmeans import kmeans_quantize  # noqa: E402
+from pwfn_viz.core.metrics import evaluate  # noqa: E402
 
 TINY = dict(model="digits_mlp", pretrain_epochs=3, first_round_epochs=0.1, epochs_per_round=0.5,
             fractions=(0.3, 0.7, 1.0), threads=1)

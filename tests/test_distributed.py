@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import pwfn_viz
-from pwfn_viz import RunConfig, distributed
-from pwfn_viz.presets import PRESETS, PUBLISHED
+from pwfn_viz import RunConfig
+from pwfn_viz.train import distributed
+from pwfn_viz.train.presets import PRESETS, PUBLISHED
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--model", "digits_mlp", "--pretrain-epochs", "2", "--epochs", "0.5", "--fractions", "0.4,0.8,1.0",

@@ -17,11 +17,11 @@ from safetensors.torch import save_file
 
 import pwfn_viz
 from pwfn_viz.cli import main
-from pwfn_viz.export import (bits_for, decode_tensors, encode_tensors, export_run, load_exported, pack_bits,
+from pwfn_viz.analysis.export import (bits_for, decode_tensors, encode_tensors, export_run, load_exported, pack_bits,
                              packed_size, read_exported, unpack_bits)
-from pwfn_viz.models import create_model
+from pwfn_viz.models.factory import create_model
 
-E = importlib.import_module("pwfn_viz.export")
+E = importlib.import_module("pwfn_viz.analysis.export")
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ def interpreted(check_name: str) -> None:
 # ---------------------------------------------------------------- clustering kernels
 
 def _torch_coverage(pm, ps, delta, c):
-    from pwfn_viz.clustering import _coverage
+    from pwfn_viz.core.clustering import _coverage
     with kernels.use_backend("torch"):
         return _coverage(pm, ps, delta, c)
 
@@ -109,7 +109,7 @@ def check_coverage_counts_exact():
 
 
 def check_fit_mask_exact():
-    from pwfn_viz.clustering import _fitting
+    from pwfn_viz.core.clustering import _fitting
     g = torch.Generator().manual_seed(2)
     grid = torch.arange(-16, 17, dtype=F64) / 16
     pm = torch.sort(grid[torch.randint(0, 33, (3000,), generator=g)]
@@ -130,8 +130,8 @@ def check_fit_mask_exact():
 
 def check_cluster_round_same_on_both_paths():
     """A whole round through the dispatching cluster_round: bitwise the same as the torch path."""
-    from pwfn_viz.bayes import pwfn_sigma_init
-    from pwfn_viz.clustering import ClusterConfig, cluster_round
+    from pwfn_viz.core.bayes import pwfn_sigma_init
+    from pwfn_viz.core.clustering import ClusterConfig, cluster_round
     g = torch.Generator().manual_seed(3)
     mu = torch.randn(700, generator=g) * 0.05
     mu[:60] = torch.randn(60, generator=g) * 0.5                   # tails
@@ -158,7 +158,7 @@ def check_cluster_round_catches_count_mismatch():
     count; a mask that disagrees with the count is counted on the device and raises at the end
     of the round (here forced by handing the kernel a count one too high)."""
     import pytest
-    from pwfn_viz import clustering
+    from pwfn_viz.core import clustering
     g = torch.Generator().manual_seed(4)
     mu = torch.randn(3000, generator=g) * 0.05
     sigma = torch.rand(3000, generator=g) * 0.01
@@ -178,8 +178,8 @@ def check_cluster_round_host_reads():
     a stream sync on CUDA). Counted by a dispatch mode and by wrapping the round's host helpers."""
     import collections
     from torch.utils._python_dispatch import TorchDispatchMode
-    from pwfn_viz import clustering
-    from pwfn_viz.bayes import pwfn_sigma_init
+    from pwfn_viz.core import clustering
+    from pwfn_viz.core.bayes import pwfn_sigma_init
 
     class SyncingOps(TorchDispatchMode):
         def __init__(self):
@@ -485,7 +485,7 @@ def check_sampling_aborted_backward_hands_nothing_on():
 def check_sampling_loss_terms_launches():
     """The usual step, task + regulariser + decay, launches per tensor: seed, sampling forward, two
     reductions, sampling backward; nothing else grows with the number of tensors."""
-    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
     import torch.nn as nn
     per_size = {}
     for convs in (1, 3):
@@ -510,7 +510,7 @@ def check_sampling_loss_terms_launches():
 def check_sampling_grad_scaler():
     """A real torch.amp.GradScaler (on CPU): after unscale_ the gradients are the unscaled loss's."""
     import torch.nn as nn
-    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
     torch.manual_seed(6)
     model = convert(nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)))
     with torch.no_grad():
@@ -542,7 +542,7 @@ def check_sampling_grad_scaler():
 
 
 def _fill_state(model, g):
-    from pwfn_viz.bayes import bayes_tensors
+    from pwfn_viz.core.bayes import bayes_tensors
     with torch.no_grad():
         for t in bayes_tensors(model):
             t.sigma.copy_(torch.rand(t.sigma.shape, generator=g) * 0.1)
@@ -554,7 +554,7 @@ def _fill_state(model, g):
 def _torch_path_noise(model, noise_of):
     """Make the torch path sample ``model``'s converted tensors with ``noise_of(name)`` instead of
     fresh noise (torch.randn_like patched for those mu tensors only)."""
-    from pwfn_viz.bayes import bayes_tensors
+    from pwfn_viz.core.bayes import bayes_tensors
     names = {id(t.mu): t.name for t in bayes_tensors(model)}
     original = torch.randn_like
 
@@ -576,7 +576,7 @@ def check_converted_layers_train_like_torch_path():
     path fed the fused path's noise: the same parameters after every step; fixed weights stay."""
     import copy
     import torch.nn as nn
-    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, param_groups, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, param_groups, sigma_regulariser
     g = torch.Generator().manual_seed(8)
     torch.manual_seed(8)
     fused = convert(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)))
@@ -632,7 +632,7 @@ def check_converted_layers_use_fused_path():
     """bayes.convert + forced triton: the hook samples with the kernel; sigma_regulariser and
     masked_weight_decay give the torch formulas' values, and the grads equal the torch path's."""
     import torch.nn as nn
-    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
     from pwfn_viz.kernels.sampling import reference_sample
     model = convert(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)))
     _fill_state(model, torch.Generator().manual_seed(9))
@@ -671,7 +671,7 @@ def check_converted_layers_mixed_paths():
     """A float64 layer (the fused kernels take float32/16/bf16) stays on the torch path next to a
     fused float32 one: the loss terms add both kinds, with the torch formulas' values and grads."""
     import torch.nn as nn
-    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
     from pwfn_viz.kernels.sampling import reference_sample
 
     class ToDouble(nn.Module):
@@ -808,7 +808,7 @@ def _channels_last_case(mixed: bool):
     path; ``mixed``: one conv's sigma and fixed mask made row-major again. Returns what the checks
     compare (see check_converted_layers_channels_last)."""
     import torch.nn as nn
-    from pwfn_viz.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
     from pwfn_viz.kernels.sampling import reference_sample
     model = convert(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.Flatten(),
                                   nn.Linear(50, 3)))
@@ -929,7 +929,7 @@ def check_converted_layers_seeds():
     """A converted channels_last conv net: weight and bias of one module get different seeds and
     noise, torch.manual_seed(s) twice gives the same samples, the next pass other ones."""
     import torch.nn as nn
-    from pwfn_viz.bayes import bayes_tensors, convert
+    from pwfn_viz.core.bayes import bayes_tensors, convert
     from pwfn_viz.kernels.sampling import FusedNoise, Layout
     model = convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(36, 3)))
     model.to(memory_format=torch.channels_last).train()
@@ -1030,7 +1030,7 @@ def _kmeans_cases():
 
 
 def _check_kmeans(boundaries, assign):
-    from pwfn_viz.kmeans import _boundaries, kmeans_1d
+    from pwfn_viz.baselines.kmeans import _boundaries, kmeans_1d
     for xs, c in _kmeans_cases():
         xs_t, c_t = torch.from_numpy(xs), torch.from_numpy(c)
         assert boundaries(xs_t, c_t).tolist() == _boundaries(xs, c).tolist()
@@ -1103,7 +1103,7 @@ def test_invalid_backend_is_a_clear_error(monkeypatch):
 def test_cpu_training_keeps_the_torch_path(monkeypatch):
     """Automatic choice on CPU: the hook stores the noise tensor, as the torch path always did."""
     import torch.nn as nn
-    from pwfn_viz.bayes import convert
+    from pwfn_viz.core.bayes import convert
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     layer = convert(nn.Linear(3, 2)).train()
     layer(torch.randn(4, 3))

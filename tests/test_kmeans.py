@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import KMeans
 
-import pwfn_viz.kmeans as km
-from pwfn_viz.kmeans import (init_centres, kmeans_1d, kmeans_quantize, list_inits, list_scopes,
+import pwfn_viz.baselines.kmeans as km
+from pwfn_viz.baselines.kmeans import (init_centres, kmeans_1d, kmeans_quantize, list_inits, list_scopes,
                              optimal_kmeans_1d, register_init)
 
 
@@ -188,7 +188,7 @@ def test_dp_beats_or_ties_lloyd_on_weight_like_data():
 
 
 def test_dp_refuses_large_problems(monkeypatch):
-    monkeypatch.setattr(km, "OPTIMAL_MAX_CELLS", 100)
+    monkeypatch.setattr(km.optimal, "OPTIMAL_MAX_CELLS", 100)
     with pytest.raises(ValueError, match="OPTIMAL_MAX_CELLS"):
         optimal_kmeans_1d(np.arange(60.0), 2)
 

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from pwfn_viz.data import create_dataset, make_loader
-from pwfn_viz.models import create_model, list_models, load_checkpoint, save_checkpoint
+from pwfn_viz.data.datasets import create_dataset, make_loader
+from pwfn_viz.models.factory import create_model, list_models, load_checkpoint, save_checkpoint
 
 
 def test_list_models_own_and_timm():

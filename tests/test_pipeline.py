@@ -12,11 +12,11 @@ import torch
 
 import pwfn_viz
 from pwfn_viz import RunConfig, load_run
-from pwfn_viz.bayes import bayes_tensors
+from pwfn_viz.core.bayes import bayes_tensors
 from pwfn_viz.cli import main
-from pwfn_viz.data import create_dataset, make_loader
-from pwfn_viz.metrics import codebook_stats, evaluate
-from pwfn_viz.models import create_model
+from pwfn_viz.data.datasets import create_dataset, make_loader
+from pwfn_viz.core.metrics import codebook_stats, evaluate
+from pwfn_viz.models.factory import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(model="digits_mlp", pretrain_epochs=3, first_round_epochs=0.1, epochs_per_round=0.5,
@@ -43,7 +43,7 @@ def test_run_record_round_trip(quick_run):
         assert mu.numel() == n_total and list(r.mu) == names
         # n_fixed and the greedy-step table agree with the tensors
         assert int(fixed.sum()) == r.metrics["n_fixed"] == int(r.steps["n_taken"].sum())
-        assert r.metrics["n_fixed"] == pwfn_viz.clustering.target_count(r.fraction, n_total)
+        assert r.metrics["n_fixed"] == pwfn_viz.core.clustering.target_count(r.fraction, n_total)
         # every fixed weight sits on a centre chosen in that round
         centres = torch.tensor(r.steps["centre"].values, dtype=mu.dtype)
         assert torch.isin(mu[fixed], centres).all()

@@ -28,10 +28,11 @@ from matplotlib.testing.compare import compare_images  # noqa: E402
 
 import pwfn_viz  # noqa: E402
 from pwfn_viz import RunConfig  # noqa: E402
-from pwfn_viz.clustering import candidate_centres, cluster_round  # noqa: E402
+from pwfn_viz.core.clustering import candidate_centres, cluster_round  # noqa: E402
 from pwfn_viz.viz import (plot_attention_heads, plot_channel_heatmap, plot_fraction_fixed,  # noqa: E402
                           plot_greedy_steps, plot_kernel_pattern, plot_round_codebook, plot_sigma_by_layer,
-                          plot_sigma_vs_mu, plot_timeline, plot_value_histograms, tables, write_figures)
+                          plot_sigma_vs_mu, plot_timeline, plot_value_histograms, write_figures)
+from pwfn_viz.analysis import tables  # noqa: E402
 from pwfn_viz.viz.figures import FORMATS  # noqa: E402
 
 BASELINES = Path(__file__).parent / "baseline_images"

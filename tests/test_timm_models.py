@@ -6,8 +6,8 @@ import torch.nn as nn
 
 import pwfn_viz
 from pwfn_viz import RunConfig
-from pwfn_viz.bayes import bayes_tensors
-from pwfn_viz.data import make_loader
+from pwfn_viz.core.bayes import bayes_tensors
+from pwfn_viz.data.datasets import make_loader
 
 FAMILIES = {
     "resnet18": dict(layers=[1, 1, 1, 1]),

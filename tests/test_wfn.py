@@ -6,7 +6,7 @@ import torch
 
 import pwfn_viz
 from pwfn_viz import RunConfig
-from pwfn_viz.wfn import WFN_FRACTIONS, wfn_allowance, wfn_centres, wfn_round
+from pwfn_viz.baselines.wfn import WFN_FRACTIONS, wfn_allowance, wfn_centres, wfn_round
 
 NONE_FIXED = lambda n: torch.zeros(n, dtype=torch.bool)  # noqa: E731
 

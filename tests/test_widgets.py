@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 import pwfn_viz
-from pwfn_viz.bayes import load_flat_state
-from pwfn_viz.clustering import ClusterConfig, cluster_round
-from pwfn_viz.data import make_loader
-from pwfn_viz.kmeans import kmeans_quantize, list_inits
-from pwfn_viz.metrics import codebook_stats, evaluate
+from pwfn_viz.core.bayes import load_flat_state
+from pwfn_viz.core.clustering import ClusterConfig, cluster_round
+from pwfn_viz.data.datasets import make_loader
+from pwfn_viz.baselines.kmeans import kmeans_quantize, list_inits
+from pwfn_viz.core.metrics import codebook_stats, evaluate
 from pwfn_viz.widgets import (CompareExplorer, RoundExplorer, UncertaintyExplorer, WhatIf, select_view,
                               select_weights, weight_trajectory)
 

@@ -1,6 +1,6 @@
 """Clustering-round kernels: coverage counts and the winning centre's fit mask.
 
-Both are exact twins of the torch code in :mod:`pwfn_viz.clustering` (``_coverage`` and
+Both are exact twins of the torch code in :mod:`pwfn_viz.core.clustering` (``_coverage`` and
 ``_fitting``), which call them when :func:`pwfn_viz.kernels.use_triton` says so:
 
 * :func:`coverage_counts`: for each value-sorted centre, how many intervals
@@ -46,14 +46,14 @@ def _bins(k: int) -> int:
 
 def coverage_counts(pm: torch.Tensor, ps: torch.Tensor, delta: float, sorted_centres: torch.Tensor,
                     strategy: str | None = None) -> torch.Tensor:
-    """Triton twin of ``pwfn_viz.clustering._coverage`` (same int64 counts, exactly).
+    """Triton twin of ``pwfn_viz.core.clustering._coverage`` (same int64 counts, exactly).
 
     ``pm``, ``ps``: float32 or float64 interval centres and half-widths per ``delta`` (the arithmetic is
     float64; ``delta`` a float or a float64 device tensor of one element); ``sorted_centres``:
     float64, ascending. ``strategy`` ("histogram" or "atomic") overrides the automatic choice of
     how the block's interval ends reach the difference array (used by the GPU self-check).
     """
-    from . import triton_module
+    from .backend import triton_module
     tk = triton_module("_tl_clustering")
     k, n = sorted_centres.numel(), pm.numel()
     bins = _bins(k)
@@ -75,7 +75,7 @@ def coverage_counts(pm: torch.Tensor, ps: torch.Tensor, delta: float, sorted_cen
 def fitting_positions(pm: torch.Tensor, ps: torch.Tensor, p_alive: torch.Tensor, a: int, z: int,
                       c: float, delta: float, band: tuple[int, int] | None,
                       count: int | None = None, mismatches: torch.Tensor | None = None) -> torch.Tensor:
-    """Triton twin of ``pwfn_viz.clustering._fitting``: increasing int64 positions in [a, z) of
+    """Triton twin of ``pwfn_viz.core.clustering._fitting``: increasing int64 positions in [a, z) of
     the alive weights that fit ``c``, plus the alive ones in ``band`` (the zero band, or None).
 
     ``c``, ``delta``: floats, or float64 device tensors of one element (no host-to-device copy).
@@ -83,7 +83,7 @@ def fitting_positions(pm: torch.Tensor, ps: torch.Tensor, p_alive: torch.Tensor,
     gathered with ``nonzero_static``, which needs no host sync, where ``nonzero`` must first
     copy its result's size to the host; ``mismatches`` (a one-element int64 device tensor) then
     counts the calls whose mask disagreed with ``count``, for the caller to check without a sync."""
-    from . import triton_module
+    from .backend import triton_module
     tk = triton_module("_tl_clustering")
     if z <= a:
         return torch.zeros(0, dtype=torch.long, device=pm.device)
@@ -106,13 +106,13 @@ JOINS = {"std_mu": 0, "keep": 1, "divide": 2}
 
 def snap(st, cur, p_alive: torch.Tensor, local: torch.Tensor, best: int, centre_id: int, std_mu: torch.Tensor,
          sigma_join: str, recount: bool) -> torch.Tensor | None:
-    """Triton twin of the torch path of ``pwfn_viz.clustering._snap``: one kernel moves the taken
+    """Triton twin of the torch path of ``pwfn_viz.core.clustering._snap``: one kernel moves the taken
     weights to candidate ``best`` of the pass ``cur`` (mu, sigma by the join rule, assignment,
     alive flags) and, with ``recount``, returns the difference array (int32, K + 1) whose cumulative
     sum is the coverage the taken weights held (value order, the zero band's extra count
     included); None without ``recount``. Scalars are read by pointer from ``cur.consts`` and
     ``std_mu`` (a float64 device scalar): nothing is copied from the host."""
-    from . import triton_module
+    from .backend import triton_module
     tk = triton_module("_tl_clustering")
     k = cur.sorted_cands.numel()
     diff = torch.zeros(k + 1, dtype=torch.int32, device=local.device) if recount else None

@@ -1,11 +1,11 @@
 """1-D k-means on sorted values: assignment and centroid update, Triton kernels + torch twins.
 
-Semantics are those of :mod:`pwfn_viz.kmeans` (nearest centre, a value exactly half-way goes to
+Semantics are those of :mod:`pwfn_viz.baselines.kmeans` (nearest centre, a value exactly half-way goes to
 the lower centre, equal centres: the first of the run takes everything):
 
 * :func:`kmeans_boundaries`: for sorted values ``xs`` and sorted centres ``c`` (k), the k - 1
   cluster ends ``pos`` (cluster j is ``xs[pos[j-1]:pos[j]]``), one binary search in ``xs`` per
-  pair of neighbouring centres: O(k log N). Equal to ``pwfn_viz.kmeans._boundaries``.
+  pair of neighbouring centres: O(k log N). Equal to ``pwfn_viz.baselines.kmeans._boundaries``.
 * :func:`kmeans_assign`: the label of every value (any order), one binary search in ``c`` each.
 * :func:`lloyd_step`: one Lloyd update from prefix sums: new centre = mean of its run of ``xs``
   (an empty cluster keeps its centre: relocating it is the caller's rule).
@@ -28,7 +28,7 @@ BLOCK = 1024
 
 
 def _tk():
-    from . import triton_module
+    from .backend import triton_module
     return triton_module("_tl_kmeans")
 
 
@@ -63,7 +63,7 @@ def boundaries_torch(xs: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def kmeans_boundaries(xs: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Cluster ends (int64, k - 1) of sorted float64 ``xs`` for sorted float64 centres ``c``."""
-    from . import use_triton
+    from .backend import use_triton
     xs, c = xs.to(torch.float64).contiguous(), c.to(torch.float64).contiguous()
     if c.numel() < 2:
         return torch.zeros(0, dtype=torch.long, device=xs.device)
@@ -88,7 +88,7 @@ def assign_torch(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def kmeans_assign(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Label (int64, same shape as ``x``) of every value: its nearest sorted centre in ``c``."""
-    from . import use_triton
+    from .backend import use_triton
     flat, c = x.reshape(-1).to(torch.float64).contiguous(), c.to(torch.float64).contiguous()
     if not use_triton(flat):
         return assign_torch(flat, c).view(x.shape)

@@ -8,7 +8,7 @@ autograd graph. Their backward hands the gradient that reaches them (1, a ``Grad
 ``1 / accumulation steps``...) to each pass's :class:`~pwfn_viz.kernels.sampling.FusedNoise`, and
 the sampling backward adds ``-lam * G * max(0, cap - sigma) * |eps|`` and ``wd * G * mu`` in its
 own kernel; where it cannot (see :mod:`pwfn_viz.kernels.sampling`, "the hand-over"), the term
-computes its full gradient itself. ``pwfn_viz.bayes.sigma_regulariser`` and
+computes its full gradient itself. ``pwfn_viz.core.bayes.sigma_regulariser`` and
 ``masked_weight_decay`` call these for the tensors sampled by the fused kernel.
 """
 from __future__ import annotations

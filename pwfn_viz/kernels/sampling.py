@@ -1,6 +1,6 @@
 """Fused reparameterised sampling of a converted tensor, with its loss terms' gradients fused in.
 
-The torch path (``pwfn_viz.bayes._sample_hook``) draws ``eps`` with ``randn_like``, keeps it for
+The torch path (``pwfn_viz.core.bayes._sample_hook``) draws ``eps`` with ``randn_like``, keeps it for
 the regulariser and builds ``w`` from five separate tensor operations; the sigma regulariser and
 the masked weight decay are ordinary autograd expressions. The fused path:
 
@@ -58,12 +58,12 @@ import torch
 
 BLOCK = 1024
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-SIGMA_MIN = 2.0 ** -30   # the same floor as pwfn_viz.bayes.SIGMA_MIN (callers pass theirs)
+SIGMA_MIN = 2.0 ** -30   # the same floor as pwfn_viz.core.bayes.SIGMA_MIN (callers pass theirs)
 MU, SIGMA = 0, 1         # input positions of mu and sigma in the sampling node
 
 
 def _tk():
-    from . import triton_module
+    from .backend import triton_module
     return triton_module("_tl_sampling")
 
 
@@ -254,7 +254,7 @@ class _FusedSample(torch.autograd.Function):
 def fused_sampling_applies(mu: torch.Tensor, sigma: torch.Tensor, fixed_value: torch.Tensor) -> bool:
     """Whether the fused kernel serves this tensor: the Triton backend applies to it (see
     ``pwfn_viz.kernels.use_triton``) and mu, sigma, fixed_value share a float32/16/bf16 dtype."""
-    from . import use_triton
+    from .backend import use_triton
     return (mu.dtype in DTYPES and sigma.dtype == mu.dtype == fixed_value.dtype
             and mu.numel() < 2 ** 31 and use_triton(mu))
 

@@ -4,7 +4,7 @@
 * sigma against mu with the acceptance bands: :mod:`~pwfn_viz.viz.uncertainty`
 * sigma against position in the network: :mod:`~pwfn_viz.viz.position`
 * PWFN against k-means: :mod:`~pwfn_viz.viz.compare_plots`; noise and calibration: :mod:`~pwfn_viz.viz.analyse_plots`
-* the numbers behind the plots: :mod:`~pwfn_viz.viz.tables`; the look: :mod:`~pwfn_viz.viz.style`
+* the numbers behind the plots: :mod:`~pwfn_viz.analysis.tables`; the look: :mod:`~pwfn_viz.viz.style`
 * every figure of a run in one call: :func:`write_figures` (``pwfn-viz figures RUN_DIR --out DIR``)
 """
 from .analyse_plots import plot_noise_accuracy, plot_reliability

@@ -1,4 +1,4 @@
-"""Plots of :func:`pwfn_viz.analyse` results: a reliability diagram and accuracy under noise.
+"""Plots of :func:`pwfn_viz.analysis.noise` results: a reliability diagram and accuracy under noise.
 
 Each function takes an optional ``ax``, draws, and returns the Figure:
 
@@ -24,9 +24,9 @@ def plot_reliability(result, ax=None, keys=("mean weights", "learned ensemble"))
     """Reliability diagram: accuracy per confidence bin (bars, one group per entry of ``keys``)
     against the diagonal of perfect calibration; the legend gives each ECE.
 
-    ``result`` is an :class:`~pwfn_viz.analyse.AnalysisResult` or one reliability table (a
+    ``result`` is an :class:`~pwfn_viz.analysis.noise.AnalysisResult` or one reliability table (a
     DataFrame with bin_lower, bin_upper, confidence, accuracy, count)."""
-    from ..analyse import _ece_from_table
+    from ..analysis.noise import _ece_from_table
     tables = {"predictions": result} if isinstance(result, pd.DataFrame) else \
         {k: result.reliability[k] for k in keys}
     fig, ax = _axes(ax, (4.2, 4))

@@ -1,4 +1,4 @@
-"""Plots over a :class:`~pwfn_viz.compare.Comparison` (PWFN against k-means at equal budgets).
+"""Plots over a :class:`~pwfn_viz.analysis.compare.Comparison` (PWFN against k-means at equal budgets).
 
 Each function takes the comparison, the methods to show (rows of ``comparison.table``) and an
 optional ``ax``, draws, and returns the Figure.

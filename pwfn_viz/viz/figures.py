@@ -22,9 +22,9 @@ codebooks_vs_kmeans       PWFN's codebook against k-means' at the same budget (c
 moves_vs_sigma            |change of weight| against sigma, PWFN and k-means (comparison)
 ========================  =====================================================================
 
-The two comparison figures need :func:`pwfn_viz.compare` (k-means at the PWFN final round's
+The two comparison figures need :func:`pwfn_viz.analysis.compare` (k-means at the PWFN final round's
 budget, without fine-tuning here); pass ``comparison=False`` to skip them or a ready
-:class:`~pwfn_viz.compare.Comparison` to reuse one.
+:class:`~pwfn_viz.analysis.compare.Comparison` to reuse one.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.backend_bases import FigureCanvasBase
 
-from . import plots, position, tables, uncertainty
+from . import plots, position, uncertainty
+from ..analysis import tables
 from .style import style
 
 __all__ = ["write_figures", "FORMATS"]
@@ -106,10 +107,10 @@ def write_figures(run, out_dir, formats=FORMATS, *, rounds=None, layer: str | No
     ``rounds``: round indices for the per-round figures (default: every round); ``layer``: the
     tensor of the channel heatmap (default: the largest convolution); ``comparison``: True runs
     ``pwfn_viz.compare(run, finetune=False)``, False skips the comparison figures, a
-    :class:`~pwfn_viz.compare.Comparison` is used as it is; ``only``: write just these stems
+    :class:`~pwfn_viz.analysis.compare.Comparison` is used as it is; ``only``: write just these stems
     (see the table above).
     """
-    from ..record import Run, load_run
+    from ..record.rundir import Run, load_run
     run = run if isinstance(run, Run) else load_run(run)
     formats = tuple(formats)
     bad = [f for f in formats if f not in FigureCanvasBase.get_supported_filetypes()]
@@ -128,7 +129,7 @@ def write_figures(run, out_dir, formats=FORMATS, *, rounds=None, layer: str | No
         jobs = [(stem, make) for stem, make in jobs if stem in only]
         comparison = comparison if {"codebooks_vs_kmeans", "moves_vs_sigma"} & set(only) else False
     if comparison is True:
-        from ..compare import compare
+        from ..analysis.compare import compare
         comparison = compare(run, finetune=False, progress=progress)
     if comparison is not False and comparison is not None:
         jobs += [(stem, make) for stem, make in _comparison_figures(comparison) if only is None or stem in only]

@@ -1,6 +1,6 @@
 """Paper-quality plots of what the rounds did: the round timeline, the greedy steps of a round
-and its codebook. Each function takes a :class:`~pwfn_viz.record.Run` (with a round index, by
-default the last round) or a :class:`~pwfn_viz.record.Round`, and an optional ``ax``; it draws
+and its codebook. Each function takes a :class:`~pwfn_viz.record.rundir.Run` (with a round index, by
+default the last round) or a :class:`~pwfn_viz.record.rundir.Round`, and an optional ``ax``; it draws
 and returns the Figure, so it can be composed into a multi-panel figure and saved as
 PDF/SVG/PNG.
 
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .style import COLOURS, ROLE, new_axes, order_colour, styled
-from .tables import check_layer, power_of_two_terms, resolve_round, value_counts
+from ..analysis.tables import check_layer, power_of_two_terms, resolve_round, value_counts
 
 __all__ = ["plot_timeline", "plot_greedy_steps", "plot_step_centres", "plot_step_counts", "plot_step_growth",
            "plot_value_histograms", "plot_round_codebook"]

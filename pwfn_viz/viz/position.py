@@ -6,7 +6,7 @@
 * :func:`plot_attention_heads` -- mean sigma per head of q, k, v and proj (transformers);
 * :func:`plot_fraction_fixed` -- fraction of each tensor fixed after each round.
 
-The sigma shown is chosen by ``which`` (:data:`~pwfn_viz.viz.tables.WHICH`): for a Run the
+The sigma shown is chosen by ``which`` (:data:`~pwfn_viz.analysis.tables.WHICH`): for a Run the
 default is each weight's *learned* sigma (its pre-snap sigma in the round that fixed it), for a
 Round its pre-snap sigma; a mapping ``name -> sigma`` is drawn as it is.
 
@@ -22,9 +22,9 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import FuncFormatter
 
-from . import tables
+from ..analysis import tables
 from .style import COLOURS, SEQUENTIAL_CMAP, new_axes, styled
-from .tables import Run, check_layer, sigma_tensors
+from ..analysis.tables import Run, check_layer, sigma_tensors
 
 __all__ = ["plot_sigma_by_layer", "plot_channel_heatmap", "plot_kernel_pattern", "plot_attention_heads",
            "plot_fraction_fixed", "KINDS"]
@@ -90,7 +90,7 @@ def _colourbar(fig, ax, image, label):
 def plot_channel_heatmap(source, layer: str | None = None, round_index: int | None = None, ax=None, *,
                          which: str | None = None, log: bool = False):
     """Sigma of ``layer`` over output (rows) x input (columns) channels, averaged over the
-    kernel taps (:func:`~pwfn_viz.viz.tables.channel_sigma`). Default layer: the largest
+    kernel taps (:func:`~pwfn_viz.analysis.tables.channel_sigma`). Default layer: the largest
     convolution weight; ``log`` uses a logarithmic colour scale."""
     sigma = sigma_tensors(source, round_index, which)
     layer = check_layer(sigma, layer) if layer is not None else tables.largest_conv(sigma)
@@ -138,7 +138,7 @@ def _attention_of(source, num_heads):
     """``{attention module: heads}`` from the run's model, or from ``num_heads`` for every
     ``*.qkv.weight`` tensor when the source is a Round or a mapping."""
     if isinstance(source, Run):
-        from ..models import create_model
+        from ..models.factory import create_model
         spec = source.meta["model_spec"]
         model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
                              **spec.get("kwargs", {}))
@@ -155,7 +155,7 @@ def plot_attention_heads(source, round_index: int | None = None, ax=None, *, whi
                          layer: str | None = None, num_heads: int | None = None, stat: str = "mean"):
     """Heatmap of ``stat`` sigma per attention head (rows: layer / head) for q, k, v (rows of
     the fused qkv weight) and proj (its input columns), see
-    :func:`~pwfn_viz.viz.tables.attention_head_table`. ``layer`` (e.g. "blocks.0.attn") picks
+    :func:`~pwfn_viz.analysis.tables.attention_head_table`. ``layer`` (e.g. "blocks.0.attn") picks
     one attention module; ``num_heads`` is read from the model of a Run."""
     attention = _attention_of(source, num_heads)
     if not attention:
@@ -178,7 +178,7 @@ def plot_attention_heads(source, round_index: int | None = None, ax=None, *, whi
 @styled
 def plot_fraction_fixed(run, ax=None):
     """Rounds (rows) x tensors (columns, network order) heatmap of the fraction of each tensor's
-    weights fixed after the round's snap (:func:`~pwfn_viz.viz.tables.fraction_fixed_table`)."""
+    weights fixed after the round's snap (:func:`~pwfn_viz.analysis.tables.fraction_fixed_table`)."""
     table = tables.fraction_fixed_table(run)
     n_rounds, n_layers = table.shape
     fig, ax = new_axes(ax, (max(4.5, 0.38 * n_layers + 2), max(2.6, 0.3 * n_rounds + 1.6)))

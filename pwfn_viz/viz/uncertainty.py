@@ -17,7 +17,7 @@ import torch
 from matplotlib.collections import PolyCollection
 
 from .style import DENSITY_CMAP, ROLE, new_axes, order_colour, styled
-from .tables import check_layer, resolve_round, weight_status
+from ..analysis.tables import check_layer, resolve_round, weight_status
 
 __all__ = ["plot_sigma_vs_mu", "STATUS_LABELS"]
 

@@ -1,5 +1,5 @@
 """Interactive views of a run record in JupyterLab (ipywidgets), thin layers over
-:mod:`pwfn_viz.viz` and the core. Each takes a :class:`~pwfn_viz.record.Run` or its directory
+:mod:`pwfn_viz.viz` and the core. Each takes a :class:`~pwfn_viz.record.rundir.Run` or its directory
 and is an ``ipywidgets.VBox``: display it, or drive it from Python by setting its controls.
 
     >>> from pwfn_viz.widgets import RoundExplorer, UncertaintyExplorer, CompareExplorer, WhatIf

@@ -21,7 +21,7 @@ import ipywidgets as widgets
 import torch
 from matplotlib.figure import Figure
 
-from ..record import Run, load_run
+from ..record.rundir import Run, load_run
 
 __all__ = ["Explorer", "png", "figure", "as_run", "incomplete_message", "test_loader", "table_html", "threads_for",
            "torch_threads"]
@@ -80,7 +80,7 @@ def incomplete_message(run: Run) -> str:
 
 def test_loader(run: Run, data=None, batch_size: int = 512):
     """The test split of the run's dataset (rebuilt from its config unless ``data`` is given)."""
-    from ..data import create_dataset, make_loader
+    from ..data.datasets import create_dataset, make_loader
     if data is None:
         cfg = run.config
         by_model = {"model_name": cfg["model"]} if cfg["dataset"] == "imagefolder" else {}

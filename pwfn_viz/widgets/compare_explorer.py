@@ -2,7 +2,7 @@
 
 The k-means side quantises the run's *starting* network (the one PWFN started from) with one
 global codebook of ``k`` values and the chosen init, without fine-tuning (for speed); both sides
-are measured exactly as :func:`pwfn_viz.compare` measures them (accuracy on the test split,
+are measured exactly as :func:`pwfn_viz.analysis.compare` measures them (accuracy on the test split,
 unique values, entropy, weight error overall and per layer, moves in units of sigma).
 
     >>> w = CompareExplorer(run)                        # doctest: +SKIP
@@ -17,8 +17,8 @@ import ipywidgets as widgets
 import pandas as pd
 import torch
 
-from ..compare import CLAMP_WARNING, COLUMNS, Comparison, converted_weights, flatten_named, learned_sigma, measure_method
-from ..kmeans import kmeans_quantize, list_inits
+from ..analysis.compare import CLAMP_WARNING, COLUMNS, Comparison, converted_weights, flatten_named, learned_sigma, measure_method
+from ..baselines.kmeans import kmeans_quantize, list_inits
 from ..viz.compare_plots import plot_codebooks
 from ._common import Explorer, as_run, figure, incomplete_message, png, table_html, test_loader
 from ._plots import plot_layer_error
@@ -33,8 +33,8 @@ class KMeansAtK:
     """PWFN's last recorded round against k-means on the starting network at a chosen ``k``.
 
     Built once per run (the PWFN side is measured once); calling it with ``k`` and ``init``
-    returns a :class:`~pwfn_viz.compare.Comparison` with two rows, ``<method>`` and
-    ``kmeans@<k>``, measured with the same function :func:`pwfn_viz.compare` uses.
+    returns a :class:`~pwfn_viz.analysis.compare.Comparison` with two rows, ``<method>`` and
+    ``kmeans@<k>``, measured with the same function :func:`pwfn_viz.analysis.compare` uses.
     """
 
     def __init__(self, run, loader=None, device="cpu"):
@@ -79,7 +79,7 @@ class CompareExplorer(Explorer):
     """A k slider and an init selector; the table, codebooks and per-layer error follow.
 
     Driven from Python: set ``k.value`` / ``init.value``; read ``comparison`` (the
-    :class:`~pwfn_viz.compare.Comparison`), ``table.value`` (HTML), ``codebooks.value`` and
+    :class:`~pwfn_viz.analysis.compare.Comparison`), ``table.value`` (HTML), ``codebooks.value`` and
     ``layer_error.value`` (PNG bytes). ``data`` (a DataBundle) skips rebuilding the dataset.
     """
 

@@ -38,7 +38,7 @@ def round_label(run, index: int, layer: str | None = None) -> str:
 
 
 class RoundExplorer(Explorer):
-    """Round slider + layer selector over a run (a :class:`~pwfn_viz.record.Run` or its directory).
+    """Round slider + layer selector over a run (a :class:`~pwfn_viz.record.rundir.Run` or its directory).
 
     Driven from Python: set ``round_slider.value`` or ``layer.value`` (a tensor name or "all"; or
     call :meth:`select_layer`, which also takes None for all layers); read ``round_label.value``,

@@ -18,7 +18,7 @@ import itertools
 import ipywidgets as widgets
 import torch
 
-from ..viz.tables import weight_status
+from ..analysis.tables import weight_status
 from ._common import ALL, Explorer, figure, layer_options, png, table_html, unknown_layer
 from ._plots import plot_selection_position, plot_selection_scatter, plot_trajectory
 from .trajectory import select_view, select_weights, weight_trajectory

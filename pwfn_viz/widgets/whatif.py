@@ -1,10 +1,10 @@
 """WhatIf: re-cluster a recorded round with other settings, live, without retraining.
 
-The round's stored pre-snap mu and sigma go through :func:`~pwfn_viz.clustering.cluster_round`
+The round's stored pre-snap mu and sigma go through :func:`~pwfn_viz.core.clustering.cluster_round`
 again with the chosen ``delta`` (band width in sigmas), zero threshold ``2^-b`` and fraction;
 the widget shows the unique values and entropy after that snap next to what the run recorded,
 and (optionally) the test accuracy of the network with the snapped values loaded
-(:func:`~pwfn_viz.bayes.load_flat_state` into ``run.model_at(round)``).
+(:func:`~pwfn_viz.core.bayes.load_flat_state` into ``run.model_at(round)``).
 
     >>> w = WhatIf(run, round_index=-1)                          # doctest: +SKIP
     >>> w.delta.value = 2.0                                       # doctest: +SKIP
@@ -24,10 +24,10 @@ import ipywidgets as widgets
 import pandas as pd
 import torch
 
-from ..bayes import load_flat_state
-from ..clustering import ClusterConfig, ClusterResult, cluster_round, mu_order
-from ..metrics import codebook_stats, evaluate
-from ..viz.tables import round_from_cluster, value_counts
+from ..core.bayes import load_flat_state
+from ..core.clustering import ClusterConfig, ClusterResult, cluster_round, mu_order
+from ..core.metrics import codebook_stats, evaluate
+from ..analysis.tables import round_from_cluster, value_counts
 from ..viz.uncertainty import plot_sigma_vs_mu
 from ._common import Explorer, as_run, figure, incomplete_message, png, table_html, test_loader, torch_threads
 from ._plots import plot_value_counts
@@ -60,7 +60,7 @@ class WhatIf(Explorer):
     Driven from Python: set ``delta.value``, ``b.value``, ``fraction.value`` (or call
     :meth:`set` to change several with one update); read ``stats`` (dict: the keys of
     :data:`STAT_KEYS`, plus ``top1``/``top5`` when ``accuracy`` is on, and ``seconds``),
-    ``result`` (the :class:`~pwfn_viz.clustering.ClusterResult`), ``table.value`` (HTML),
+    ``result`` (the :class:`~pwfn_viz.core.clustering.ClusterResult`), ``table.value`` (HTML),
     ``plot.value`` (codebooks, PNG bytes) and ``bands.value`` (sigma against mu with the what-if
     centres and bands, PNG). ``accuracy.value = False`` skips the evaluation, ``plots.value =
     False`` the drawing.

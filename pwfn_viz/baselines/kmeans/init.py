@@ -3,7 +3,7 @@
 Every rule is ``fn(sorted_values, k, rng) -> k centres``; :func:`list_inits` names them and
 :func:`register_init` adds one.  Built in: "linear" (evenly spaced from min to max),
 "random" (k distinct data values), "density" (quantiles) and "kmeans++" (D^2 sampling).
-:func:`init_centres` gives the sorted starting centres that :func:`pwfn_viz.kmeans.kmeans_1d`
+:func:`init_centres` gives the sorted starting centres that :func:`pwfn_viz.baselines.kmeans.kmeans_1d`
 would use.
 
 Example:
@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .kmeans_common import _as_flat_float64, _check_k, _n_distinct
+from .common import _as_flat_float64, _check_k, _n_distinct
 
 
 InitFn = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]

@@ -129,7 +129,7 @@ def weight_samples(mu: Mapping[str, torch.Tensor], sigma: Mapping[str, torch.Ten
 # Evaluation
 def _as_loader(data, batch_size: int = 256):
     """A DataBundle (its test split), a Dataset, or anything that yields (x, y) batches."""
-    from .data import DataBundle, make_loader
+    from ..data.datasets import DataBundle, make_loader
     if isinstance(data, DataBundle):
         return make_loader(data.test, batch_size=batch_size, shuffle=False)
     if isinstance(data, torch.utils.data.Dataset):
@@ -257,7 +257,7 @@ def analyse_model(model: nn.Module, mu: Mapping[str, torch.Tensor], sigma: Mappi
 
 
 def _run_data(run):
-    from .data import create_dataset
+    from ..data.datasets import create_dataset
     c = run.config
     return create_dataset(c["dataset"], root=c.get("data_root"), image_size=c.get("image_size"),
                           in_chans=c.get("in_chans"), seed=c.get("seed", 0))
@@ -265,12 +265,12 @@ def _run_data(run):
 
 def analyse(run, *, round_index: int | None = -1, which: str = "pre", n_samples: int = 8, seed: int = 0,
             device="cpu", data=None, progress: bool = False) -> AnalysisResult:
-    """Noise resilience and calibration of ``run`` (a :class:`~pwfn_viz.record.Run` or its
+    """Noise resilience and calibration of ``run`` (a :class:`~pwfn_viz.record.rundir.Run` or its
     directory) at round ``round_index`` (default the last; None: the starting network), with the
     round's pre-snap (``which="pre"``, default) or post-snap mu and sigma; see the module docstring.
     ``data`` defaults to the run's own dataset (its test split)."""
-    from .pipeline import resolve_device
-    from .record import Run, load_run
+    from ..core.device import resolve_device
+    from ..record.rundir import Run, load_run
     run = run if isinstance(run, Run) else load_run(run)
     device = resolve_device(str(device))
     if which not in WHICH:

@@ -55,7 +55,7 @@ def setup(device_type: str | None = None) -> DistInfo:
 def train_loader(dataset, batch_size: int, seed: int, info: DistInfo) -> DataLoader:
     """Shuffled training batches; under DDP each rank sees its own 1/N of every epoch."""
     if not info.enabled:
-        from .data import make_loader
+        from ..data.datasets import make_loader
         return make_loader(dataset, batch_size, shuffle=True, seed=seed)
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     return DataLoader(dataset, batch_size=max(1, batch_size // info.world_size), sampler=sampler, num_workers=0)

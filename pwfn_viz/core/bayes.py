@@ -99,7 +99,7 @@ def _sample_hook(module: nn.Module, args):
     Where the Triton backend applies (CUDA tensors, see ``pwfn_viz.kernels``) training passes use
     the fused kernel: the noise is drawn inside it and never stored; ``_pwfn_eps`` then holds the
     pass's ``FusedNoise`` (its seed) instead of the noise tensor."""
-    from . import kernels
+    from .. import kernels
     seeds = None
     for i, name in enumerate(module._pwfn_names):
         mu = getattr(module, f"{name}_mu")
@@ -296,8 +296,8 @@ def sigma_regulariser(model: nn.Module, lam: float = REG_LAMBDA, cap: float = RE
     exactly this one, scaled like the rest of the loss (``GradScaler``, division for gradient
     accumulation, repeated calls, a separate ``.backward()``); in the usual ``(task + R)
     .backward()`` it is added inside the sampling backward kernel instead of a pass of its own."""
-    from . import kernels
-    from .kernels.loss_terms import fused_regulariser
+    from .. import kernels
+    from ..kernels.loss_terms import fused_regulariser
     total, fused, found = None, [], False
     for t in bayes_tensors(model):
         eps = t.module._pwfn_eps.get(t.attr)
@@ -326,8 +326,8 @@ def masked_weight_decay(model: nn.Module, weight_decay: float) -> torch.Tensor:
     Tensors whose latest training pass used the fused kernel go through ``fused_weight_decay``
     (one reduction kernel each; the gradient ``wd * mu`` is added inside the sampling backward
     kernel in the usual ``(task + decay).backward()``, scaled like the rest of the loss)."""
-    from . import kernels
-    from .kernels.loss_terms import fused_weight_decay
+    from .. import kernels
+    from ..kernels.loss_terms import fused_weight_decay
     terms, fused = [], []
     for t in bayes_tensors(model):
         noise = t.module._pwfn_eps.get(t.attr)

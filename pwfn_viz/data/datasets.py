@@ -3,7 +3,7 @@
 A small registry in the style of timm: each dataset is a function decorated with
 ``@register_dataset(name)``; users discover them with ``list_datasets()``.
 
-    >>> from pwfn_viz.data import create_dataset, make_loader
+    >>> from pwfn_viz.data.datasets import create_dataset, make_loader
     >>> data = create_dataset("digits")
     >>> data
     DataBundle('digits', train=1437, test=360, classes=10, in_chans=1, image_size=8)

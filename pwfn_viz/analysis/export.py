@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-EXPORT_FORMAT = "pwfn_viz.export"
+EXPORT_FORMAT = "pwfn_viz.analysis.export"
 EXPORT_VERSION = 1
 MAX_BITS = 32
 _CHUNK = 1 << 20            # values per packing chunk (a multiple of 8: chunks start on a byte)
@@ -199,7 +199,7 @@ def _fixed_round(run, round_index: int):
 def export_run(run_or_path, out_path, round_index: int = -1) -> ExportReport:
     """Write the network of round ``round_index`` (default the last) of a finished run as a
     codebook plus bit-packed indices (see the module docstring); returns the sizes."""
-    from .record import Run, atomic_save_tensors, load_run
+    from ..record.rundir import Run, atomic_save_tensors, load_run
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
     rnd = _fixed_round(run, round_index)
     weights = rnd.mu
@@ -255,10 +255,10 @@ def read_exported(path) -> tuple[dict[str, torch.Tensor], dict]:
 def load_exported(path, model: nn.Module | None = None) -> nn.Module:
     """A plain PyTorch model (eval mode) with the exported weights. ``model`` is an instance of the
     architecture; by default it is built from the stored model spec with
-    :func:`pwfn_viz.models.create_model`."""
+    :func:`pwfn_viz.models.factory.create_model`."""
     state, meta = read_exported(path)
     if model is None:
-        from .models import create_model
+        from ..models.factory import create_model
         spec = meta["model_spec"]
         model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
                              **spec.get("kwargs", {}))

@@ -1,8 +1,8 @@
 """Share a model's weights by k-means: one codebook for all tensors, per tensor or per channel.
 
 :func:`kmeans_quantize` clusters the values of every tensor in the chosen scope (a registry:
-:func:`list_scopes`) with :func:`pwfn_viz.kmeans.kmeans_1d` or
-:func:`pwfn_viz.kmeans.optimal_kmeans_1d` and returns a :class:`QuantizeResult`.
+:func:`list_scopes`) with :func:`pwfn_viz.baselines.kmeans.kmeans_1d` or
+:func:`pwfn_viz.baselines.kmeans.optimal_kmeans_1d` and returns a :class:`QuantizeResult`.
 
 Example:
     >>> list_scopes()
@@ -21,9 +21,9 @@ from typing import Mapping, NamedTuple
 import numpy as np
 import torch
 
-from .kmeans_common import _as_flat_float64, _check_k
-from .kmeans_lloyd import _kmeans
-from .kmeans_optimal import _optimal
+from .common import _as_flat_float64, _check_k
+from .lloyd import _kmeans
+from .optimal import _optimal
 
 
 class QuantizeResult(NamedTuple):

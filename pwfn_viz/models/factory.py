@@ -1,7 +1,7 @@
 """Models by name: two small digits models of our own, and every timm model.
 
     >>> import torch
-    >>> from pwfn_viz.models import create_model, list_models
+    >>> from pwfn_viz.models.factory import create_model, list_models
     >>> list_models()
     ['digits_cnn', 'digits_mlp']
     >>> model = create_model("digits_cnn")
@@ -135,7 +135,7 @@ def _read_state_dict(path: Path) -> Mapping[str, object]:
             raise ValueError(
                 f"{path} holds objects other than tensors and plain containers, and is not unpickled "
                 f"(torch.load(weights_only=True)). Save weights only: torch.save(model.state_dict(), path) "
-                f"or pwfn_viz.models.save_checkpoint(model, 'model.safetensors'). Details: {str(e)[:300]}"
+                f"or pwfn_viz.models.factory.save_checkpoint(model, 'model.safetensors'). Details: {str(e)[:300]}"
             ) from e
     raise ValueError(f"{path}: unknown checkpoint type {suffix!r}; use .safetensors or one of {_TORCH_SUFFIXES}")
 

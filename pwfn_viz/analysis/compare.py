@@ -51,11 +51,11 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .data import create_dataset, make_loader
-from .kmeans import kmeans_quantize, list_inits, list_scopes
-from .metrics import codebook_stats, evaluate
-from .pipeline import resolve_device
-from .record import Run, load_run
+from ..data.datasets import create_dataset, make_loader
+from ..baselines.kmeans import kmeans_quantize, list_inits, list_scopes
+from ..core.metrics import codebook_stats, evaluate
+from ..core.device import resolve_device
+from ..record.rundir import Run, load_run
 
 __all__ = ["Comparison", "FinetuneResult", "compare", "kmeans_finetune", "learned_sigma",
            "match_entropy", "measure_method", "converted_weights", "flatten_named", "CLAMP_WARNING",
@@ -342,8 +342,8 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
     """Compare a finished run's final network with k-means on the same starting network.
 
     Args:
-        run: a :class:`~pwfn_viz.record.Run` or its directory; it must be complete.
-        init, seed, keep_zero: k-means options (:func:`pwfn_viz.kmeans.kmeans_1d`); with
+        run: a :class:`~pwfn_viz.record.rundir.Run` or its directory; it must be complete.
+        init, seed, keep_zero: k-means options (:func:`pwfn_viz.baselines.kmeans.kmeans_1d`); with
             ``keep_zero`` one centre is exactly 0 (and stays 0 in fine-tuning), counted in ``k``.
         scope: "global" (one codebook), "layer" or "channel" (``k`` per group).
         finetune: also fine-tune both k-means models (rows "...+ft").

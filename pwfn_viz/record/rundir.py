@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from .bayes import bayes_tensors
+from ..core.bayes import bayes_tensors
 
 FORMAT_VERSION = 1
 _UMASK = os.umask(0)
@@ -212,7 +212,7 @@ class Run:
         return pd.DataFrame(self.meta["rounds"]).set_index("round")
 
     def _fresh_model(self) -> torch.nn.Module:
-        from .models import create_model
+        from ..models.factory import create_model
         spec = self.meta["model_spec"]
         return create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
                             **spec.get("kwargs", {}))
@@ -238,9 +238,9 @@ class Run:
         """The converted network after round ``round_index`` (None: before round 0), in eval mode.
 
         ``model`` is an unconverted instance of the architecture; by default it is created from the
-        run's config with :func:`pwfn_viz.models.create_model`.
+        run's config with :func:`pwfn_viz.models.factory.create_model`.
         """
-        from .bayes import convert
+        from ..core.bayes import convert
         tensors = self._tensors_at(round_index)
         model = convert(model if model is not None else self._fresh_model(), "constant", value=0.0)
         model.load_state_dict(state_dict_from_snapshot(tensors))

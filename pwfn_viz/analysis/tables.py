@@ -12,8 +12,8 @@ force, so a figure can always be reproduced as a table:
     >>> power_of_two_terms(torch.tensor([0.0, 0.75, -0.5, 0.3])).tolist()   # 0.3: not on the grid
     [0, 2, 1, -1]
 
-Sources: most functions accept a :class:`~pwfn_viz.record.Run` (with a round index), a
-:class:`~pwfn_viz.record.Round`, or a plain mapping ``tensor name -> tensor``.
+Sources: most functions accept a :class:`~pwfn_viz.record.rundir.Run` (with a round index), a
+:class:`~pwfn_viz.record.rundir.Round`, or a plain mapping ``tensor name -> tensor``.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..record import Round, Run
+from ..record.rundir import Round, Run
 
 __all__ = ["SIGMA_FLOOR", "WHICH", "resolve_round", "check_layer", "sigma_tensors", "sigma_summary",
            "channel_sigma", "kernel_pattern", "pooled_kernel_pattern", "find_attention", "split_qkv",
@@ -88,7 +88,7 @@ def sigma_tensors(source, round_index: int | None = None, which: str | None = No
             if round_index is not None:
                 raise ValueError("which='learned' covers all rounds; drop round_index or use 'pre' / 'post'")
             resolve_round(source)   # a clear error for a run with no rounds
-            from ..compare import learned_sigma
+            from .compare import learned_sigma
             out = learned_sigma(source)
         else:
             rnd = resolve_round(source, round_index)
@@ -259,10 +259,10 @@ def power_of_two_terms(values, b: int = 7) -> torch.Tensor:
 def round_from_cluster(mu: torch.Tensor, sigma: torch.Tensor, result, *, pre_fixed: torch.Tensor | None = None,
                        index: int = 0, name: str = "weights") -> Round:
     """An in-memory :class:`Round` for toy data: ``mu``/``sigma`` before the snap and the
-    :class:`~pwfn_viz.clustering.ClusterResult` of ``cluster_round(mu, sigma, ...)``, as one
+    :class:`~pwfn_viz.core.clustering.ClusterResult` of ``cluster_round(mu, sigma, ...)``, as one
     tensor called ``name``. Every round-level plot accepts it.
 
-        >>> from pwfn_viz.clustering import cluster_round
+        >>> from pwfn_viz.core.clustering import cluster_round
         >>> mu = torch.tensor([0.5, 0.52, 0.001, -0.26]); sigma = torch.tensor([0.01, 0.05, 0.001, 0.02])
         >>> rnd = round_from_cluster(mu, sigma, cluster_round(mu, sigma, 1.0))
         >>> rnd.mu["weights"].tolist(), len(rnd.steps)
@@ -272,7 +272,7 @@ def round_from_cluster(mu: torch.Tensor, sigma: torch.Tensor, result, *, pre_fix
     fixed = result.fixed_mask.bool()
     tensors = {f"pre/mu/{name}": mu, f"pre/sigma/{name}": sigma, f"pre/fixed/{name}": pre_fixed,
                f"mu/{name}": result.mu, f"sigma/{name}": result.sigma, f"fixed/{name}": fixed}
-    from ..metrics import codebook_stats
+    from ..core.metrics import codebook_stats
     metrics = dict(round=index, fraction=fixed.float().mean().item(), n_fixed=int(fixed.sum()),
                    top1_before=float("nan"), top1_after=float("nan"), **codebook_stats(result.mu))
     layers = pd.DataFrame([dict(name=name, fraction_fixed=metrics["fraction"], round=index)])

@@ -1,8 +1,8 @@
 """Globally optimal 1-D k-means by dynamic programming: :func:`optimal_kmeans_1d`.
 
 For small problems (the method is in the function's docstring).  The size limit is
-``pwfn_viz.kmeans.OPTIMAL_MAX_CELLS`` (distinct values x k), read at every call so that
-setting it there takes effect.
+``OPTIMAL_MAX_CELLS`` below (distinct values x k), read at every call so that
+``pwfn_viz.baselines.kmeans.optimal.OPTIMAL_MAX_CELLS = n`` changes it.
 
 Example:
     >>> optimal_kmeans_1d([0.0, 1.0, 2.0, 10.0, 12.0], 2).inertia
@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kmeans_common import KMeansResult, _check_k, _prepare, _warn_clamped
-from .kmeans_lloyd import _finish
+from .common import KMeansResult, _check_k, _prepare, _warn_clamped
+from .lloyd import _finish
+
+#: optimal_kmeans_1d refuses problems with (number of distinct values) * k above this.
+OPTIMAL_MAX_CELLS = 2**23
 
 
 def optimal_kmeans_1d(x, k: int) -> KMeansResult:
@@ -46,7 +49,7 @@ def _optimal(x, k, *, name="x") -> tuple[KMeansResult, bool]:
     if trivial is not None:
         return trivial, trivial.k < k
     values, counts = np.unique(xs, return_counts=True)
-    limit = _max_cells()
+    limit = OPTIMAL_MAX_CELLS
     if values.size * k > limit:
         raise ValueError(f"optimal_kmeans_1d: {values.size} distinct values x k={k} exceeds "
                          f"OPTIMAL_MAX_CELLS={limit}; use kmeans_1d for this size")
@@ -54,12 +57,6 @@ def _optimal(x, k, *, name="x") -> tuple[KMeansResult, bool]:
     sizes = np.diff(np.append(starts, len(xs)))
     centres = np.add.reduceat(xs, starts) / sizes
     return _finish(xs, flat, shape, centres, 0, True, None), False
-
-
-def _max_cells() -> int:
-    """``pwfn_viz.kmeans.OPTIMAL_MAX_CELLS`` as it is now (users may change it there)."""
-    from . import kmeans  # the public module; it imports this one, so not at the top
-    return kmeans.OPTIMAL_MAX_CELLS
 
 
 def _optimal_starts(v: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:

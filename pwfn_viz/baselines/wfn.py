@@ -14,7 +14,7 @@ the first round to ``delta`` in the last. Per round, with the weights fixed earl
 4. decision where the paper is silent: if the target is still not met after P = 4, the remaining
    weights needed go to their nearest order-4 centre, closest first (logged with ``delta = inf``).
 
-The result has the same fields as :class:`pwfn_viz.clustering.ClusterResult`, so a WFN run is
+The result has the same fields as :class:`pwfn_viz.core.clustering.ClusterResult`, so a WFN run is
 recorded, replayed and plotted like a PWFN run.
 
     >>> import torch
@@ -29,7 +29,7 @@ import math
 import pandas as pd
 import torch
 
-from .clustering import STEP_COLUMNS, ClusterResult, target_count
+from ..core.clustering import STEP_COLUMNS, ClusterResult, target_count
 
 WFN_FRACTIONS = (0.3, 0.6, 0.8, 0.9, 0.95, 0.975, 0.99, 0.9975, 0.999, 1.0)
 

@@ -1,4 +1,4 @@
-"""What every 1-D k-means in :mod:`pwfn_viz.kmeans` returns, and the input rules they share.
+"""What every 1-D k-means in :mod:`pwfn_viz.baselines.kmeans` returns, and the input rules they share.
 
 * :class:`KMeansResult` -- centres, labels, inertia and how the run went.
 * Input checks: values become a flat float64 NumPy copy (ValueError if empty or not finite),

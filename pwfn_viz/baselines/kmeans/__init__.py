@@ -45,7 +45,7 @@ This module gathers their public names; import from here.
 
 Example:
     >>> import torch
-    >>> from pwfn_viz.kmeans import kmeans_1d, optimal_kmeans_1d
+    >>> from pwfn_viz.baselines.kmeans import kmeans_1d, optimal_kmeans_1d
     >>> x = torch.tensor([0.0, 1.0, 2.0, 10.0, 12.0])
     >>> res = kmeans_1d(x, 2, init="linear")
     >>> res.centres.tolist(), res.labels.tolist(), res.inertia
@@ -56,15 +56,15 @@ Example:
     4.0
 """
 
-from .kmeans_common import KMeansResult
-from .kmeans_init import init_centres, list_inits, register_init
-from .kmeans_lloyd import kmeans_1d
-from .kmeans_optimal import optimal_kmeans_1d
-from .kmeans_quantize import QuantizeResult, kmeans_quantize, list_scopes
+from .common import KMeansResult
+from .init import init_centres, list_inits, register_init
+from .lloyd import kmeans_1d
+from .optimal import optimal_kmeans_1d
+from .quantize import QuantizeResult, kmeans_quantize, list_scopes
 
 # private helpers that the tests and benchmarks/gpu_suite.py check directly
-from .kmeans_init import _INITS, _draw_d2  # noqa: F401
-from .kmeans_lloyd import _boundaries  # noqa: F401
+from .init import _INITS, _draw_d2  # noqa: F401
+from .lloyd import _boundaries  # noqa: F401
 
 __all__ = [
     "KMeansResult",
@@ -76,9 +76,5 @@ __all__ = [
     "register_init",
     "list_inits",
     "list_scopes",
-    "OPTIMAL_MAX_CELLS",
 ]
 
-#: optimal_kmeans_1d refuses problems with (number of distinct values) * k above this; it reads
-#: the value here at every call, so ``pwfn_viz.kmeans.OPTIMAL_MAX_CELLS = n`` changes the limit.
-OPTIMAL_MAX_CELLS = 2**23

@@ -131,7 +131,7 @@ def _coverage(pm, ps, delta: float, sorted_centres: torch.Tensor) -> torch.Tenso
     array and a cumulative sum turn the runs into counts: O(N log K) time, O(K + chunk) memory.
     On CUDA (or with the triton backend forced) the Triton kernel computes the same counts.
     """
-    from . import kernels
+    from .. import kernels
     if kernels.use_triton(pm):
         return kernels.coverage_counts(pm, ps, delta, sorted_centres)
     k = sorted_centres.numel()
@@ -153,7 +153,7 @@ def _fitting(pm, ps, p_alive, a: int, z: int, c: float, delta: float, band: tupl
     sync of a data-dependent ``nonzero``. On CUDA (or with the triton backend forced) one Triton
     kernel builds the mask, reading ``c`` and ``delta`` from ``on_device`` when given, and counts
     a mask that disagrees with ``count`` in ``mismatches`` (the torch path raises at once)."""
-    from . import kernels
+    from .. import kernels
     if kernels.use_triton(pm):
         c_, delta_ = on_device or (c, delta)
         return kernels.fitting_positions(pm, ps, p_alive, a, z, c_, delta_, band, count, mismatches)
@@ -282,7 +282,7 @@ def _snap(st: _Round, cur: _Pass, p_alive, local, best: int, centre_id: int, std
     rule (``std_mu``: a 0-dim device tensor), marked assigned; with ``recount``, also take them out
     of the pass's coverage counts. On CUDA (or with the triton backend forced) one Triton kernel
     does all of it, where the torch path below needs about twenty operations."""
-    from . import kernels
+    from .. import kernels
     if kernels.use_triton(st.pm):
         diff = kernels.snap(st, cur, p_alive, local, best, centre_id, std_mu, cfg.sigma_join, recount)
         if recount:

@@ -4,7 +4,7 @@ The values are sorted once, so every cluster is a contiguous run of the sorted v
 iteration finds the k-1 boundaries (midpoints between adjacent centres) by binary search and
 takes each new centre from prefix sums, instead of measuring N x k distances.  The iterates are
 scikit-learn's ``KMeans(algorithm="lloyd")`` ones from the same initial centres; the shared
-rules (ties, clamping, empty clusters, ``keep_zero``) are documented in :mod:`pwfn_viz.kmeans`.
+rules (ties, clamping, empty clusters, ``keep_zero``) are documented in :mod:`pwfn_viz.baselines.kmeans`.
 
 Example:
     >>> res = kmeans_1d([0.0, 1.0, 2.0, 10.0, 12.0], 2, init="linear")
@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .kmeans_common import KMeansResult, _check_k, _prepare, _warn_clamped
-from .kmeans_init import _check_init, _initial_centres
+from .common import KMeansResult, _check_k, _prepare, _warn_clamped
+from .init import _check_init, _initial_centres
 
 
 def _boundaries(xs: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -1,0 +1,8 @@
+"""The method itself, with no training loop, data or files: Bayesian conversion and sigma
+initialisation (``bayes``), the greedy clustering round (``clustering``), the measures of a
+codebook and of a model (``metrics``) and the device choice (``device``)."""
+from .bayes import (BayesTensor, bayes_tensors, convert, flat_state, is_converted, load_flat_state, masked_weight_decay,
+                    sigma_regulariser)
+from .clustering import ClusterConfig, ClusterResult, candidate_centres, cluster_round, mu_order, target_count
+from .device import resolve_device
+from .metrics import codebook_stats, entropy_bits, evaluate, layer_table

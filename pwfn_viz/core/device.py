@@ -1,0 +1,12 @@
+"""Which torch device a run uses."""
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
+    return torch.device(device)

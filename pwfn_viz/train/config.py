@@ -1,0 +1,115 @@
+"""``RunConfig``: everything that defines a run, every default visible, and the registry of methods
+(how a round decides which weights to fix)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from ..baselines.wfn import WFN_FRACTIONS, wfn_allowance, wfn_round
+from ..core import bayes
+from ..core.clustering import ClusterConfig, cluster_round
+
+PAPER_FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0)
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Training settings default to the paper's (section 4);
+    ``RunConfig.wfn()`` gives the value-only WFN baseline's (section 8)."""
+    method: str = "pwfn"                     # how a round fixes weights: see METHODS
+    model: str = "digits_cnn"
+    dataset: str = "digits"
+    data_root: str | None = None
+    image_size: int | None = None            # resize inputs (e.g. digits for timm models)
+    in_chans: int | None = None              # None: the dataset's own
+    model_kwargs: dict = field(default_factory=dict)
+    pretrained: bool = False                 # passed through to timm.create_model
+    checkpoint: str | None = None            # local safetensors / state_dict file
+    pretrain_epochs: float = 40              # deterministic training before conversion (0: none)
+    pretrain_lr: float = 0.05
+    fractions: tuple = PAPER_FRACTIONS
+    first_round_epochs: float = 0.05         # training before round 0, in epochs
+    epochs_per_round: float = 3              # training before every later round
+    optimizer: str = "sgd"                   # sgd | adam
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    batch_size: int = 128
+    sigma_init: str = "pwfn"                 # or "constant" (sigma_init_value)
+    sigma_init_value: float = 1e-4
+    reg_lambda: float = bayes.REG_LAMBDA
+    reg_cap: float = bayes.REG_CAP
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    wfn_delta: float = 0.01                  # WFN: final relative-distance allowance
+    seed: int = 0
+    device: str = "auto"                     # auto: cuda when present, else cpu
+    threads: int = 0                         # CPU threads; 0: 1 for models under 1M weights, else torch's
+    amp: str | None = None                   # mixed precision: bf16 | fp16 (autocast; fp16 with a GradScaler)
+    channels_last: bool = False
+    compile: bool = False                    # torch.compile the training forward
+    compile_backend: str = "inductor"
+    preset: str | None = None                # the paper preset this config came from (see presets.py)
+
+    def __post_init__(self):
+        if isinstance(self.cluster, dict):
+            self.cluster = ClusterConfig(**self.cluster)
+        self.fractions = tuple(float(f) for f in self.fractions)
+        f = self.fractions
+        if not f or any(not 0 < a <= 1 for a in f) or any(b <= a for a, b in zip(f, f[1:])):
+            raise ValueError(f"fractions {f} must be increasing values in (0, 1]")
+        if f[-1] != 1.0:
+            raise ValueError(f"the last fraction is {f[-1]}; it must be 1.0 so that every weight ends on a centre")
+        for name in ("pretrain_epochs", "first_round_epochs", "epochs_per_round"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("batch_size must be >= 1 and lr > 0")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; available: {sorted(METHODS)}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp={self.amp!r}: use None, 'bf16' or 'fp16'")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; available: {sorted(OPTIMIZERS)}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "RunConfig":
+        """A paper preset (``presets.PRESETS``), e.g. ``RunConfig.from_preset("resnet18-imagenet",
+        data_root="/data/imagenet")``."""
+        from .presets import preset
+        return cls(**{**preset(name), "preset": name, **overrides})
+
+    @classmethod
+    def wfn(cls, **overrides) -> "RunConfig":
+        """The WFN baseline's settings: its schedule, Adam at 2e-5, no uncertainty (sigma 0, no
+        regulariser). Same model, data and pre-training fields as any run."""
+        return cls(**{"method": "wfn", "fractions": WFN_FRACTIONS, "optimizer": "adam", "lr": 2e-5,
+                      "sigma_init": "constant", "sigma_init_value": 0.0, "reg_lambda": 0.0, **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def _pwfn_round(mu, sigma, fixed, fraction, r, config):
+    return cluster_round(mu, sigma, fraction, config=config.cluster, round_index=r)
+
+
+def _wfn_round(mu, sigma, fixed, fraction, r, config):
+    allowance = wfn_allowance(r, len(config.fractions), config.wfn_delta)
+    return wfn_round(mu, fixed, fraction, allowance, sigma=sigma, b=config.cluster.b,
+                     max_order=config.cluster.max_order, round_index=r)
+
+
+# How a round decides which weights to fix: fn(mu, sigma, fixed, fraction, round_index, config).
+METHODS = {"pwfn": _pwfn_round, "wfn": _wfn_round}
