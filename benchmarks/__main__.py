@@ -4,14 +4,14 @@ Sections (each prints its device, N and ratios measured side by side in one proc
 
 * ``clustering``: the paper's ten-round schedule on synthetic trained-like weights; the project
   (Triton kernels on CUDA, and the torch path) against the authors' dense K x N reference
-  (``tests/clustering_reference.dense_cluster``), each implementation in its own worker process
+  (``pwfn_viz.core.clustering_readable.readable_cluster_round``), each implementation in its own worker process
   (``benchmarks.bench_clustering``) so that its peak memory is its own. The dense reference is
   stopped after a time budget (or dies of memory); ratios then cover the rounds it completed.
 * ``train``: a converted timm resnet18 training step (``benchmarks.bench_train_step``).
 * ``whatif``: re-clustering latency for changed settings (``benchmarks.bench_whatif``).
 
-A section that fails prints its traceback and the suite goes on. ``main(argv)`` is the entry
-point ``pwfn-viz bench`` can call.
+A section that fails prints its traceback and the suite goes on. ``main(argv)`` runs the suite
+from Python, ``argv`` as on the command line.
 """
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ allocated minus allocated before the first round).
     python -m benchmarks.bench_clustering --quick         # N = 5k, about half a minute
     python -m benchmarks.bench_clustering --n 1000000 --device cuda --dense-budget 300
 
-The dense baseline (``dense_cluster`` in tests/clustering_reference.py) can take very long at
-large N. It is timed honestly, round by round; if it has not finished the schedule within
+The dense baseline is the package's readable round (``readable_cluster_round`` in
+``pwfn_viz.core.clustering_readable``): the same result from a K x N "fits" matrix built at every
+greedy step, as the authors do. It can take very long at large N. It is timed honestly, round by round; if it has not finished the schedule within
 ``--dense-budget`` seconds it is stopped, and the ratio then compares the two implementations
 over the rounds the dense one completed (the output says so).
 """
@@ -34,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pwfn_viz.constants import SAMPLING_SIGMA_FLOOR, SIGMA_CAP, SIGMA_INIT_SCALE
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = [0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0]
 
@@ -41,16 +44,17 @@ SCHEDULE = [0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0]
 # ---------------------------------------------------------------- synthetic weights
 
 def init_sigma(mu: np.ndarray) -> np.ndarray:
-    """METHOD.md section 2: r = (t-1)(2-t)/t^2 for |mu| = t 2^k, sigma0 = clip(0.0025 r / q75(r),
-    2^-30, 0.05); exact zeros get r = 0 (the floor)."""
+    """docs/method.md, section 2: r = (t-1)(2-t)/t^2 for |mu| = t 2^k, sigma0 = clip(0.0025 r / q75(r),
+    2^-30, 0.05) (``SIGMA_INIT_SCALE``, ``SAMPLING_SIGMA_FLOOR``, ``SIGMA_CAP``), in numpy; exact
+    zeros get r = 0 (the floor)."""
     a = np.abs(mu.astype(np.float64))
     r = np.zeros_like(a)
     nz = a > 0
     t = a[nz] / np.exp2(np.floor(np.log2(a[nz])))
     r[nz] = (t - 1.0) * (2.0 - t) / t ** 2
     q75 = np.quantile(r, 0.75)
-    scale = 0.0025 / q75 if q75 > 0 else 1.0
-    return np.clip(r * scale, 2.0 ** -30, 0.05)
+    scale = SIGMA_INIT_SCALE / q75 if q75 > 0 else 1.0
+    return np.clip(r * scale, SAMPLING_SIGMA_FLOOR, SIGMA_CAP)
 
 
 def synthetic_weights(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,9 +85,8 @@ def _implementation(name: str):
     if name == "project":
         from pwfn_viz.core.clustering import cluster_round
         return lambda mu, sigma, f, r: cluster_round(mu, sigma, f, round_index=r)
-    sys.path.insert(0, str(ROOT / "tests"))
-    from clustering_reference import dense_cluster
-    return lambda mu, sigma, f, r: dense_cluster(mu, sigma, f, round_index=r)
+    from pwfn_viz.core.clustering_readable import readable_cluster_round
+    return lambda mu, sigma, f, r: readable_cluster_round(mu, sigma, f, round_index=r)
 
 
 def _rss_kib() -> int:

@@ -114,14 +114,30 @@ def step(model, opt, kind: str, x, y, amp: str | None = None, scaler=None) -> No
         loss = F.cross_entropy(model(x).float(), y)
     if kind == "pwfn":   # outside autocast, as in pwfn_viz.train.loop.train_steps
         loss = loss + bayes.sigma_regulariser(model) + bayes.masked_weight_decay(model, WD)
-    optimizer_step(model, opt, loss, scaler=scaler, grad_clip=CLIP,
-                   edit_grads=(lambda: _edit_gradients(model)) if kind == "authors" else None)
+    if kind == "authors":
+        _authors_update(model, opt, loss, scaler)
+    else:
+        optimizer_step(model, opt, loss, scaler=scaler, grad_clip=CLIP)
 
 
-def _edit_gradients(model) -> None:
+def _authors_update(model, opt, loss, scaler=None) -> None:
+    """``pwfn_viz.train.loop.optimizer_step``'s update with the authors' gradient edit between the
+    (unscaled) backward and the clip: zero_grad, backward, edit, clip, step."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    else:
+        loss.backward()
     for m in model.modules():
         if isinstance(m, _SampledLayer):
             m.edit_gradients(bayes.REG_LAMBDA, bayes.REG_CAP)
+    nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
 
 
 def _sync(device):

@@ -11,7 +11,7 @@ converted with the paper's sigma init. Two inputs:
 * "late": 80% of the weights already on centres (the output of a 0.8 round), as in a later round.
 
 Each (input, fraction, threads) is timed ``--repeats`` times after one warm-up; the verdict uses
-the median wall-clock time and the 0.5 s target of the issue. The machine's load is printed too:
+the median wall-clock time and the 0.5 s target (BENCHMARKS.md). The machine's load is printed too:
 timings on a shared 2-core machine vary with what else runs; the "cpu s" column (process CPU
 time) is, for one thread, close to what the update takes on an otherwise idle core. The widget
 re-clusters on one thread (``WhatIf(cluster_threads=1)``).

@@ -30,10 +30,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import __main__ as suite  # noqa: E402
+from benchmarks import __main__ as suite
 
 F64 = torch.float64
 
@@ -246,7 +243,7 @@ def warm_kernels() -> str:
 
 
 def pipeline_section(out, deadline: float, dry_run: bool):
-    """``bench_train_gpu`` (issue 7): images per second of a converted resnet18 against the plain
+    """``bench_train_gpu``: images per second of a converted resnet18 against the plain
     one through timm's ImageFolder pipeline, bf16, channels_last, 100 timed steps; run only when
     at least 90 s of the budget are left. Returns ok (None: skipped)."""
     if time.monotonic() + 90 > deadline:

@@ -7,6 +7,12 @@
     pwfn-viz analyse runs/digits_cnn-digits-20261126-120000 --out figures/   # noise + calibration
     pwfn-viz export runs/digits_cnn-digits-20261126-120000                   # codebook + packed indices
     pwfn-viz figures runs/digits_cnn-digits-20261126-120000 --out figures/   # every plot, png/pdf/svg
+    pwfn-viz list                                 # every name an option picks from
+
+Every option that picks a name (--method, --dataset, --optimizer, --sigma-init, --sigma-join,
+--preset, compare's --init and --scope) takes its choices from the registry behind it, so an entry
+registered in Python is a valid choice, and an unknown name gets the registry's error (close names,
+then everything available). --model is free text: the own models or any timm model name.
 """
 from __future__ import annotations
 
@@ -14,8 +20,52 @@ import argparse
 import os
 import sys
 
+from .baselines.kmeans.init import _INITS
+from .baselines.kmeans.quantize import _SCOPES
+from .core.bayes import SIGMA_INITS
 from .core.clustering import SIGMA_JOINS, ClusterConfig
+from .data.datasets import _DATASETS
+from .models.factory import _MODELS, list_models
+from .registry import Registry
+from .train.config import METHODS, OPTIMIZERS
 from .train.loop import PAPER_FRACTIONS, RunConfig
+from .train.presets import PRESETS
+
+
+def _as_registry(kind: str, entries) -> Registry:
+    """``entries`` itself when it is a Registry, else a Registry of its names (a dict's keys, a
+    tuple's items)."""
+    if isinstance(entries, Registry):
+        return entries
+    registry = Registry(kind)
+    for name in entries:
+        registry.register(name, name)
+    return registry
+
+
+def registries() -> dict[str, Registry]:
+    """Every registry a name is picked from, under the label ``pwfn-viz list`` prints (models:
+    the own ones; timm's are listed by pattern)."""
+    return {"models": _MODELS, "datasets": _DATASETS, "methods": METHODS, "optimizers": OPTIMIZERS,
+            "presets": PRESETS, "sigma inits": _as_registry("sigma init", SIGMA_INITS),
+            "sigma joins": _as_registry("sigma join", SIGMA_JOINS), "k-means inits": _INITS,
+            "k-means scopes": _SCOPES}
+
+
+def _name_in(registry: Registry):
+    """argparse ``type``: the name when ``registry`` has it, else the registry's error as a usage error."""
+    def check(text: str) -> str:
+        try:
+            registry.get(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+    return check
+
+
+def _add_choice(parser: argparse.ArgumentParser, flag: str, registry: Registry, **kwargs) -> None:
+    """An option whose choices are ``registry``'s names, read when the parser is built."""
+    parser.add_argument(flag, type=_name_in(registry), choices=registry.names(), **kwargs)
 
 
 def _fractions(text: str) -> tuple:
@@ -56,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train, convert and fix a network in rounds; write a run directory")
     d = RunConfig()
-    r.add_argument("--method", choices=["pwfn", "wfn"], default="pwfn",
-                   help="pwfn (default) or the value-only WFN baseline (its own schedule, Adam 2e-5)")
+    reg = registries()
+    _add_choice(r, "--method", METHODS, default="pwfn",
+                help="pwfn (default) or the value-only WFN baseline (its own schedule, Adam 2e-5)")
     r.add_argument("--wfn-delta", type=float, default=d.wfn_delta, help="WFN's final allowance")
-    r.add_argument("--model", default=d.model, help="digits_cnn, digits_mlp or any timm model name")
-    r.add_argument("--dataset", default=d.dataset, help="digits (embedded), mnist, cifar10, imagefolder, synthetic")
+    r.add_argument("--model", default=d.model, help=f"{', '.join(_MODELS.names())} or any timm model name")
+    _add_choice(r, "--dataset", _DATASETS, default=d.dataset,
+                help="digits is embedded; mnist, cifar10, cifar100 and imagefolder read --data-root")
     r.add_argument("--data-root", default=None, help="local dataset root (mnist/cifar10: torchvision root)")
     r.add_argument("--image-size", type=int, default=None, help="resize inputs to this size")
     r.add_argument("--in-chans", type=int, default=None, help="repeat grey images to this many channels")
@@ -73,19 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"cumulative fixed fractions, comma separated, ending in 1.0 (pwfn: {PAPER_FRACTIONS})")
     r.add_argument("--first-epochs", type=float, default=d.first_round_epochs, help="training before round 0")
     r.add_argument("--epochs", type=float, default=d.epochs_per_round, help="training before each later round")
-    r.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="sgd (pwfn) / adam (wfn)")
+    _add_choice(r, "--optimizer", OPTIMIZERS, default=None, help="sgd (pwfn) / adam (wfn)")
     r.add_argument("--lr", type=float, default=None, help=f"learning rate (pwfn: {d.lr}, wfn: 2e-5)")
     r.add_argument("--momentum", type=float, default=d.momentum)
     r.add_argument("--weight-decay", type=float, default=d.weight_decay)
     r.add_argument("--grad-clip", type=float, default=d.grad_clip)
     r.add_argument("--batch-size", type=int, default=d.batch_size)
-    r.add_argument("--sigma-init", choices=["pwfn", "constant"], default=None)
-    r.add_argument("--sigma-join", choices=SIGMA_JOINS, default="std_mu")
+    _add_choice(r, "--sigma-init", reg["sigma inits"], default=None)
+    _add_choice(r, "--sigma-join", reg["sigma joins"], default="std_mu")
     r.add_argument("--no-zero-fix", action="store_true", help="turn off zero_fix")
     r.add_argument("--seed", type=int, default=d.seed)
     r.add_argument("--device", default=d.device, help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     r.add_argument("--threads", type=int, default=d.threads, help="CPU threads (0: automatic)")
-    r.add_argument("--preset", default=None, help="paper preset, e.g. resnet18-imagenet (see `pwfn-viz list`)")
+    _add_choice(r, "--preset", PRESETS, default=None, metavar="PRESET",
+                help=f"paper preset: {', '.join(PRESETS.names())}")
     r.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     r.add_argument("--compile", action="store_true", help="torch.compile the training forward")
@@ -100,15 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="k-means at the same unique values / entropy as a finished run")
     c.add_argument("run_dir")
     c.add_argument("--no-finetune", action="store_true", help="skip fine-tuning the k-means centroids")
-    c.add_argument("--init", default="kmeans++", help="k-means init: kmeans++, linear, random, density")
-    c.add_argument("--scope", default="global", help="one codebook: global; per tensor: layer; per output channel: channel")
+    _add_choice(c, "--init", _INITS, default="kmeans++", help="k-means init")
+    _add_choice(c, "--scope", _SCOPES, default="global",
+                help="one codebook: global; per tensor: layer; per output channel: channel")
     c.add_argument("--keep-zero", action="store_true", help="k-means keeps one centre at exactly 0")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
     c.add_argument("--csv", default=None, metavar="FILE", help="also write the table to FILE")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    an = sub.add_parser("analyse", help="noise resilience and calibration of a run (METHOD.md section 6)")
+    an = sub.add_parser("analyse", help="noise resilience and calibration of a run (docs/method.md, section 6)")
     an.add_argument("run_dir")
     an.add_argument("--samples", type=int, default=8, help="weight samples per noise kind")
     an.add_argument("--round", type=_round, default=-1,
@@ -137,11 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--layer", default=None, help="tensor of the channel heatmap (default the largest convolution)")
     fg.add_argument("--dpi", type=int, default=200, help="resolution of the PNG files")
 
-    b = sub.add_parser("bench", help="the benchmark suite (python -m benchmarks), from a source checkout",
-                       add_help=False)
-    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m benchmarks (--help)")
-
-    lst = sub.add_parser("list", help="list models and datasets")
+    lst = sub.add_parser("list", help="list models, datasets, methods, optimizers, presets, sigma inits and "
+                                      "joins, k-means inits and scopes")
     lst.add_argument("pattern", nargs="?", default="*", help="model name pattern, e.g. 'resnet*'")
     return p
 
@@ -160,27 +211,16 @@ def _config(a) -> RunConfig:
     if a.preset:  # the preset's fields win over the parser's defaults, options given explicitly over both
         explicit = {k: v for k, v in given.items() if v != getattr(RunConfig(), k, None)}
         return RunConfig.from_preset(a.preset, **explicit)
-    return RunConfig.wfn(**given) if a.method == "wfn" else RunConfig(**given)
-
-
-def _bench(argv) -> int:
-    """``pwfn-viz bench ARGS`` = ``python -m benchmarks ARGS`` (benchmarks/ sits beside the package)."""
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "__main__.py").exists():
-        print(f"pwfn-viz: error: {root / 'benchmarks'} not found: `pwfn-viz bench` runs from a source checkout "
-              "(git clone, then pip install -e .)", file=sys.stderr)
-        return 2
-    sys.path.insert(0, str(root))
-    from benchmarks.__main__ import main as bench_main
-    return bench_main(list(argv))
+    return RunConfig.wfn(**given) if a.method == "wfn" else RunConfig(method=a.method, **given)
 
 
 def main(argv=None) -> int:
+    """The command line; returns the exit status (2 for a usage error, which argparse has printed)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:   # everything after "bench" belongs to the benchmark suite's own parser
-        return _bench(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:   # --help (0) or a usage error (2): a status like every other outcome
+        return stop.code if isinstance(stop.code, int) else 2
     import pandas as pd
     try:
         if args.command == "run":
@@ -229,12 +269,9 @@ def main(argv=None) -> int:
                                   comparison=not args.no_compare, dpi=args.dpi)
             print(f"wrote {len(paths)} files to {args.out}")
         elif args.command == "list":
-            from .data.datasets import list_datasets
-            from .models.factory import list_models
-            print("models:  ", ", ".join(list_models(args.pattern)))
-            print("datasets:", ", ".join(list_datasets()))
-            from .train.presets import PRESETS
-            print("presets: ", ", ".join(sorted(PRESETS)))
+            for label, registry in registries().items():
+                names = list_models(args.pattern) if label == "models" else registry.names()
+                print(f"{label + ':':<15} {', '.join(names)}")
     except (ValueError, FileNotFoundError, FileExistsError, IndexError) as err:
         print(f"pwfn-viz: error: {err}", file=sys.stderr)
         return 2

@@ -44,11 +44,21 @@ class Registry:
     def get(self, name: str):
         """The entry called ``name``; an unknown name is a ValueError that lists what exists."""
         if name not in self._entries:
-            close = difflib.get_close_matches(str(name), self._entries, n=1)
-            guess = f" (did you mean {close[0]!r}?)" if close else ""
-            hint = f"; {self.hint}" if self.hint else ""
-            raise ValueError(f"unknown {self.kind} {name!r}{guess}; available: {', '.join(self.names())}{hint}")
+            raise self.unknown(name)
         return self._entries[name]
+
+    def unknown(self, name: str, also=(), n: int = 1) -> ValueError:
+        """The error for an unknown ``name``: up to ``n`` close names (from the entries and from
+        ``also``, names accepted elsewhere, e.g. timm's models), then every entry, then the hint."""
+        candidates = list(self._entries) + [c for c in also if c not in self._entries]
+        close = difflib.get_close_matches(str(name), candidates, n=n)
+        guess = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        hint = f"; {self.hint}" if self.hint else ""
+        return ValueError(f"unknown {self.kind} {name!r}{guess}; available: {', '.join(self.names())}{hint}")
+
+    def items(self) -> list[tuple[str, object]]:
+        """(name, entry) pairs in name order."""
+        return [(n, self._entries[n]) for n in self.names()]
 
     def names(self, pattern: str = "*") -> list[str]:
         """Sorted names matching ``pattern`` (fnmatch)."""

@@ -1,19 +1,11 @@
-"""Independent reference implementations of one PWFN clustering round.
+"""A brute-force twin of one PWFN clustering round, independent of the package.
 
-Two twins of ``pwfn_viz.core.clustering.cluster_round`` written straight from the spec
-(METHOD.md section 5 plus the project's tie-breaking decisions), used by the tests and
-by ``benchmarks/bench_clustering.py``:
-
-- :func:`brute_force_cluster`: the most literal version. Candidates come from
-  ``itertools.combinations_with_replacement``; every greedy step re-evaluates one boolean
-  "fits" mask per active candidate; the take order is Python's ``sorted`` with the key
-  ``(distance, |mu|, index)``. Slow, obviously correct.
-- :func:`dense_cluster`: the paper authors' way. It builds the full K x N float64
-  distance matrix (``inf`` where a weight does not fit or is already assigned) in torch
-  (so it runs on CPU or CUDA) and rebuilds it after every greedy step. Same results,
-  O(K N) memory: the baseline the benchmark compares the project against.
-
-Both return a :class:`RefResult`.
+:func:`brute_force_cluster` is the most literal version of the round of docs/method.md,
+clustering (with the package's tie-breaking rules), sharing no code with ``pwfn_viz``: candidates
+come from ``itertools.combinations_with_replacement``; every greedy step re-evaluates one boolean
+"fits" mask per active candidate; the take order is Python's ``sorted`` with the key
+``(distance, |mu|, index)``. Slow, obviously correct. The tests hold the package's readable round
+(``pwfn_viz.core.clustering_readable``) and its fast round (``pwfn_viz.core.clustering``) equal to it.
 
 Example:
     >>> import torch
@@ -44,7 +36,7 @@ class RefConfig:
 
     zero_fix: bool = True
     b: int = 7
-    max_order: int = 4
+    max_powers: int = 4
     delta: float = 1.0
     sigma_floor: float = 2.0 ** -20
     sigma_join: str = "std_mu"  # or "keep", "divide"
@@ -74,8 +66,8 @@ def ref_ceil_log2(x: float) -> int:
     return exp - 1 if mant == 0.5 else exp
 
 
-def reference_candidates(order: int, max_abs: float, b: int = 7) -> list[float]:
-    """Candidate centres of order ``order``: sums of exactly ``order`` elements of
+def reference_candidates(n_powers: int, max_abs: float, b: int = 7) -> list[float]:
+    """Candidate centres with up to ``n_powers`` powers of two: sums of exactly ``n_powers`` elements of
     {0, 2^-b, ..., 2^(m-1)} (m = ceil(log2 max_abs)), kept if <= max_abs, mirrored,
     sorted by (|c|, c).
 
@@ -84,16 +76,16 @@ def reference_candidates(order: int, max_abs: float, b: int = 7) -> list[float]:
     >>> reference_candidates(1, 0.02, 7)
     [0.0, -0.0078125, 0.0078125, -0.015625, 0.015625]
     """
-    return list(_candidates(order, float(max_abs), b))
+    return list(_candidates(n_powers, float(max_abs), b))
 
 
 @functools.lru_cache(maxsize=256)
-def _candidates(order: int, max_abs: float, b: int) -> tuple[float, ...]:
+def _candidates(n_powers: int, max_abs: float, b: int) -> tuple[float, ...]:
     if max_abs < 2.0 ** -b:
         return (0.0,)
     m = ref_ceil_log2(max_abs)
     elements = [0.0] + [2.0 ** e for e in range(-b, m)]
-    sums = {sum(combo) for combo in itertools.combinations_with_replacement(elements, order)}
+    sums = {sum(combo) for combo in itertools.combinations_with_replacement(elements, n_powers)}
     kept = {x for x in sums if x <= max_abs}
     mirrored = {x + 0.0 for x in kept} | {(-x) + 0.0 for x in kept}  # +0.0 turns -0.0 into 0.0
     return tuple(sorted(mirrored, key=lambda c: (abs(c), c)))
@@ -117,8 +109,8 @@ def _validate(mu: torch.Tensor, sigma: torch.Tensor, fraction: float) -> None:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
 
 
-def _step_row(round_index, pass_index, step, order, delta, centre, n_fit, mu_taken, sigma_taken):
-    return {"round": round_index, "pass_index": pass_index, "step": step, "P": order,
+def _step_row(round_index, pass_index, step, n_powers, delta, centre, n_fit, mu_taken, sigma_taken):
+    return {"round": round_index, "pass_index": pass_index, "step": step, "P": n_powers,
             "delta": delta, "centre": centre, "n_fit": n_fit, "n_taken": len(mu_taken),
             "mu_mean": float(np.mean(mu_taken)), "mu_std": float(np.std(mu_taken)),
             "sigma_mean": float(np.mean(sigma_taken)), "sigma_std": float(np.std(sigma_taken))}
@@ -149,13 +141,13 @@ def _finish(mu, sigma, cfg, m, s_raw, assignment, centres, steps, taken_per_step
                      assignment=assign.to(dev), centres=[float(c) for c in centres], steps=steps)
 
 
-def _grow(order: int, delta: float, toggle: str, cfg: RefConfig) -> tuple[int, float, str]:
-    """Still short after a pass: alternate P += 1 (while P < max_order) and delta *= 2."""
-    if toggle == "P" and order < cfg.max_order:
-        order += 1
+def _grow(n_powers: int, delta: float, toggle: str, cfg: RefConfig) -> tuple[int, float, str]:
+    """Still short after a pass: alternate P += 1 (while P < max_powers) and delta *= 2."""
+    if toggle == "P" and n_powers < cfg.max_powers:
+        n_powers += 1
     else:
         delta *= 2.0
-    return order, delta, "delta" if toggle == "P" else "P"
+    return n_powers, delta, "delta" if toggle == "P" else "P"
 
 
 def _fit_counts(active, fits, lo, hi, small, assigned, zero_fix) -> list[int]:
@@ -186,11 +178,11 @@ def brute_force_cluster(mu, sigma, fraction, config=None, round_index=0) -> RefR
     assigned = np.zeros(n, dtype=bool)
     assignment = [-1] * n
     centres, steps, taken_per_step = [], [], []
-    order, delta, toggle, pass_index = 1, cfg.delta, "P", 0
+    n_powers, delta, toggle, pass_index = 1, cfg.delta, "P", 0
     n_assigned = 0
     while n_assigned < target:
         max_abs = float(np.max(np.abs(m[~assigned])))
-        active = reference_candidates(order, max_abs, cfg.b)
+        active = reference_candidates(n_powers, max_abs, cfg.b)
         lo = m - delta * s
         hi = m + delta * s
         def fits(c):
@@ -217,84 +209,14 @@ def brute_force_cluster(mu, sigma, fraction, config=None, round_index=0) -> RefR
             for i in taken:
                 assigned[i] = True
                 assignment[i] = len(centres)
-            steps.append(_step_row(round_index, pass_index, len(steps), order, delta, c,
+            steps.append(_step_row(round_index, pass_index, len(steps), n_powers, delta, c,
                                    best, m[taken], s_raw[taken]))
             centres.append(c)
             taken_per_step.append(taken)
             n_assigned += len(taken)
             del active[k]
         if n_assigned < target:
-            order, delta, toggle = _grow(order, delta, toggle, cfg)
+            n_powers, delta, toggle = _grow(n_powers, delta, toggle, cfg)
             pass_index += 1
     return _finish(mu, sigma, cfg, m, s_raw, assignment, centres, steps, taken_per_step)
 
-
-def dense_cluster(mu, sigma, fraction, config=None, round_index=0) -> RefResult:
-    """The authors' K x N distance-matrix round, rebuilt after every step (torch, any device)."""
-    cfg = _config(config)
-    _validate(mu, sigma, fraction)
-    mu, sigma = mu.reshape(-1), sigma.reshape(-1)
-    device = mu.device
-    n = mu.numel()
-    m = mu.detach().double()
-    s_raw = sigma.detach().double()
-    s = s_raw.clamp(min=cfg.sigma_floor)
-    small = m.abs() < 2.0 ** -cfg.b
-    target = ref_target_count(fraction, n)
-    index = torch.arange(n, device=device)
-
-    assigned = torch.zeros(n, dtype=torch.bool, device=device)
-    assignment = torch.full((n,), -1, dtype=torch.int64, device=device)
-    centres, steps, taken_per_step = [], [], []
-    order, delta, toggle, pass_index = 1, cfg.delta, "P", 0
-    n_assigned = 0
-    while n_assigned < target:
-        max_abs = float(m[~assigned].abs().max())
-        active = torch.tensor(reference_candidates(order, max_abs, cfg.b),
-                              dtype=torch.float64, device=device)
-        lo = m - delta * s
-        hi = m + delta * s
-        while n_assigned < target and active.numel() > 0:
-            # Full K x N matrix, rebuilt from scratch at every step.
-            col = active[:, None]
-            fits = (lo[None, :] <= col) & (col <= hi[None, :])
-            if cfg.zero_fix:
-                fits |= (col == 0.0) & small[None, :]
-            fits &= ~assigned[None, :]
-            distance = (m[None, :] - col).abs() / s[None, :]
-            if cfg.zero_fix:
-                distance = torch.where((col == 0.0) & small[None, :], 0.0, distance)
-            dist = torch.where(fits, distance, torch.inf)
-            del fits, distance
-            counts = torch.isfinite(dist).sum(dim=1)
-            best = int(counts.max())
-            if best == 0:
-                break
-            k = int(torch.argmax(counts))  # first maximal index
-            c = float(active[k])
-            row = dist[k]
-            del dist
-            fitting = torch.nonzero(torch.isfinite(row)).flatten()  # ascending index
-            # Stable sorts, least significant key first: index, then |mu|, then distance.
-            by_abs = fitting[torch.sort(m[fitting].abs(), stable=True).indices]
-            by_dist = by_abs[torch.sort(row[by_abs], stable=True).indices]
-            taken = by_dist[: target - n_assigned]
-            assigned[taken] = True
-            assignment[taken] = len(centres)
-            taken_np = index[taken].cpu().numpy()
-            mu_t, sig_t = m[taken], s_raw[taken]
-            steps.append({"round": round_index, "pass_index": pass_index, "step": len(steps),
-                          "P": order, "delta": delta, "centre": c, "n_fit": best,
-                          "n_taken": int(taken.numel()),
-                          "mu_mean": float(mu_t.mean()), "mu_std": float(mu_t.std(correction=0)),
-                          "sigma_mean": float(sig_t.mean()),
-                          "sigma_std": float(sig_t.std(correction=0))})
-            centres.append(c)
-            taken_per_step.append(taken_np)
-            n_assigned += int(taken.numel())
-            active = torch.cat([active[:k], active[k + 1:]])
-        if n_assigned < target:
-            order, delta, toggle = _grow(order, delta, toggle, cfg)
-            pass_index += 1
-    return _finish(mu, sigma, cfg, m.cpu().numpy(), s_raw.cpu().numpy(),
-                   assignment.cpu().numpy(), centres, steps, taken_per_step)

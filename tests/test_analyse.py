@@ -1,4 +1,4 @@
-"""Noise resilience and calibration (METHOD.md section 6): pwfn_viz.analyse and `pwfn-viz analyse`.
+"""Noise resilience and calibration (docs/method.md, section 6): pwfn_viz.analyse and `pwfn-viz analyse`.
 
 References: a hand-made linear classifier with known sigma, brute-force twins of the ensemble and
 the reliability bins, a hand-worked ECE, and the metrics the pipeline recorded for the same run.
@@ -249,6 +249,7 @@ def test_plots_draw_the_result(small_run):
     plt.close("all")
 
 
+@pytest.mark.slow
 def test_cli_analyse_prints_summary_and_writes_figures(small_run, tmp_path, capsys):
     assert main(["analyse", str(small_run.path), "--samples", "2", "--out", str(tmp_path / "fig"), "--quiet"]) == 0
     out = capsys.readouterr().out

@@ -1,5 +1,5 @@
 """Bayesian conversion, sigma initialisation and the loss terms, against hand-worked values and
-the published formulas (METHOD.md sections 1-3)."""
+the published formulas (docs/method.md, sections 1-3)."""
 import copy
 import math
 
@@ -250,6 +250,7 @@ def test_sigma_init_edge_cases():
     assert (layer.weight_sigma == 2e-3).all()
 
 
+@pytest.mark.slow
 def test_quantile_matches_torch_and_handles_huge_tensors():
     torch.manual_seed(0)
     for n in (1, 2, 7, 1000):
@@ -286,3 +287,21 @@ def test_clear_errors():
     fresh = convert(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="flat state has 3 entries"):
         load_flat_state(fresh, torch.zeros(3), torch.zeros(3), torch.zeros(3, dtype=torch.bool))
+
+
+def test_sigma_inits_are_a_registry():
+    """convert() finds sigma inits by name in SIGMA_INITS; one registered with register_sigma_init
+    is used like the built-in ones, and a name cannot be registered twice by accident."""
+    assert list(bayes.SIGMA_INITS) == ["constant", "pwfn"]
+
+    @bayes.register_sigma_init("tenth_of_abs_mu")
+    def tenth(mu):
+        return mu.abs() / 10
+
+    try:
+        layer = convert(nn.Linear(3, 2), "tenth_of_abs_mu")
+        assert torch.equal(layer.weight_sigma, layer.weight_mu.detach().abs() / 10)
+        with pytest.raises(ValueError, match="already registered"):
+            bayes.register_sigma_init("tenth_of_abs_mu")(tenth)
+    finally:
+        bayes.SIGMA_INITS.unregister("tenth_of_abs_mu")

@@ -4,8 +4,10 @@ cells, moves RoundExplorer's round slider and checks that the round label and th
 
 Screenshots are kept in test-artifacts/browser/ (with JupyterLab's log). `make browser-deps`
 installs what this needs: Debian's chromium and the playwright Python package (never
-`playwright install`: its browser download cannot work here). Facts behind the set-up:
-../shared/docs/BROWSER_TESTING.md.
+`playwright install`: its browser download cannot work here). The set-up: JupyterLab runs with a
+temporary config and settings folder, its default kernel auto-started (otherwise a kernel dialog
+blocks "Run All") and its news notification off; after "Run All Cells" the test waits until every
+cell has run before it moves the slider.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Multi-process runs (gloo, 2 CPU processes via torchrun) and the training options of issue 7:
+"""Multi-process runs (gloo, 2 CPU processes via torchrun) and the large-scale training options:
 mixed precision, channels_last, torch.compile, paper presets."""
 import json
 import os
@@ -26,6 +26,7 @@ def _torchrun(out, nproc=2):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process_structure(tmp_path):
     proc = _torchrun(tmp_path / "ddp")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -64,8 +65,9 @@ FAST = dict(model="digits_cnn", pretrain_epochs=1, first_round_epochs=0.1, epoch
             fractions=(0.5, 1.0), threads=1)
 
 
-@pytest.mark.parametrize("options", [dict(amp="bf16"), dict(amp="fp16"), dict(channels_last=True),
-                                     dict(compile=True, compile_backend="eager")])
+@pytest.mark.parametrize("options", [dict(amp="bf16"), pytest.param(dict(amp="fp16"), marks=pytest.mark.slow),
+                                     dict(channels_last=True),
+                                     pytest.param(dict(compile=True, compile_backend="eager"), marks=pytest.mark.slow)])
 def test_training_options_run_end_to_end(tmp_path, options):
     run = pwfn_viz.run(RunConfig(**FAST, **options), tmp_path / "opt", progress=False, verbose=False)
     assert run.complete and bool(run.rounds[-1].flat()[2].all())
@@ -77,6 +79,7 @@ def test_bad_amp_is_refused():
         RunConfig(amp="int8")
 
 
+@pytest.mark.slow
 def test_presets_follow_the_paper_and_print_published_numbers(tmp_path, capsys):
     for name, fields in PRESETS.items():
         cfg = RunConfig.from_preset(name, data_root="/data/imagenet")

@@ -131,7 +131,7 @@ def check_fit_mask_exact():
 def check_cluster_round_same_on_both_paths():
     """A whole round through the dispatching cluster_round: bitwise the same as the torch path."""
     from pwfn_viz.core.bayes import pwfn_sigma_init
-    from pwfn_viz.core.clustering import ClusterConfig, cluster_round
+    from pwfn_viz.core.clustering import SIGMA_JOINS, ClusterConfig, cluster_round
     g = torch.Generator().manual_seed(3)
     mu = torch.randn(700, generator=g) * 0.05
     mu[:60] = torch.randn(60, generator=g) * 0.5                   # tails
@@ -144,13 +144,19 @@ def check_cluster_round_same_on_both_paths():
              (mu.half(), sigma.half() * 3, 0.9, ClusterConfig()),               # values reach half via float32
              (mu.half(), sigma.half() * 3, 0.8, ClusterConfig(sigma_join="divide", sigma_divisor=3.0)),
              (mu, sigma.double(), 0.9, ClusterConfig())]                        # mixed dtypes
-    for m, s, fraction, cfg in cases:
-        got = cluster_round(m, s, fraction, config=cfg)
-        with kernels.use_backend("torch"):
-            want = cluster_round(m, s, fraction, config=cfg)
-        for field in ("mu", "sigma", "fixed_mask", "assignment", "centres"):
-            assert torch.equal(getattr(got, field), getattr(want, field)), (field, cfg)
-        assert got.steps.equals(want.steps)
+    # a join the snap kernel does not know: the kernel keeps sigma, then the join runs in torch
+    SIGMA_JOINS.register("halve", lambda taken_sigma, std_mu, config: taken_sigma / 2)
+    cases += [(mu, sigma, 0.9, ClusterConfig(sigma_join="halve")), (mu, sigma, 1.0, ClusterConfig(sigma_join="halve"))]
+    try:
+        for m, s, fraction, cfg in cases:
+            got = cluster_round(m, s, fraction, config=cfg)
+            with kernels.use_backend("torch"):
+                want = cluster_round(m, s, fraction, config=cfg)
+            for field in ("mu", "sigma", "fixed_mask", "assignment", "centres"):
+                assert torch.equal(getattr(got, field), getattr(want, field)), (field, cfg)
+            assert got.steps.equals(want.steps)
+    finally:
+        SIGMA_JOINS.unregister("halve")
 
 
 def check_cluster_round_catches_count_mismatch():
@@ -218,22 +224,27 @@ def check_cluster_round_host_reads():
         clustering._to_host, clustering._to_device = to_host, to_device
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_coverage_counts_exact():
     interpreted("check_coverage_counts_exact")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_cluster_round_host_reads_once_per_step():
     interpreted("check_cluster_round_host_reads")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_cluster_round_catches_count_mismatch():
     interpreted("check_cluster_round_catches_count_mismatch")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_fit_mask_exact():
     interpreted("check_fit_mask_exact")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_cluster_round_same_on_both_paths():
     interpreted("check_cluster_round_same_on_both_paths")
 
@@ -952,66 +963,82 @@ def check_converted_layers_seeds():
     assert all(torch.equal(n1[k].materialise(), n3[k].materialise()) for k in n1)
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_sampling_forward_and_statistics():
     interpreted("check_sampling_forward_and_statistics")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_sampling_gradients_match_formula():
     interpreted("check_sampling_gradients_match_formula")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_sampling_loss_terms_match_torch_path():
     interpreted("check_sampling_loss_terms_match_torch_path")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_sampling_aborted_backward_hands_nothing_on():
     interpreted("check_sampling_aborted_backward_hands_nothing_on")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_sampling_loss_terms_launches():
     interpreted("check_sampling_loss_terms_launches")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_sampling_grad_scaler():
     interpreted("check_sampling_grad_scaler")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_converted_layers_train_like_torch_path():
     interpreted("check_converted_layers_train_like_torch_path")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_sampling_reproducible():
     interpreted("check_sampling_reproducible")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_converted_layers_mixed_paths():
     interpreted("check_converted_layers_mixed_paths")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_converted_layers_use_fused_path():
     interpreted("check_converted_layers_use_fused_path")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_sampling_memory_layouts():
     interpreted("check_sampling_memory_layouts")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_sampling_mixed_layouts():
     interpreted("check_sampling_mixed_layouts")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_converted_layers_channels_last():
     interpreted("check_converted_layers_channels_last")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_converted_layers_channels_last_mixed_sigma():
     interpreted("check_converted_layers_channels_last_mixed_sigma")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_sampling_module_seeds():
     interpreted("check_sampling_module_seeds")
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_converted_layers_seeds():
     interpreted("check_converted_layers_seeds")
 
@@ -1051,6 +1078,7 @@ def check_kmeans_kernels():
     _check_kmeans(kernels.kmeans_boundaries, kernels.kmeans_assign)
 
 
+@pytest.mark.slow   # the first of these runs every check in one interpreter subprocess
 def test_kmeans_kernels():
     interpreted("check_kmeans_kernels")
 

@@ -1,4 +1,4 @@
-"""Plots and the tables behind them (issue 5, plots): every plot against a small recorded run
+"""Plots and the tables behind them: every plot against a small recorded run
 (right number of points and artists, values equal to brute force, axes labelled), the tables
 against hand computations, image comparisons of key figures against stored baselines, and
 ``write_figures`` / ``pwfn-viz figures``.

@@ -1,5 +1,6 @@
-"""Each timm family of issue 7 through the whole pipeline, as random-init reduced variants on small
-synthetic images: converted, trained, fixed, recorded and rebuilt from the record."""
+"""Each timm family of FAMILIES (ResNet, DeiT, ConvNeXt, MobileNetV3) through the whole pipeline, as
+random-init reduced variants on small synthetic images: converted, trained, fixed, recorded and
+rebuilt from the record."""
 import pytest
 import torch
 import torch.nn as nn
@@ -20,7 +21,11 @@ FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+SLOW = {"resnet18", "resnet34", "resnet50", "deit_small_patch16_224", "convnext_tiny"}   # > 5 s each on CPU
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else [])
+                                  for name in FAMILIES])
 def test_timm_family_through_the_pipeline(tmp_path, name):
     cfg = RunConfig(model=name, model_kwargs=FAMILIES[name], dataset="synthetic", image_size=32, in_chans=3,
                     pretrain_epochs=0.25, pretrain_lr=0.01, first_round_epochs=0.1, epochs_per_round=0.15,

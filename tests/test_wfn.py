@@ -1,4 +1,4 @@
-"""WFN baseline (METHOD.md section 8) on hand-worked examples from its rules, and through the pipeline."""
+"""WFN baseline (docs/method.md, section 8) on hand-worked examples from its rules, and through the pipeline."""
 import math
 
 import pytest
@@ -67,6 +67,7 @@ def test_bad_input():
         wfn_round(torch.tensor([1.0]), NONE_FIXED(1), 1.0, 0.0)
 
 
+@pytest.mark.slow
 def test_wfn_run_is_recorded_like_pwfn(tmp_path):
     cfg = RunConfig.wfn(model="digits_mlp", pretrain_epochs=2, first_round_epochs=0.2, epochs_per_round=0.3,
                         fractions=(0.5, 1.0), threads=1)

@@ -1,4 +1,4 @@
-"""PWFN against value-only k-means weight sharing at equal budgets (issue 4, parts 1 and 3).
+"""PWFN against value-only k-means weight sharing at equal budgets (docs/method.md, section 6).
 
 Two public functions:
 
@@ -51,6 +51,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..constants import SAMPLING_SIGMA_FLOOR
 from ..data.datasets import create_dataset, make_loader
 from ..baselines.kmeans import kmeans_quantize, list_inits, list_scopes
 from ..core.metrics import codebook_stats, evaluate
@@ -61,7 +62,7 @@ __all__ = ["Comparison", "FinetuneResult", "compare", "kmeans_finetune", "learne
            "match_entropy", "measure_method", "converted_weights", "flatten_named", "CLAMP_WARNING",
            "SIGMA_FLOOR", "COLUMNS"]
 
-SIGMA_FLOOR = 2.0 ** -30
+SIGMA_FLOOR = SAMPLING_SIGMA_FLOOR
 COLUMNS = ["method", "k", "finetuned", "top1", "top5", "unique", "unique_nonzero", "entropy",
            "entropy_nonzero", "weight_error", "moved_gt_1sigma", "moved_gt_2sigma", "moved_gt_3sigma"]
 CLAMP_WARNING = r"k=\d+ exceeds the number of distinct values"

@@ -1,4 +1,4 @@
-"""Noise resilience and calibration of a recorded run (METHOD.md section 6).
+"""Noise resilience and calibration of a recorded run (docs/method.md, section 6).
 
 How much does the network care about the uncertainty it learned? ``analyse(run)`` takes the
 mean weights ``mu`` and the standard deviations ``sigma`` of one round and measures, on the test

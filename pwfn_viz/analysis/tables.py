@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..constants import SAMPLING_SIGMA_FLOOR
 from ..record.rundir import Round, Run
 
 __all__ = ["SIGMA_FLOOR", "WHICH", "resolve_round", "check_layer", "sigma_tensors", "sigma_summary",
@@ -31,7 +32,7 @@ __all__ = ["SIGMA_FLOOR", "WHICH", "resolve_round", "check_layer", "sigma_tensor
            "split_proj", "attention_head_table", "fraction_fixed_table", "weight_status", "value_counts",
            "power_of_two_terms", "round_from_cluster", "largest_conv"]
 
-SIGMA_FLOOR = 2.0 ** -30   # the smallest sigma the method uses (METHOD.md section 1)
+SIGMA_FLOOR = SAMPLING_SIGMA_FLOOR   # the smallest sigma the method uses (docs/method.md, section 1)
 #: which sigma a position plot shows
 WHICH = {
     "pre": "the round's sigma before its snap",

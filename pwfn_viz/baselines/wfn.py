@@ -1,6 +1,6 @@
 """WFN, the value-only predecessor of PWFN (Subia-Waud & Dasmahapatra, ECCV 2022), as a baseline.
 
-METHOD.md section 8. A weight ``w`` may join centre ``c`` by value alone: the *relative distance*
+docs/method.md, section 8. A weight ``w`` may join centre ``c`` by value alone: the *relative distance*
 ``|w - c| / |w|`` is what counts, against an allowance that decays linearly from ``10 * delta`` in
 the first round to ``delta`` in the last. Per round, with the weights fixed earlier kept as they are:
 
@@ -29,6 +29,7 @@ import math
 import pandas as pd
 import torch
 
+from ..constants import MAX_POWERS, ZERO_BAND_EXPONENT
 from ..core.clustering import STEP_COLUMNS, ClusterResult, target_count
 
 WFN_FRACTIONS = (0.3, 0.6, 0.8, 0.9, 0.95, 0.975, 0.99, 0.9975, 0.999, 1.0)
@@ -71,7 +72,7 @@ def _nearest(values: torch.Tensor, centres_sorted: torch.Tensor) -> torch.Tensor
 
 
 def wfn_round(mu: torch.Tensor, fixed: torch.Tensor, fraction: float, allowance: float, *,
-              sigma: torch.Tensor | None = None, b: int = 7, max_order: int = 4,
+              sigma: torch.Tensor | None = None, b: int = ZERO_BAND_EXPONENT, max_order: int = MAX_POWERS,
               round_index: int = 0) -> ClusterResult:
     """One WFN round over flat weights ``mu``; weights in ``fixed`` keep their values."""
     if mu.dim() != 1 or fixed.shape != mu.shape or mu.numel() == 0:

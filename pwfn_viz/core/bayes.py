@@ -3,7 +3,7 @@
 ``convert(model)`` works on any ``nn.Module`` without touching its ``forward``: each converted
 tensor ``weight`` is replaced by the parameters ``weight_mu``, ``weight_sigma`` and the buffers
 ``weight_fixed`` (bool mask) and ``weight_fixed_value``; a forward pre-hook computes the tensor the
-layer's own forward reads (METHOD.md section 1):
+layer's own forward reads (docs/method.md, section 1):
 
     training:   w = mu + max(sigma, 2^-30) * eps,  eps ~ N(0, 1), drawn once per forward pass
     evaluation: w = mu
@@ -22,26 +22,22 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
-SIGMA_MIN = 2.0 ** -30      # floor applied whenever sigma is used to sample
-REG_LAMBDA = 2.0 ** -11     # regulariser weight (METHOD.md section 3)
-REG_CAP = 0.05              # sigma is pushed up towards this cap
+from ..constants import CONSTANT_SIGMA_INIT, REGULARISER_LAMBDA, SAMPLING_SIGMA_FLOOR, SIGMA_CAP, SIGMA_INIT_SCALE
+from ..registry import Registry
+
+# The former names of three constants (pwfn_viz.constants holds them), for callers importing them here.
+SIGMA_MIN, REG_LAMBDA, REG_CAP = SAMPLING_SIGMA_FLOOR, REGULARISER_LAMBDA, SIGMA_CAP
 CONVERTIBLE = (nn.Linear, nn.modules.conv._ConvNd)
 
 # ---------------------------------------------------------------------------------------------
-# Sigma initialisation (METHOD.md section 2), a registry so that ablations can add their own.
-SIGMA_INITS: dict[str, Callable[..., torch.Tensor]] = {}
-
-
-def register_sigma_init(name: str):
-    def wrap(fn):
-        SIGMA_INITS[name] = fn
-        return fn
-    return wrap
+# Sigma initialisation (docs/method.md, section 2), a registry so that ablations can add their
+# own: ``@register_sigma_init(name)`` on fn(mu, **kwargs) -> sigma0 of mu's shape.
+SIGMA_INITS = Registry("sigma_init", "or add one with @register_sigma_init(name)")
+register_sigma_init = SIGMA_INITS.register
 
 
 def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -66,7 +62,7 @@ def power_of_two_gap(mu: torch.Tensor) -> torch.Tensor:
 
 
 @register_sigma_init("pwfn")
-def pwfn_sigma_init(mu: torch.Tensor, scale: float = 0.0025, cap: float = 0.05) -> torch.Tensor:
+def pwfn_sigma_init(mu: torch.Tensor, scale: float = SIGMA_INIT_SCALE, cap: float = SIGMA_CAP) -> torch.Tensor:
     """sigma0 = clip(scale * r / q75(r), 2^-30, cap), per tensor.
 
     Edge cases: exact zeros get r = 0 (certain, like a power of two); when q75(r) is 0 (most
@@ -81,12 +77,12 @@ def pwfn_sigma_init(mu: torch.Tensor, scale: float = 0.0025, cap: float = 0.05) 
     if ref <= 0:
         ref = r.max()
     if ref <= 0:
-        return torch.full_like(mu, SIGMA_MIN)
-    return (scale * r / ref).clamp(SIGMA_MIN, cap).to(mu.dtype)
+        return torch.full_like(mu, SAMPLING_SIGMA_FLOOR)
+    return (scale * r / ref).clamp(SAMPLING_SIGMA_FLOOR, cap).to(mu.dtype)
 
 
 @register_sigma_init("constant")
-def constant_sigma_init(mu: torch.Tensor, value: float = 1e-4) -> torch.Tensor:
+def constant_sigma_init(mu: torch.Tensor, value: float = CONSTANT_SIGMA_INIT) -> torch.Tensor:
     """The ablation alternative: the same sigma0 for every weight."""
     return torch.full_like(mu, value)
 
@@ -108,12 +104,12 @@ def _sample_hook(module: nn.Module, args):
             if seeds is None:   # one launch draws the seeds of all the module's tensors
                 seeds = kernels.sampling.draw_seeds(len(module._pwfn_names), mu.device)
             w, module._pwfn_eps[name] = kernels.fused_sample(mu, sigma, getattr(module, f"{name}_fixed"),
-                                                              fixed_value, SIGMA_MIN, seed=seeds[i:i + 1])
+                                                              fixed_value, SAMPLING_SIGMA_FLOOR, seed=seeds[i:i + 1])
             setattr(module, name, w)
             continue
         if module.training:
             eps = torch.randn_like(mu)
-            w = mu + getattr(module, f"{name}_sigma").clamp(min=SIGMA_MIN) * eps
+            w = mu + getattr(module, f"{name}_sigma").clamp(min=SAMPLING_SIGMA_FLOOR) * eps
             module._pwfn_eps[name] = eps.detach()   # the regulariser needs this pass's noise
         else:
             w = mu
@@ -161,11 +157,10 @@ def convert(model: nn.Module, sigma_init: str = "pwfn", **init_kwargs) -> nn.Mod
     ``sigma_init`` names an entry of ``SIGMA_INITS`` ("pwfn" or "constant"); extra keyword
     arguments go to it (e.g. ``convert(model, "constant", value=1e-4)``).
     """
-    if sigma_init not in SIGMA_INITS:
-        raise ValueError(f"unknown sigma_init {sigma_init!r}; available: {sorted(SIGMA_INITS)}")
+    init = SIGMA_INITS.get(sigma_init)
     if any(is_converted(m) for m in model.modules()):
         raise ValueError("model is already converted")
-    sigma_fn = lambda mu: SIGMA_INITS[sigma_init](mu, **init_kwargs)  # noqa: E731
+    sigma_fn = lambda mu: init(mu, **init_kwargs)  # noqa: E731
     # nn.MultiheadAttention reads out_proj.weight directly, bypassing its forward and our hook.
     skip = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     todo = [(n, m) for n, m in model.named_modules() if isinstance(m, CONVERTIBLE) and id(m) not in skip]
@@ -286,8 +281,8 @@ def _fused_by_device(items) -> dict:
     return groups
 
 
-def sigma_regulariser(model: nn.Module, lam: float = REG_LAMBDA, cap: float = REG_CAP) -> torch.Tensor:
-    """R = (lam / 2) * sum |eps| * max(0, cap - sigma)^2 over unfixed weights (METHOD.md section 3),
+def sigma_regulariser(model: nn.Module, lam: float = REGULARISER_LAMBDA, cap: float = SIGMA_CAP) -> torch.Tensor:
+    """R = (lam / 2) * sum |eps| * max(0, cap - sigma)^2 over unfixed weights (docs/method.md, section 3),
     with eps the noise of each layer's latest training forward pass. Its gradient on sigma is
     -lam * max(0, cap - sigma) * |eps|: every sigma is pushed up towards ``cap``.
 

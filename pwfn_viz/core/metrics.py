@@ -1,4 +1,4 @@
-"""What a run measures (METHOD.md section 6): accuracy, unique values, entropy, per-layer tables.
+"""What a run measures (docs/method.md, section 6): accuracy, unique values, entropy, per-layer tables.
 
 Pure functions over tensors and models; plotting lives elsewhere.
 

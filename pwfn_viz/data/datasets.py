@@ -1,6 +1,6 @@
 """Datasets by name: ``create_dataset("digits")`` gives a ready train/test pair.
 
-A small registry in the style of timm: each dataset is a function decorated with
+A registry (``pwfn_viz.registry.Registry``): each dataset is a function decorated with
 ``@register_dataset(name)``; users discover them with ``list_datasets()``.
 
     >>> from pwfn_viz.data.datasets import create_dataset, make_loader
@@ -25,12 +25,14 @@ import importlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+
+from ..registry import Registry
 
 __all__ = [
     "DataBundle",
@@ -42,7 +44,7 @@ __all__ = [
     "register_dataset",
 ]
 
-_DATASETS: dict[str, Callable[..., "DataBundle"]] = {}
+_DATASETS = Registry("dataset", hint="add one with register_dataset")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -144,20 +146,14 @@ class TensorImageDataset(Dataset):
 
 
 def register_dataset(name: str):
-    """Decorator that adds a dataset builder ``fn(root, image_size, in_chans, seed, **kw)``."""
-
-    def deco(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = fn
-        return fn
-
-    return deco
+    """Decorator that adds a dataset builder ``fn(root, image_size, in_chans, seed, **kw)``;
+    a name that is already registered is refused."""
+    return _DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
     """Names accepted by ``create_dataset``, sorted."""
-    return sorted(_DATASETS)
+    return _DATASETS.names()
 
 
 def create_dataset(name: str = "digits", root: str | Path | None = None, image_size: int | None = None,
@@ -168,13 +164,12 @@ def create_dataset(name: str = "digits", root: str | Path | None = None, image_s
     models); ``None`` keeps the dataset's own. Extra ``kwargs`` go to the builder
     (e.g. ``create_dataset("synthetic", num_classes=4, n_train=64)``).
     """
-    if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+    build = _DATASETS.get(name)   # an unknown name: the registry's error, listing what exists
     if in_chans is not None and in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
-    return _DATASETS[name](root=root, image_size=image_size, in_chans=in_chans, seed=seed, **kwargs)
+    return build(root=root, image_size=image_size, in_chans=in_chans, seed=seed, **kwargs)
 
 
 def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0) -> DataLoader:

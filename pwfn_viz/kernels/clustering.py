@@ -1,10 +1,10 @@
 """Clustering-round kernels: coverage counts and the winning centre's fit mask.
 
-Both are exact twins of the torch code in :mod:`pwfn_viz.core.clustering` (``_coverage`` and
-``_fitting``), which call them when :func:`pwfn_viz.kernels.use_triton` says so:
+Exact twins of the torch code in :mod:`pwfn_viz.core.clustering` (``_coverage``, ``_fitting`` and
+``_snap``), which calls them when :func:`pwfn_viz.kernels.use_triton` says so:
 
 * :func:`coverage_counts`: for each value-sorted centre, how many intervals
-  ``[m - delta*s, m + delta*s]`` contain it. One pass over the weights: each finds the run of
+  ``[mu - delta*sigma, mu + delta*sigma]`` contain it. One pass over the weights: each finds the run of
   centres its interval covers by two binary searches, and the run ends go into a difference
   array of length K + 1 (a per-block histogram, then one atomic add per bin); a cumulative sum
   turns it into counts. O(N log K) work, O(K) extra memory, no host round trip.
@@ -14,8 +14,8 @@ Both are exact twins of the torch code in :mod:`pwfn_viz.core.clustering` (``_co
 
 Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)::
 
-    pm = torch.tensor([0.1, 0.5], dtype=torch.float64); ps = torch.full((2,), 0.2, dtype=torch.float64)
-    coverage_counts(pm, ps, 1.0, torch.tensor([0.0, 0.25, 0.5], dtype=torch.float64))
+    sorted_mu = torch.tensor([0.1, 0.5], dtype=torch.float64); sigma = torch.full((2,), 0.2, dtype=torch.float64)
+    coverage_counts(sorted_mu, sigma, 1.0, torch.tensor([0.0, 0.25, 0.5], dtype=torch.float64))
     # tensor([1, 2, 1]): [-0.1, 0.3] holds 0 and 0.25, [0.3, 0.7] holds 0.5
 """
 from __future__ import annotations
@@ -44,86 +44,92 @@ def _bins(k: int) -> int:
     return max(32, 1 << k.bit_length())
 
 
-def coverage_counts(pm: torch.Tensor, ps: torch.Tensor, delta: float, sorted_centres: torch.Tensor,
+def coverage_counts(sorted_mu: torch.Tensor, sorted_sigma: torch.Tensor, delta: float, sorted_centres: torch.Tensor,
                     strategy: str | None = None) -> torch.Tensor:
     """Triton twin of ``pwfn_viz.core.clustering._coverage`` (same int64 counts, exactly).
 
-    ``pm``, ``ps``: float32 or float64 interval centres and half-widths per ``delta`` (the arithmetic is
+    ``sorted_mu``, ``sorted_sigma``: float32 or float64 band centres and half-widths per ``delta`` (the arithmetic is
     float64; ``delta`` a float or a float64 device tensor of one element); ``sorted_centres``:
     float64, ascending. ``strategy`` ("histogram" or "atomic") overrides the automatic choice of
     how the block's interval ends reach the difference array (used by the GPU self-check).
     """
     from .backend import triton_module
     tk = triton_module("_tl_clustering")
-    k, n = sorted_centres.numel(), pm.numel()
+    k, n = sorted_centres.numel(), sorted_mu.numel()
     bins = _bins(k)
     strategy = strategy or ("histogram" if bins <= MAX_HISTOGRAM_BINS else "atomic")
     if strategy not in ("histogram", "atomic"):
         raise ValueError(f"strategy={strategy!r}: choose 'histogram' or 'atomic'")
-    diff = torch.zeros(bins if strategy == "histogram" else k + 1, dtype=torch.int32, device=pm.device)
+    diff = torch.zeros(bins if strategy == "histogram" else k + 1, dtype=torch.int32, device=sorted_mu.device)
     if n:
-        pm, ps = pm.contiguous(), ps.contiguous()   # float32 or float64; the kernel works in float64
+        # float32 or float64; the kernel works in float64
+        sorted_mu, sorted_sigma = sorted_mu.contiguous(), sorted_sigma.contiguous()
         centres = sorted_centres.contiguous().to(torch.float64)
-        delta_t = _scalar(delta, pm.device)
+        delta_t = _scalar(delta, sorted_mu.device)
         tk.coverage_kernel[(triton_cdiv(n, BLOCK),)](
-            pm, ps, delta_t, centres, diff, n, k, k.bit_length(),
+            sorted_mu, sorted_sigma, delta_t, centres, diff, n, k, k.bit_length(),
             BLOCK=BLOCK, BINS=bins if strategy == "histogram" else 32, HISTOGRAM=strategy == "histogram",
             enable_fp_fusion=False)
     return diff[:k + 1].long().cumsum(0)[:k]
 
 
-def fitting_positions(pm: torch.Tensor, ps: torch.Tensor, p_alive: torch.Tensor, a: int, z: int,
-                      c: float, delta: float, band: tuple[int, int] | None,
+def fitting_positions(sorted_mu: torch.Tensor, sorted_sigma: torch.Tensor, sorted_unassigned: torch.Tensor,
+                      window_start: int, window_stop: int, centre: float, delta: float, band: tuple[int, int] | None,
                       count: int | None = None, mismatches: torch.Tensor | None = None) -> torch.Tensor:
-    """Triton twin of ``pwfn_viz.core.clustering._fitting``: increasing int64 positions in [a, z) of
-    the alive weights that fit ``c``, plus the alive ones in ``band`` (the zero band, or None).
+    """Triton twin of ``pwfn_viz.core.clustering._fitting``: increasing int64 positions in
+    [window_start, window_stop) of the unassigned weights that fit ``centre``, plus the unassigned
+    ones in ``band`` (the zero band, or None).
 
-    ``c``, ``delta``: floats, or float64 device tensors of one element (no host-to-device copy).
+    ``centre``, ``delta``: floats, or float64 device tensors of one element (no host-to-device copy).
     ``count``: how many fit, when the caller knows (the coverage count). The positions are then
     gathered with ``nonzero_static``, which needs no host sync, where ``nonzero`` must first
     copy its result's size to the host; ``mismatches`` (a one-element int64 device tensor) then
     counts the calls whose mask disagreed with ``count``, for the caller to check without a sync."""
     from .backend import triton_module
     tk = triton_module("_tl_clustering")
-    if z <= a:
-        return torch.zeros(0, dtype=torch.long, device=pm.device)
-    mask = torch.empty(z - a, dtype=torch.uint8, device=pm.device)
+    if window_stop <= window_start:
+        return torch.zeros(0, dtype=torch.long, device=sorted_mu.device)
+    device = sorted_mu.device
+    mask = torch.empty(window_stop - window_start, dtype=torch.uint8, device=device)
     band_lo, band_hi = band if band is not None else (0, 0)
-    tk.fit_mask_kernel[(triton_cdiv(z - a, BLOCK),)](
-        pm.contiguous(), ps.contiguous(), p_alive.contiguous().view(torch.uint8), _scalar(delta, pm.device),
-        _scalar(c, pm.device), mask,
-        a, z, band_lo, band_hi, BLOCK=BLOCK, enable_fp_fusion=False)
+    tk.fit_mask_kernel[(triton_cdiv(window_stop - window_start, BLOCK),)](
+        sorted_mu.contiguous(), sorted_sigma.contiguous(), sorted_unassigned.contiguous().view(torch.uint8),
+        _scalar(delta, device), _scalar(centre, device), mask,
+        window_start, window_stop, band_lo, band_hi, BLOCK=BLOCK, enable_fp_fusion=False)
     if count is None:
-        return mask.view(torch.bool).nonzero().squeeze(1) + a
+        return mask.view(torch.bool).nonzero().squeeze(1) + window_start
     if mismatches is not None:   # the caller reads it once per round (a count that disagrees with
         mismatches += mask.sum() != count   # the mask would pad or cut the positions silently)
-    return torch.nonzero_static(mask.view(torch.bool), size=count).squeeze(1) + a
+    return torch.nonzero_static(mask.view(torch.bool), size=count).squeeze(1) + window_start
 
 
+# The sigma joins (pwfn_viz.core.clustering_readable.SIGMA_JOINS) the snap kernel computes itself.
+JOIN_CODES = {"std_mu": 0, "keep": 1, "divide": 2}
 
-JOINS = {"std_mu": 0, "keep": 1, "divide": 2}
 
-
-def snap(st, cur, p_alive: torch.Tensor, local: torch.Tensor, best: int, centre_id: int, std_mu: torch.Tensor,
-         sigma_join: str, recount: bool) -> torch.Tensor | None:
-    """Triton twin of the torch path of ``pwfn_viz.core.clustering._snap``: one kernel moves the taken
-    weights to candidate ``best`` of the pass ``cur`` (mu, sigma by the join rule, assignment,
-    alive flags) and, with ``recount``, returns the difference array (int32, K + 1) whose cumulative
-    sum is the coverage the taken weights held (value order, the zero band's extra count
-    included); None without ``recount``. Scalars are read by pointer from ``cur.consts`` and
-    ``std_mu`` (a float64 device scalar): nothing is copied from the host."""
+def snap(round_state, pass_state, sorted_unassigned: torch.Tensor, positions: torch.Tensor, winner: int,
+         centre_id: int, std_mu: torch.Tensor, sigma_join: str, recount: bool) -> torch.Tensor | None:
+    """Triton twin of the torch path of ``pwfn_viz.core.clustering._snap``: one kernel moves the
+    weights at sorted ``positions`` to candidate ``winner`` of the pass ``pass_state`` (mu, sigma by
+    the join rule ``sigma_join``, a key of ``JOIN_CODES``, assignment, unassigned flags) and, with
+    ``recount``, returns the difference array (int32, K + 1) whose cumulative sum is the coverage
+    the taken weights held (value order, the zero band's extra count included); None without
+    ``recount``. Scalars are read by pointer from ``pass_state.device_constants`` and ``std_mu`` (a
+    float64 device scalar): nothing is copied from the host."""
     from .backend import triton_module
     tk = triton_module("_tl_clustering")
-    k = cur.sorted_cands.numel()
-    diff = torch.zeros(k + 1, dtype=torch.int32, device=local.device) if recount else None
-    n_taken = local.numel()
+    k = pass_state.sorted_candidates.numel()
+    run_ends = torch.zeros(k + 1, dtype=torch.int32, device=positions.device) if recount else None
+    n_taken = positions.numel()
     if n_taken:
-        band_lo, band_hi = cur.band if cur.band is not None else (0, 0)
+        band_lo, band_hi = pass_state.band if pass_state.band is not None else (0, 0)
+        state = round_state
         tk.snap_kernel[(triton_cdiv(n_taken, BLOCK),)](
-            local.contiguous(), st.p_idx, st.pm, st.ps, st.sigma.contiguous(), st.new_mu, st.new_sigma,
-            st.assignment, st.alive.view(torch.uint8), p_alive.view(torch.uint8), cur.centre(best),
-            cur.delta, std_mu.view(1), cur.divisor, cur.sorted_cands, diff if recount else st.assignment,
-            n_taken, centre_id, k, k.bit_length(), band_lo, band_hi, cur.zero_rank,
-            BLOCK=BLOCK, JOIN=JOINS[sigma_join], RECOUNT=recount, enable_fp_fusion=False,
-            MU_VIA_F32=st.new_mu.dtype != torch.float64, SIGMA_VIA_F32=st.new_sigma.dtype != torch.float64)
-    return diff
+            positions.contiguous(), state.network_index, state.sorted_mu, state.sorted_sigma, state.sigma.contiguous(),
+            state.new_mu, state.new_sigma, state.assignment, state.unassigned.view(torch.uint8),
+            sorted_unassigned.view(torch.uint8), pass_state.centre(winner), pass_state.delta, std_mu.view(1),
+            pass_state.divisor, pass_state.sorted_candidates, run_ends if recount else state.assignment,
+            n_taken, centre_id, k, k.bit_length(), band_lo, band_hi, pass_state.zero_rank,
+            BLOCK=BLOCK, JOIN=JOIN_CODES[sigma_join], RECOUNT=recount, enable_fp_fusion=False,
+            MU_VIA_F32=state.new_mu.dtype != torch.float64, SIGMA_VIA_F32=state.new_sigma.dtype != torch.float64)
+    return run_ends

@@ -3,7 +3,7 @@ tensors of a whole model, whose gradients are handed to the sampling backward ke
 
 :func:`fused_regulariser` ``= (lam / 2) * sum |eps| * max(0, cap - sigma)^2`` and
 :func:`fused_weight_decay` ``= (wd / 2) * sum mu^2`` (sums over free, i.e. unfixed, weights;
-METHOD.md section 3): one reduction kernel per tensor and one sum for the value, no elementwise
+docs/method.md, section 3): one reduction kernel per tensor and one sum for the value, no elementwise
 autograd graph. Their backward hands the gradient that reaches them (1, a ``GradScaler``'s scale,
 ``1 / accumulation steps``...) to each pass's :class:`~pwfn_viz.kernels.sampling.FusedNoise`, and
 the sampling backward adds ``-lam * G * max(0, cap - sigma) * |eps|`` and ``wd * G * mu`` in its

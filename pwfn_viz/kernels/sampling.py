@@ -12,7 +12,7 @@ the masked weight decay are ordinary autograd expressions. The fused path:
   :func:`fused_sample` takes one of them as a one-element view.
 * loss terms (:mod:`pwfn_viz.kernels.loss_terms`): ``fused_regulariser`` ``= (lam / 2) * sum
   |eps| * max(0, cap - sigma)^2`` and ``fused_weight_decay`` ``= (wd / 2) * sum mu^2`` (sums over
-  free, i.e. unfixed, weights; METHOD.md section 3) each take the tensors of a whole model: one
+  free, i.e. unfixed, weights; docs/method.md, section 3) each take the tensors of a whole model: one
   reduction kernel per tensor and one sum, no elementwise autograd graph.
 * backward: recomputes eps from the seed; ``grad_mu = free * (g + d * mu)`` and
   ``grad_sigma = free * (g * eps * [sigma > sigma_min] - r * max(0, cap - sigma) * |eps|)`` in
@@ -41,9 +41,10 @@ the gradients equal the torch path's for any scaling of the loss and any number 
 
 Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)::
 
+    from pwfn_viz.constants import REGULARISER_LAMBDA, SIGMA_CAP
     from pwfn_viz.kernels.loss_terms import fused_regulariser, fused_weight_decay
     w, noise = fused_sample(mu, sigma, fixed, fixed_value)   # w requires grad through mu, sigma
-    loss = (w * x).sum() + fused_regulariser([sigma], [fixed], [noise], 2 ** -11, 0.05) \\
+    loss = (w * x).sum() + fused_regulariser([sigma], [fixed], [noise], REGULARISER_LAMBDA, SIGMA_CAP) \\
         + fused_weight_decay([mu], [fixed], [noise], 1e-4)
     (1024 * loss).backward()                                  # grads 1024x the torch path's
     eps = noise.materialise()                                 # the noise the kernels used (tests)
@@ -56,9 +57,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..constants import SAMPLING_SIGMA_FLOOR
+
 BLOCK = 1024
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-SIGMA_MIN = 2.0 ** -30   # the same floor as pwfn_viz.core.bayes.SIGMA_MIN (callers pass theirs)
 MU, SIGMA = 0, 1         # input positions of mu and sigma in the sampling node
 
 
@@ -277,7 +279,7 @@ def _seed_tensor(seed, device) -> torch.Tensor:
 
 
 def fused_sample(mu: torch.Tensor, sigma: torch.Tensor, fixed: torch.Tensor, fixed_value: torch.Tensor,
-                 sigma_min: float = SIGMA_MIN, seed: int | torch.Tensor | None = None
+                 sigma_min: float = SAMPLING_SIGMA_FLOOR, seed: int | torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, FusedNoise]:
     """One training sample of a converted tensor and its :class:`FusedNoise` (see module docstring).
     ``w`` has mu's layout (:class:`Layout`).
@@ -290,7 +292,7 @@ def fused_sample(mu: torch.Tensor, sigma: torch.Tensor, fixed: torch.Tensor, fix
     return _FusedSample.apply(mu, sigma, fixed, fixed_value, noise, sigma_min), noise
 
 
-def reference_sample(mu, sigma, fixed, fixed_value, eps, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
+def reference_sample(mu, sigma, fixed, fixed_value, eps, sigma_min: float = SAMPLING_SIGMA_FLOOR) -> torch.Tensor:
     """The torch path's formula with a given ``eps`` (the reference the tests compare against)."""
     w = mu + sigma.clamp(min=sigma_min) * eps.view_as(mu).to(mu.dtype)
     return torch.where(fixed, fixed_value, w)

@@ -17,8 +17,6 @@ Other names go to ``timm.create_model(name, num_classes=..., in_chans=..., **kwa
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -27,22 +25,19 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ..registry import Registry
+
 __all__ = ["create_model", "list_models", "load_checkpoint", "register_model", "save_checkpoint"]
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+# Own model builders by name; names not here go to timm.
+_MODELS = Registry("model", hint='or any timm model: find them with pwfn_viz.list_models("resnet*")')
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-def register_model(name: str):
-    """Decorator that adds a builder ``fn(num_classes, in_chans, **kwargs) -> nn.Module``."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return deco
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that adds a builder ``fn(num_classes, in_chans, **kwargs) -> nn.Module``;
+    a name that is already registered is refused."""
+    return _MODELS.register(name)
 
 
 def list_models(pattern: str = "*", include_timm: bool | None = None) -> list[str]:
@@ -51,7 +46,7 @@ def list_models(pattern: str = "*", include_timm: bool | None = None) -> list[st
     ``list_models()`` lists only pwfn_viz's own models; ``list_models("resnet*")`` adds
     ``timm.list_models("resnet*")``. ``include_timm`` forces either behaviour.
     """
-    own = sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    own = _MODELS.names(pattern)
     if include_timm is None:
         include_timm = pattern != "*"
     if not include_timm:
@@ -67,15 +62,12 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 1, pretrained
     if name in _MODELS:
         if pretrained:
             raise ValueError(f"{name!r} has no pretrained weights; train it or pass checkpoint=<file>")
-        model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+        model = _MODELS.get(name)(num_classes=num_classes, in_chans=in_chans, **kwargs)
     else:
         import timm
 
-        if not timm.is_model(name):
-            close = difflib.get_close_matches(name, list(_MODELS) + timm.list_models(), n=5, cutoff=0.6)
-            hint = f" Close matches: {', '.join(close)}." if close else ""
-            raise ValueError(f"unknown model {name!r}. pwfn_viz models: {', '.join(sorted(_MODELS))}.{hint} "
-                             f"Find timm models with pwfn_viz.list_models(\"resnet*\").")
+        if not timm.is_model(name):   # the registry's error, with close timm names among the guesses
+            raise _MODELS.unknown(name, also=timm.list_models(), n=5)
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
                                   in_chans=in_chans, **kwargs)
     if checkpoint is not None:

@@ -10,15 +10,24 @@ import torch
 from ..baselines.wfn import WFN_FRACTIONS, wfn_allowance, wfn_round
 from ..core import bayes
 from ..core.clustering import ClusterConfig, cluster_round
+from ..registry import Registry
 
 PAPER_FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0)
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+
+# How a round decides which weights to fix: fn(mu, sigma, fixed, fraction, round_index, config) ->
+# the clustering result of that round. Filled below ("pwfn", "wfn"); ``RunConfig.method`` names one.
+METHODS = Registry("method")
+
+# Optimiser classes by name, called as cls(param_groups, lr=..., weight_decay=..., **extra).
+OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS.register("sgd", torch.optim.SGD)
+OPTIMIZERS.register("adam", torch.optim.Adam)
 
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run. Training settings default to the paper's (section 4);
-    ``RunConfig.wfn()`` gives the value-only WFN baseline's (section 8)."""
+    """Everything that defines a run. Training settings default to the paper's (docs/method.md,
+    section 4); ``RunConfig.wfn()`` gives the value-only WFN baseline's (section 8)."""
     method: str = "pwfn"                     # how a round fixes weights: see METHODS
     model: str = "digits_cnn"
     dataset: str = "digits"
@@ -33,14 +42,14 @@ class RunConfig:
     fractions: tuple = PAPER_FRACTIONS
     first_round_epochs: float = 0.05         # training before round 0, in epochs
     epochs_per_round: float = 3              # training before every later round
-    optimizer: str = "sgd"                   # sgd | adam
+    optimizer: str = "sgd"                   # sgd | adam: see OPTIMIZERS
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     batch_size: int = 128
     sigma_init: str = "pwfn"                 # or "constant" (sigma_init_value)
-    sigma_init_value: float = 1e-4
+    sigma_init_value: float = bayes.CONSTANT_SIGMA_INIT
     reg_lambda: float = bayes.REG_LAMBDA
     reg_cap: float = bayes.REG_CAP
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -68,12 +77,10 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; available: {sorted(METHODS)}")
+        METHODS.get(self.method)         # an unknown name: the registry's error, listing what exists
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp={self.amp!r}: use None, 'bf16' or 'fp16'")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; available: {sorted(OPTIMIZERS)}")
+        OPTIMIZERS.get(self.optimizer)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "RunConfig":
@@ -101,15 +108,13 @@ class RunConfig:
         return cls(**d)
 
 
+@METHODS.register("pwfn")
 def _pwfn_round(mu, sigma, fixed, fraction, r, config):
     return cluster_round(mu, sigma, fraction, config=config.cluster, round_index=r)
 
 
+@METHODS.register("wfn")
 def _wfn_round(mu, sigma, fixed, fraction, r, config):
     allowance = wfn_allowance(r, len(config.fractions), config.wfn_delta)
     return wfn_round(mu, fixed, fraction, allowance, sigma=sigma, b=config.cluster.b,
-                     max_order=config.cluster.max_order, round_index=r)
-
-
-# How a round decides which weights to fix: fn(mu, sigma, fixed, fraction, round_index, config).
-METHODS = {"pwfn": _pwfn_round, "wfn": _wfn_round}
+                     max_order=config.cluster.max_powers, round_index=r)

@@ -1,4 +1,4 @@
-"""Paper presets (METHOD.md sections 4 and 7): ``pwfn-viz run --preset resnet18-imagenet --data-root DIR``.
+"""Paper presets (docs/method.md, sections 4 and 7): ``pwfn-viz run --preset resnet18-imagenet --data-root DIR``.
 
 Each preset is a set of RunConfig fields: a timm model with pretrained ImageNet weights, the
 ImageNet folder layout (``DIR/train``, ``DIR/val``), the paper's schedule and SGD settings, no
@@ -10,19 +10,21 @@ the run's own at the end.
 """
 from __future__ import annotations
 
+from ..registry import Registry
+
 IMAGENET = dict(dataset="imagefolder", image_size=224, in_chans=3, pretrained=True, pretrain_epochs=0,
                 batch_size=128, lr=1e-3, momentum=0.9, weight_decay=1e-4, grad_clip=1.0,
                 first_round_epochs=0.05, epochs_per_round=3)
 
-PRESETS: dict[str, dict] = {
-    "resnet18-imagenet": dict(IMAGENET, model="resnet18"),
-    "resnet34-imagenet": dict(IMAGENET, model="resnet34"),
-    "resnet50-imagenet": dict(IMAGENET, model="resnet50"),
-    "deit-tiny-imagenet": dict(IMAGENET, model="deit_tiny_patch16_224"),
-    "deit-small-imagenet": dict(IMAGENET, model="deit_small_patch16_224"),
-}
+# name -> RunConfig fields; add one with PRESETS.register(name, fields)
+PRESETS = Registry("preset")
+PRESETS.register("resnet18-imagenet", dict(IMAGENET, model="resnet18"))
+PRESETS.register("resnet34-imagenet", dict(IMAGENET, model="resnet34"))
+PRESETS.register("resnet50-imagenet", dict(IMAGENET, model="resnet50"))
+PRESETS.register("deit-tiny-imagenet", dict(IMAGENET, model="deit_tiny_patch16_224"))
+PRESETS.register("deit-small-imagenet", dict(IMAGENET, model="deit_small_patch16_224"))
 
-# ImageNet top-1 as published (METHOD.md section 7); entropy excludes zero.
+# ImageNet top-1 as published (docs/method.md, section 7); entropy excludes zero.
 PUBLISHED: dict[str, list[str]] = {
     "resnet18-imagenet": ["WFN delta 0.0075: 193 unique / 4.15 bits / 70.3 top-1",
                           "WFN delta 0.01: 164 unique / 3.02 bits / 69.7 top-1",
@@ -34,12 +36,10 @@ PUBLISHED: dict[str, list[str]] = {
                           "WFN delta 0.01: 199 unique / 4.00 bits / 75.4 top-1",
                           "WFN delta 0.015: 125 unique / 3.55 bits / 75.1 top-1"],
     "deit-tiny-imagenet": ["PWFN: 296 unique values, +1.6 points top-1 over the best prior quantisation method"],
-    "deit-small-imagenet": ["no published number is recorded in METHOD.md for this model"],
+    "deit-small-imagenet": ["no published number for this model (docs/method.md, section 7)"],
 }
 
 
 def preset(name: str) -> dict:
-    """The RunConfig fields of preset ``name``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
-    return dict(PRESETS[name])
+    """The RunConfig fields of preset ``name`` (a copy); an unknown name is the registry's error."""
+    return dict(PRESETS.get(name))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib.collections import PolyCollection
 
+from ..constants import ZERO_BAND_EXPONENT
 from .style import DENSITY_CMAP, ROLE, new_axes, order_colour, styled
 from ..analysis.tables import check_layer, resolve_round, weight_status
 
@@ -36,7 +37,7 @@ def _pre_values(rnd, layer):
 @styled
 def plot_sigma_vs_mu(source, round_index: int | None = None, ax=None, *, layer: str | None = None,
                      bands: str | bool = "auto", steps=None, hexbin_above: int = 100_000, sample: int = 5000,
-                     zero_band: float | None = 2.0 ** -7, seed: int = 0, gridsize: int = 120):
+                     zero_band: float | None = 2.0 ** -ZERO_BAND_EXPONENT, seed: int = 0, gridsize: int = 120):
     """Pre-snap sigma against mu for a round (a Run with ``round_index``, default the last, or a
     Round), weights coloured by what the round did to them (:data:`STATUS_LABELS`), one vertical
     line per greedy step at its centre (coloured by the order P of the step) and its

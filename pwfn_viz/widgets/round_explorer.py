@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
+from ..constants import ZERO_BAND_EXPONENT
 from ..viz.plots import plot_greedy_steps, plot_timeline
 from ..viz.uncertainty import plot_sigma_vs_mu
 from ._common import ALL, Explorer, figure, layer_options, png, table_html, unknown_layer
@@ -106,7 +107,7 @@ class RoundExplorer(Explorer):
             self.round_label.value = round_label(self.run, i, layer)
             fig, ax = figure(self.width, 4.0)
             cluster = self.run.config.get("cluster", {})
-            zero_band = 2.0 ** -cluster.get("b", 7) if cluster.get("zero_fix", True) else None
+            zero_band = 2.0 ** -cluster.get("b", ZERO_BAND_EXPONENT) if cluster.get("zero_fix", True) else None
             plot_sigma_vs_mu(self.run, i, ax=ax, layer=layer, zero_band=zero_band)
             self.scatter.value = png(fig)
             if round_changed:

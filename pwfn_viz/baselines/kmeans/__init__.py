@@ -35,11 +35,11 @@ Rules shared by all of them (documented once, here):
 
 The code, one idea per module, each readable on its own from top to bottom:
 
-* :mod:`pwfn_viz.kmeans_common` -- :class:`KMeansResult`, the input checks and the clamp.
-* :mod:`pwfn_viz.kmeans_init` -- the registry of starting-centre rules, :func:`init_centres`.
-* :mod:`pwfn_viz.kmeans_lloyd` -- :func:`kmeans_1d`.
-* :mod:`pwfn_viz.kmeans_optimal` -- :func:`optimal_kmeans_1d`.
-* :mod:`pwfn_viz.kmeans_quantize` -- :func:`kmeans_quantize` and its scopes.
+* :mod:`pwfn_viz.baselines.kmeans.common` -- :class:`KMeansResult`, the input checks and the clamp.
+* :mod:`pwfn_viz.baselines.kmeans.init` -- the registry of starting-centre rules, :func:`init_centres`.
+* :mod:`pwfn_viz.baselines.kmeans.lloyd` -- :func:`kmeans_1d`.
+* :mod:`pwfn_viz.baselines.kmeans.optimal` -- :func:`optimal_kmeans_1d`.
+* :mod:`pwfn_viz.baselines.kmeans.quantize` -- :func:`kmeans_quantize` and the registry of its scopes.
 
 This module gathers their public names; import from here.
 

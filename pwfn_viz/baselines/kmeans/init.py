@@ -22,11 +22,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ...registry import Registry
 from .common import _as_flat_float64, _check_k, _n_distinct
 
 
 InitFn = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
-_INITS: dict[str, InitFn] = {}
+_INITS = Registry("k-means init", hint="or add one with register_init")
 
 
 def register_init(name: str) -> Callable[[InitFn], InitFn]:
@@ -40,14 +41,11 @@ def register_init(name: str) -> Callable[[InitFn], InitFn]:
         ...     return np.concatenate([xs[: k // 2], xs[len(xs) - (k - k // 2):]])
         >>> "my_extremes" in list_inits()
         True
-        >>> del _INITS["my_extremes"]
+        >>> _INITS.unregister("my_extremes")
+
+    A name that is already registered is refused.
     """
-    def decorator(fn: InitFn) -> InitFn:
-        if name in _INITS:
-            raise ValueError(f"k-means init {name!r} is already registered; pick another name")
-        _INITS[name] = fn
-        return fn
-    return decorator
+    return _INITS.register(name)
 
 
 def list_inits() -> list[str]:
@@ -56,13 +54,7 @@ def list_inits() -> list[str]:
     >>> list_inits()
     ['density', 'kmeans++', 'linear', 'random']
     """
-    return sorted(_INITS)
-
-
-def _check_init(init: str) -> None:
-    if init not in _INITS:
-        raise ValueError(f"unknown k-means init {init!r}; choose one of {list_inits()} "
-                         "or add one with register_init")
+    return _INITS.names()
 
 
 @register_init("linear")
@@ -166,8 +158,8 @@ def _initial_centres(xs, k, init, seed, keep_zero, given) -> np.ndarray:
         if c.size != k:
             raise ValueError(f"init_centres has {c.size} values but k={k}; pass exactly k centres")
     else:
-        _check_init(init)
-        c = np.asarray(_INITS[init](xs, k, np.random.default_rng(seed)), dtype=np.float64)
+        rule = _INITS.get(init)   # an unknown name: the registry's error, listing what exists
+        c = np.asarray(rule(xs, k, np.random.default_rng(seed)), dtype=np.float64)
     if keep_zero and not np.any(c == 0):
         c[np.argmin(np.abs(c))] = 0.0
     return np.sort(c)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .common import KMeansResult, _check_k, _prepare, _warn_clamped
-from .init import _check_init, _initial_centres
+from .init import _INITS, _initial_centres
 
 
 def _boundaries(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -116,7 +116,7 @@ def _kmeans(x, k, *, init="kmeans++", seed=0, keep_zero=False, max_iter=300, tol
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     if init_centres is None:
-        _check_init(init)
+        _INITS.get(init)   # an unknown name fails before any work, even when k is clamped
     flat, shape, xs, trivial = _prepare(x, k, keep_zero, name)
     if trivial is not None:
         return trivial, trivial.k < k

@@ -21,6 +21,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 import torch
 
+from ...registry import Registry
 from .common import _as_flat_float64, _check_k
 from .lloyd import _kmeans
 from .optimal import _optimal
@@ -41,6 +42,14 @@ class QuantizeResult(NamedTuple):
     labels: dict[str, torch.Tensor]
 
 
+# scope name -> fn(arrays, cluster) -> (codebooks, labels); algorithm name -> fn(values, k, name=, **kw)
+_SCOPES = Registry("scope")
+_ALGORITHMS = Registry("algorithm")
+_ALGORITHMS.register("lloyd", _kmeans)
+_ALGORITHMS.register("optimal", _optimal)
+
+
+@_SCOPES.register("global")
 def _scope_global(arrays, cluster):
     res = cluster(np.concatenate([a.reshape(-1) for a in arrays.values()]), "all tensors")
     edges = np.cumsum([0] + [a.size for a in arrays.values()])
@@ -50,12 +59,14 @@ def _scope_global(arrays, cluster):
     return {name: res.centres for name in arrays}, labels
 
 
+@_SCOPES.register("layer")
 def _scope_layer(arrays, cluster):
     results = {name: cluster(a, name) for name, a in arrays.items()}
     return ({name: r.centres for name, r in results.items()},
             {name: r.labels for name, r in results.items()})
 
 
+@_SCOPES.register("channel")
 def _scope_channel(arrays, cluster):
     codebooks, labels = {}, {}
     for name, a in arrays.items():
@@ -66,17 +77,13 @@ def _scope_channel(arrays, cluster):
     return codebooks, labels
 
 
-_SCOPES = {"global": _scope_global, "layer": _scope_layer, "channel": _scope_channel}
-_ALGORITHMS = {"lloyd": _kmeans, "optimal": _optimal}
-
-
 def list_scopes() -> list[str]:
     """Names accepted by ``scope=`` in :func:`kmeans_quantize`.
 
     >>> list_scopes()
     ['channel', 'global', 'layer']
     """
-    return sorted(_SCOPES)
+    return _SCOPES.names()
 
 
 def kmeans_quantize(tensors: Mapping[str, torch.Tensor], k: int, *, scope: str = "global",
@@ -100,10 +107,8 @@ def kmeans_quantize(tensors: Mapping[str, torch.Tensor], k: int, *, scope: str =
         >>> [len(b) for b in kmeans_quantize(w, 1, scope="channel").codebooks["a"]]
         [1, 1]
     """
-    if scope not in _SCOPES:
-        raise ValueError(f"unknown scope {scope!r}; choose one of {list_scopes()}")
-    if algorithm not in _ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {sorted(_ALGORITHMS)}")
+    by_scope = _SCOPES.get(scope)             # unknown names: the registries' errors
+    algorithm_fn = _ALGORITHMS.get(algorithm)
     if algorithm == "optimal" and kmeans_kwargs:
         raise ValueError(f"algorithm='optimal' takes no k-means options, got {sorted(kmeans_kwargs)}")
     _check_k(k)
@@ -120,11 +125,11 @@ def kmeans_quantize(tensors: Mapping[str, torch.Tensor], k: int, *, scope: str =
     clamped = []
 
     def cluster(values, label):
-        res, was_clamped = _ALGORITHMS[algorithm](values, k, name=label, **kmeans_kwargs)
+        res, was_clamped = algorithm_fn(values, k, name=label, **kmeans_kwargs)
         clamped.append(was_clamped)
         return res
 
-    codebooks, labels = _SCOPES[scope](arrays, cluster)
+    codebooks, labels = by_scope(arrays, cluster)
     if any(clamped):
         warnings.warn(f"k={k} exceeds the number of distinct values in {sum(clamped)} of "
                       f"{len(clamped)} group(s) (scope={scope!r}); those codebooks hold just "

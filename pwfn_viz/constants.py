@@ -1,0 +1,20 @@
+"""The method's numbers, each defined once (docs/method.md gives the reasons in full).
+
+The package's lowest layer: kernels, core and everything above import from it; it imports nothing
+from pwfn_viz.
+"""
+from __future__ import annotations
+
+# Sampling and sigma initialisation (docs/method.md, the Bayesian layer).
+SAMPLING_SIGMA_FLOOR = 2.0 ** -30    # sigma's floor when it scales noise, mu + max(sigma, floor) * eps: raw sigma may go <= 0
+SIGMA_INIT_SCALE = 0.0025            # pwfn init: sigma0 of a weight at its tensor's 75th percentile of the power-of-two gap
+CONSTANT_SIGMA_INIT = 1e-4           # the ablation's "constant" init: one sigma0 for every weight
+
+# The sigma regulariser R = (lambda / 2) * sum |eps| * max(0, cap - sigma)^2 (docs/method.md, regulariser).
+REGULARISER_LAMBDA = 2.0 ** -11      # R's weight in the loss: small, so sigma grows only where the task loss allows it
+SIGMA_CAP = 0.05                     # R pushes sigma up towards it and no further; pwfn init clips sigma0 at it too
+
+# Clustering (docs/method.md, clustering).
+CLUSTERING_SIGMA_FLOOR = 2.0 ** -20  # sigma's floor in |mu - c| / max(sigma, floor) <= delta: a certain weight still fits
+ZERO_BAND_EXPONENT = 7               # b: |mu| < 2^-b fits the zero centre, and 2^-b is a centre's smallest power of two
+MAX_POWERS = 4                       # a centre is a sum of at most this many powers of two (the paper's largest codebook)
