@@ -1,10 +1,12 @@
-# pwfn_viz: `make run` runs the demo, `make test` runs the whole test suite (pytest + notebooks).
+# pwfn_viz: `make run` runs the demo, `make test` runs the whole test suite (pytest + notebooks),
+# `make notebooks` regenerates notebooks/*.ipynb from their sources notebooks/*.py.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+NOTEBOOK_SOURCES := $(wildcard notebooks/*.py)
 
-.PHONY: run test venv clean-venv browser-deps
+.PHONY: run test venv clean-venv browser-deps notebooks
 
 venv: $(VENV)/.installed
 
@@ -23,7 +25,15 @@ browser-deps: $(VENV)/.installed
 		"'apt-get update && apt-get install -y chromium' as root, or tests/test_browser.py fails"; fi
 	@$(PY) -c "import playwright" 2>/dev/null || $(VENV)/bin/pip install -c constraints.txt playwright
 
-# Notebooks run only when notebooks/ holds some: pytest exits 5 when it collects nothing.
+# Each notebook's source is notebooks/<name>.py in jupytext's py:percent format: edit that, then
+# run this. --update keeps what the .ipynb holds beyond its cells' inputs (cell ids), so a source
+# that did not change leaves its .ipynb untouched; tests/test_notebooks_sync.py checks both agree.
+notebooks: $(VENV)/.installed
+	$(VENV)/bin/jupytext --update --to ipynb $(NOTEBOOK_SOURCES)
+
+# Everything under tests/, the tests marked slow (> ~5 s each) included: no -m filter here (for a
+# quick local pass, `$(PY) -m pytest -n 2 -m "not slow" tests`). Notebooks run only when
+# notebooks/ holds some: pytest exits 5 when it collects nothing.
 test: $(VENV)/.installed browser-deps
 	$(PY) -m pytest -n 2 tests
 ifneq ($(strip $(NOTEBOOKS)),)

@@ -6,11 +6,12 @@ import json
 import math
 import pickle
 import shutil
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -42,25 +43,23 @@ def reference_pack(values, bits):
 # ---------------------------------------------------------------------------------------------
 # Bit packing
 @settings(max_examples=150, deadline=None)
-@given(st.integers(1, 16).flatmap(lambda b: st.tuples(st.just(b), st.lists(st.integers(0, 2 ** b - 1), max_size=67))))
-def test_pack_round_trip_matches_numpy_packbits(case):
+@given(st.integers(1, 16).flatmap(lambda b: st.tuples(st.just(b), st.lists(st.integers(0, 2 ** b - 1), max_size=67))),
+       st.sampled_from([8, 16, E._CHUNK]))
+@example((1, [1]), 8)                                  # one value, one bit
+@example((16, [2 ** 16 - 1] * 9), 8)                   # the widest values, one past a chunk seam
+@example((5, [31, 0, 17, 31, 1, 30, 31]), 8)           # 35 bits: the last byte half used
+@example((13, [2 ** 13 - 1] + list(range(60))), 8)     # many chunks, an unaligned end
+@example((3, []), 8)                                   # nothing to pack
+def test_pack_round_trip_matches_numpy_packbits(case, chunk):
+    """Every width 1..16, lengths up to 67 and packing chunks of 8 or 16 values (many chunk seams)
+    or the default size: equal to numpy's packbits and unpacked back to the values."""
     bits, values = case
-    packed = pack_bits(torch.tensor(values, dtype=torch.int64), bits)
-    assert packed.dtype == torch.uint8
-    assert packed.numel() == math.ceil(len(values) * bits / 8) == packed_size(len(values), bits)
-    assert packed.tolist() == reference_pack(values, bits).tolist()
-    assert unpack_bits(packed, bits, len(values)).tolist() == values
-
-
-@pytest.mark.parametrize("bits", range(1, 17))
-@pytest.mark.parametrize("n", [1, 7, 9, 61])
-def test_pack_round_trip_every_width_odd_lengths_and_chunks(bits, n, monkeypatch):
-    monkeypatch.setattr(E, "_CHUNK", 8)                # many chunks: the chunk seams are exercised
-    values = torch.randint(0, 2 ** bits, (n,), generator=torch.Generator().manual_seed(bits * 100 + n))
-    values[0] = 2 ** bits - 1                          # the largest value of this width
-    packed = pack_bits(values, bits)
-    assert packed.tolist() == reference_pack(values.numpy(), bits).tolist()
-    assert torch.equal(unpack_bits(packed, bits, n), values)
+    with mock.patch.object(E, "_CHUNK", chunk):
+        packed = pack_bits(torch.tensor(values, dtype=torch.int64), bits)
+        assert packed.dtype == torch.uint8
+        assert packed.numel() == math.ceil(len(values) * bits / 8) == packed_size(len(values), bits)
+        assert packed.tolist() == reference_pack(values, bits).tolist()
+        assert unpack_bits(packed, bits, len(values)).tolist() == values
 
 
 def test_pack_refuses_bad_input():

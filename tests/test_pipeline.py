@@ -1,12 +1,11 @@
 """The rounds pipeline end to end: records, replay, reproducibility, resume after a kill, the CLI."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -17,6 +16,7 @@ from pwfn_viz.cli import main
 from pwfn_viz.data.datasets import create_dataset, make_loader
 from pwfn_viz.core.metrics import codebook_stats, evaluate
 from pwfn_viz.models.factory import create_model
+from pwfn_viz.train import loop
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(model="digits_mlp", pretrain_epochs=3, first_round_epochs=0.1, epochs_per_round=0.5,
@@ -81,47 +81,120 @@ def test_same_seed_same_run(quick_run, tmp_path):
             assert torch.equal(x, y)
 
 
-def test_resume_in_process_equals_uninterrupted(quick_run, tmp_path):
+class _Stopped(Exception):
+    """Raised by a patched round writer to end a run early, in-process."""
+
+
+def _assert_same_rounds(a_run, b_run):
+    assert len(a_run.rounds) == len(b_run.rounds)
+    for a, b in zip(a_run.rounds, b_run.rounds):
+        for which in ("pre", "post"):
+            for x, y in zip(a.flat(which), b.flat(which)):
+                assert torch.equal(x, y)
+
+
+def test_resume_in_process_equals_uninterrupted(quick_run, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
-    part = pwfn_viz.run(RunConfig(**FAST), out, progress=False, verbose=False, _stop_after_round=0)
+    write_round = loop._write_round
+
+    def write_then_stop(out_dir, r, *args):
+        write_round(out_dir, r, *args)
+        if r == 0:
+            raise _Stopped
+
+    monkeypatch.setattr(loop, "_write_round", write_then_stop)
+    with pytest.raises(_Stopped):
+        pwfn_viz.run(RunConfig(**FAST), out, progress=False, verbose=False)
+    monkeypatch.undo()
+    part = load_run(out)
     assert not part.complete and len(part.rounds) == 1
     (out / ".round_01.safetensors.abc.tmp").write_bytes(b"half a file")
     done = pwfn_viz.run(resume=out, progress=False, verbose=False)
     assert done.complete and not list(out.glob(".*.tmp"))
-    for a, b in zip(done.rounds, quick_run.rounds):
-        for x, y in zip(a.flat(), b.flat()):
-            assert torch.equal(x, y)
+    _assert_same_rounds(done, quick_run)
 
 
-def test_resume_after_kill(tmp_path):
-    """A subprocess killed during a round, then resumed to the end, equals an uninterrupted run."""
+# The child of test_resume_after_kill: a run of the config in argv[2] into argv[1] that ends with
+# os._exit (no cleanup, no atexit, no flushing: as abrupt as SIGKILL) at the kill point argv[3]
+# ("train@S": before optimiser step S of the round's training) of round argv[4]. The hooks wrap
+# internal functions of pwfn_viz.train.loop.
+KILL_SCRIPT = """
+import json, os, sys
+import pwfn_viz
+from pwfn_viz.train import loop
+
+out, config, k = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[4])
+point, _, step = sys.argv[3].partition("@")
+KILLED = 86
+
+def after(fn, when):
+    def wrapper(*args, **kwargs):
+        result = fn(*args, **kwargs)
+        if when(*args, **kwargs):
+            os._exit(KILLED)
+        return result
+    return wrapper
+
+if point == "train":        # in round k's training, before its optimiser step number `step`
+    train_steps, optimizer_step = loop.train_steps, loop.optimizer_step
+    def train_round(*args, desc="", **kwargs):
+        if desc != f"round {k} train":
+            return train_steps(*args, desc=desc, **kwargs)
+        counter = iter(range(1, 1_000_000))
+        def step_or_die(*a, **kw):
+            if next(counter) == int(step):
+                os._exit(KILLED)
+            return optimizer_step(*a, **kw)
+        loop.optimizer_step = step_or_die
+        try:
+            return train_steps(*args, desc=desc, **kwargs)
+        finally:
+            loop.optimizer_step = optimizer_step
+    loop.train_steps = train_round
+elif point == "tensors":    # round k's tensors saved, its table rows and run.json not yet
+    loop.atomic_save_tensors = after(loop.atomic_save_tensors,
+                                     lambda path, *a, **kw: path.name == loop.round_file(k))
+elif point == "tables":     # round k's rows appended to steps.csv and layers.csv, run.json not yet
+    loop.atomic_append_csv = after(loop.atomic_append_csv,
+                                   lambda path, frame: path.name == "layers.csv" and (frame["round"] == k).all())
+elif point == "committed":  # round k committed (run.json written), round k + 1 not begun
+    loop._write_round = after(loop._write_round, lambda out_dir, r, *a: r == k)
+else:
+    raise ValueError(point)
+pwfn_viz.run(pwfn_viz.RunConfig.from_dict(config), out, progress=False, verbose=False)
+sys.exit(0)   # the kill point was never reached
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, k, committed", [
+    ("train@1", 0, 0),     # nothing committed yet: resume starts from start.safetensors
+    ("train@3", 1, 1),     # round 1 takes 6 steps: killed half-way through its training
+    ("tensors", 1, 1),
+    ("tables", 1, 1),      # steps.csv and layers.csv already hold round 1's rows
+    ("committed", 1, 2),
+])
+def test_resume_after_kill(quick_run, tmp_path, point, k, committed):
+    """A process killed hard at a chosen point of a round, then resumed to the end, leaves the same
+    record as the uninterrupted run: tensors bitwise, metrics and tables row for row."""
     out = tmp_path / "killed"
-    args = ["--model", "digits_mlp", "--pretrain-epochs", "2", "--first-epochs", "1", "--epochs", "4",
-            "--fractions", "0.3,0.5,0.7,0.9,1.0", "--threads", "1", "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pwfn_viz", "run", "--out", str(out), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        meta = out / "run.json"
-        if meta.exists() and len(json.loads(meta.read_text())["rounds"]) >= 1:
-            break
-        time.sleep(0.02)
-    time.sleep(0.05)   # now inside round 1's training
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    rounds_done = len(json.loads((out / "run.json").read_text())["rounds"])
-    assert 1 <= rounds_done < 5, "the kill must land before the run ends"
+    script = tmp_path / "kill_run.py"
+    script.write_text(KILL_SCRIPT)
+    config = json.dumps(RunConfig(**FAST).to_dict())
+    proc = subprocess.run([sys.executable, str(script), str(out), config, point, str(k)],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 86, f"the kill point was not reached (exit {proc.returncode}):\n{proc.stderr}"
+    assert len(json.loads((out / "run.json").read_text())["rounds"]) == committed
+    if point == "tables":
+        assert k in set(pd.read_csv(out / "steps.csv")["round"])
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     resumed = load_run(out)
-    assert resumed.complete and len(resumed.rounds) == 5
-    reference_dir = tmp_path / "reference"
-    assert main(["run", "--out", str(reference_dir), *args]) == 0
-    reference = load_run(reference_dir)
-    for a, b in zip(resumed.rounds, reference.rounds):
-        for x, y in zip(a.flat(), b.flat()):
-            assert torch.equal(x, y)
-    assert len(resumed.steps) == len(reference.steps)   # no duplicate step rows from the killed round
+    assert resumed.complete
+    _assert_same_rounds(resumed, quick_run)
+    strip = lambda rows: [{k: v for k, v in m.items() if k != "seconds"} for m in rows]  # noqa: E731
+    assert strip(resumed.meta["rounds"]) == strip(quick_run.meta["rounds"])
+    for table in ("steps.csv", "layers.csv"):   # no duplicate rows from the killed round
+        pd.testing.assert_frame_equal(pd.read_csv(out / table), pd.read_csv(quick_run.path / table), check_exact=True)
 
 
 def test_checkpoint_is_loaded_safely(tmp_path):
@@ -178,9 +251,3 @@ def test_plain_model_equals_converted_model(quick_run):
     with pytest.raises(IndexError, match="rounds 0..2"):
         quick_run.model_at(7)
 
-
-def test_cli_bench_forwards_to_the_benchmark_suite(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "--help"])
-    assert exit_info.value.code == 0
-    assert "--only" in capsys.readouterr().out and (ROOT / "benchmarks" / "__main__.py").exists()

@@ -1,4 +1,4 @@
-"""The rounds pipeline (METHOD.md section 4): train, convert, then fix weights in rounds.
+"""The rounds pipeline (docs/method.md, section 4): train, convert, then fix weights in rounds.
 
 Read top to bottom: ``RunConfig`` (every default visible), ``train_steps`` (one optimiser loop for
 both the deterministic pre-training and the Bayesian re-training), then ``run``:
@@ -82,19 +82,15 @@ def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum:
     return float(total) / n_steps
 
 
-def optimizer_step(model: nn.Module, opt, loss: torch.Tensor, *, scaler=None, grad_clip: float = 0.0,
-                   edit_grads=None) -> None:
+def optimizer_step(model: nn.Module, opt, loss: torch.Tensor, *, scaler=None, grad_clip: float = 0.0) -> None:
     """The update of one training step, as ``train_steps`` makes it: zero_grad, backward (through
-    ``scaler`` when given, then unscaled), ``edit_grads()`` if given (benchmarks/bench_train_step's
-    authors' approach edits gradients there), gradient-norm clip, optimiser step."""
+    ``scaler`` when given, then unscaled), gradient-norm clip, optimiser step."""
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
     else:
         loss.backward()
-    if edit_grads is not None:
-        edit_grads()
     if grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     if scaler is not None:
@@ -162,8 +158,17 @@ def _prepare_out(config, out_dir, resume, info, verbose):
     return out, None
 
 
+def _write_round(out: Path, r: int, model: nn.Module, pre: dict, steps: pd.DataFrame, meta: dict) -> None:
+    """Round ``r``'s record: its tensors, then its rows of steps.csv and layers.csv, then run.json
+    last (the commit point for --resume: a round is recorded once run.json lists it)."""
+    atomic_save_tensors(out / round_file(r), snapshot_tensors(model, pre))
+    atomic_append_csv(out / "steps.csv", steps)
+    atomic_append_csv(out / "layers.csv", layer_table(model).assign(round=r))
+    atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
+
+
 def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress: bool = True,
-        verbose: bool = True, _stop_after_round: int | None = None) -> Run:
+        verbose: bool = True) -> Run:
     """Run (or, with ``resume=DIR``, continue) the whole PWFN pipeline; returns the loaded :class:`Run`.
 
     ``out_dir`` defaults to ``runs/<model>-<dataset>-<timestamp>``; it must be new or empty. Under
@@ -255,6 +260,11 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
         model.to(device)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
+        if write:   # drop table rows of a round that was written but never committed to run.json
+            for table in ("steps.csv", "layers.csv"):
+                rows = pd.read_csv(out / table) if (out / table).exists() else None
+                if rows is not None and (rows["round"] >= len(done)).any():
+                    atomic_write_text(out / table, rows[rows["round"] < len(done)].to_csv(index=False))
         log(f"resuming {out} after round {done[-1]['round'] if done else '(none)'}")
     forward = wrapped()
 
@@ -294,15 +304,10 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
         meta["rounds"].append(metrics)
         if r == len(config.fractions) - 1:
             meta["status"] = "complete"
-        if write:  # tensors and tables first, run.json last: the commit point for --resume
-            atomic_save_tensors(out / round_file(r), snapshot_tensors(model, pre))
-            atomic_append_csv(out / "steps.csv", result.steps)
-            atomic_append_csv(out / "layers.csv", layer_table(model).assign(round=r))
-            atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
+        if write:
+            _write_round(out, r, model, pre, result.steps, meta)
         log(format_round(metrics))
         bar.update()
-        if _stop_after_round is not None and r >= _stop_after_round:
-            break
     bar.close()
     if meta["status"] == "complete":
         final = meta["rounds"][-1]

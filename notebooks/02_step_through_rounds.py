@@ -1,0 +1,106 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Step through the rounds of a PWFN run
+#
+# Probabilistic weight fixing snaps a network's weights to a few shared values in rounds. Before each
+# snap every weight has a mean `mu` and an uncertainty `sigma`; a weight may move to a centre `c` only if
+# `|mu - c| <= delta * sigma`. This notebook looks at a recorded run round by round with four widgets
+# (`pwfn_viz.widgets`), all thin layers over the package's plots and functions:
+#
+# 1. **RoundExplorer**: a round slider and a layer selector; sigma against mu before the snap (with the
+#    centres the round chose and the band each accepts), the timeline with the round marked, and the
+#    greedy-step table of the round.
+# 2. **UncertaintyExplorer**: pick a layer, an output channel or a kernel tap; see the weights' sigma against
+#    their value and their position, and follow one weight through every round.
+# 3. **WhatIf**: re-cluster a round's stored mu and sigma with another `delta`, zero threshold or fraction,
+#    live, without retraining.
+# 4. **CompareExplorer**: PWFN against k-means weight sharing at any `k`.
+#
+# Every widget can also be driven from Python (set a control's `.value`; the outputs follow).
+
+# %% [markdown]
+# ## A run to look at
+# `PWFN_FAST=1` (the default) makes a short run: a few pre-training epochs and four rounds, a few seconds on
+# a laptop CPU. `PWFN_FAST=0` runs the paper's ten rounds with one epoch between them (about a minute).
+# To look at a run of your own instead, set `PWFN_RUN_DIR` to its directory (written by `pwfn-viz run`).
+
+# %%
+import os
+import tempfile
+
+import pwfn_viz
+from pwfn_viz.widgets import CompareExplorer, RoundExplorer, UncertaintyExplorer, WhatIf, weight_trajectory
+
+FAST = os.environ.get("PWFN_FAST", "1") != "0"
+RUN_DIR = os.environ.get("PWFN_RUN_DIR")
+if RUN_DIR:
+    run = pwfn_viz.load_run(RUN_DIR)
+else:
+    if FAST:
+        config = pwfn_viz.RunConfig(model="digits_cnn", pretrain_epochs=5, first_round_epochs=0.1,
+                                    epochs_per_round=0.3, fractions=(0.3, 0.6, 0.9, 1.0), threads=1)
+    else:
+        config = pwfn_viz.RunConfig(model="digits_cnn", pretrain_epochs=20, epochs_per_round=1)
+    run = pwfn_viz.run(config, out_dir=f"{tempfile.mkdtemp(prefix='pwfn-rounds-')}/digits", progress=False)
+run
+
+# %% [markdown]
+# ## Round by round
+# Move the **round** slider. The label gives the share of weights fixed after that round's snap, the test
+# accuracy before and after it, and the codebook size. In the left plot every point is a weight (before the
+# snap): grey ones were fixed in an earlier round, orange ones this round, blue ones stay free. Each vertical
+# line is a centre the greedy clustering chose, coloured by how many powers of two it needs (`P`); the faint
+# wedge above it is the band `sigma >= |mu - c| / delta` of weights it may take. Pick a **layer** to see one
+# tensor (the centres stay the network's: clustering is global).
+
+# %%
+RoundExplorer(run)
+
+# %% [markdown]
+# ## Where the uncertainty sits, and one weight's story
+# Pick a layer, then narrow it to one **output channel** and/or one **kernel tap**. Left: sigma against value;
+# right: sigma by position (a heatmap over the remaining dimensions). The **weight** slider picks one weight
+# of the selection (ringed in both plots); below, its trajectory: `mu` before and after every snap with its
+# `sigma` band, and the value it was fixed to and when.
+
+# %%
+UncertaintyExplorer(run, layer="conv2.weight")
+
+# %% [markdown]
+# The trajectory is a plain function of the run record, usable without the widget:
+
+# %%
+weight_trajectory(run, "conv2.weight", (3, 5, 1, 1))
+
+# %% [markdown]
+# ## What if the round had used other settings?
+# `WhatIf` takes the stored pre-snap `mu` and `sigma` of a round and clusters them again with
+# `pwfn_viz.cluster_round`: **delta** is the starting band width in sigmas, **zero 2^-b** the threshold below
+# which a weight counts as zero, **fraction** the share of weights to fix. It reports unique values, entropy
+# and the test accuracy with the snapped values loaded into the network of that round, next to what the run
+# recorded. With the run's own settings it reproduces the recorded round exactly.
+
+# %%
+WhatIf(run, round_index=-1)
+
+# %% [markdown]
+# ## PWFN against k-means at any k
+# k-means weight sharing of the starting network (one codebook, the chosen init, no fine-tuning here), against
+# PWFN's final network: accuracy, codebooks and the weight error of every layer.
+# `notebooks/04_pwfn_vs_kmeans.ipynb` has the full comparison at equal budgets, with fine-tuning.
+
+# %%
+CompareExplorer(run)
