@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -c constraints.txt -e ".[dev]" && touch $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(VENV)/bin/pwfn-viz run
+	$(VENV)/bin/pwfn-viz run --preset digits-demo
 
 # What tests/test_browser.py needs: Debian's chromium (installed when missing, as root) and the
 # playwright Python package (never `playwright install`: its browser download cannot work here).

@@ -24,6 +24,7 @@ from .baselines.kmeans.init import _INITS
 from .baselines.kmeans.quantize import _SCOPES
 from .core.bayes import SIGMA_INITS
 from .core.clustering import SIGMA_JOINS, ClusterConfig
+from .core.sigma_param import SIGMA_PARAMS
 from .data.datasets import _DATASETS
 from .models.factory import _MODELS, list_models
 from .registry import Registry
@@ -48,7 +49,8 @@ def registries() -> dict[str, Registry]:
     the own ones; timm's are listed by pattern)."""
     return {"models": _MODELS, "datasets": _DATASETS, "methods": METHODS, "optimizers": OPTIMIZERS,
             "presets": PRESETS, "sigma inits": _as_registry("sigma init", SIGMA_INITS),
-            "sigma joins": _as_registry("sigma join", SIGMA_JOINS), "k-means inits": _INITS,
+            "sigma joins": _as_registry("sigma join", SIGMA_JOINS), "sigma parameterisations": SIGMA_PARAMS,
+            "k-means inits": _INITS,
             "k-means scopes": _SCOPES}
 
 
@@ -125,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"cumulative fixed fractions, comma separated, ending in 1.0 (pwfn: {PAPER_FRACTIONS})")
     r.add_argument("--first-epochs", type=float, default=d.first_round_epochs, help="training before round 0")
     r.add_argument("--epochs", type=float, default=d.epochs_per_round, help="training before each later round")
+    r.add_argument("--first-steps", type=int, default=None, help="training before round 0 in optimiser steps "
+                   "(replaces --first-epochs)")
+    r.add_argument("--steps", type=int, default=None, help="training before each later round in optimiser steps "
+                   "(replaces --epochs)")
+    r.add_argument("--sigma-lr-mult", type=float, default=None,
+                   help=f"sigma's learning rate is lr times this (default {d.sigma_lr_mult}; 0 freezes sigma)")
+    _add_choice(r, "--sigma-param", reg["sigma parameterisations"], default=None,
+                help="what the optimiser steps for sigma: raw (the paper's) or log")
     _add_choice(r, "--optimizer", OPTIMIZERS, default=None, help="sgd (pwfn) / adam (wfn)")
     r.add_argument("--lr", type=float, default=None, help=f"learning rate (pwfn: {d.lr}, wfn: 2e-5)")
     r.add_argument("--momentum", type=float, default=d.momentum)
@@ -191,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--layer", default=None, help="tensor of the channel heatmap (default the largest convolution)")
     fg.add_argument("--dpi", type=int, default=200, help="resolution of the PNG files")
 
+    fr = sub.add_parser("frontier", help="accuracy against entropy over budgets and seeds: learned against frozen "
+                                         "sigma, k-means and coremltools palettization (the digits-demo preset)")
+    fr.add_argument("--out", required=True, metavar="DIR", help="folder for frontier.csv, the figure and the runs")
+    fr.add_argument("--seeds", type=_rounds, default=(0, 1, 2), help="comma-separated seeds (default 0,1,2)")
+    fr.add_argument("--bits", type=_rounds, default=(2, 3, 4), help="coremltools bit widths (default 2,3,4)")
+    fr.add_argument("--quiet", action="store_true", help="no progress bars")
+
     lst = sub.add_parser("list", help="list models, datasets, methods, optimizers, presets, sigma inits and "
                                       "joins, k-means inits and scopes")
     lst.add_argument("pattern", nargs="?", default="*", help="model name pattern, e.g. 'resnet*'")
@@ -201,7 +218,9 @@ def _config(a) -> RunConfig:
     fields = dict(model=a.model, dataset=a.dataset, data_root=a.data_root, image_size=a.image_size,
                   in_chans=a.in_chans, pretrained=a.pretrained, checkpoint=a.checkpoint,
                   pretrain_epochs=a.pretrain_epochs, pretrain_lr=a.pretrain_lr, fractions=a.fractions,
-                  first_round_epochs=a.first_epochs, epochs_per_round=a.epochs, optimizer=a.optimizer, lr=a.lr,
+                  first_round_epochs=a.first_epochs, epochs_per_round=a.epochs, first_round_steps=a.first_steps,
+                  steps_per_round=a.steps, sigma_lr_mult=a.sigma_lr_mult, sigma_param=a.sigma_param,
+                  optimizer=a.optimizer, lr=a.lr,
                   momentum=a.momentum, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
                   batch_size=a.batch_size, sigma_init=a.sigma_init, seed=a.seed, device=a.device,
                   threads=a.threads, wfn_delta=a.wfn_delta,
@@ -212,6 +231,18 @@ def _config(a) -> RunConfig:
         explicit = {k: v for k, v in given.items() if v != getattr(RunConfig(), k, None)}
         return RunConfig.from_preset(a.preset, **explicit)
     return RunConfig.wfn(**given) if a.method == "wfn" else RunConfig(method=a.method, **given)
+
+
+def _print_sigma_learning(run) -> None:
+    """Has sigma learned? The numbers per round, and the plain warning when it has not."""
+    table = run.sigma_learning()
+    if table.empty:
+        return
+    print("sigma against its initialisation, free weights before each snap (median change, rank correlation, "
+          "fraction moved >10 %, layers learned):")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    warning = run.sigma_warning()
+    print(f"WARNING: {warning}" if warning else f"sigma learned: {run.sigma_verdict_line()}")
 
 
 def main(argv=None) -> int:
@@ -231,6 +262,7 @@ def main(argv=None) -> int:
                 columns = ["fraction", "top1_before", "top1_after", "unique", "unique_nonzero", "entropy",
                            "entropy_nonzero"]
                 print(result.table()[columns].to_string(float_format=lambda v: f"{v:.3f}"))
+                _print_sigma_learning(result)
         elif args.command == "show":
             from .record.rundir import load_run
             result = load_run(args.run_dir)
@@ -239,6 +271,7 @@ def main(argv=None) -> int:
                 print(result.table().to_string(float_format=lambda v: f"{v:.3f}"))
                 if args.layers and result.rounds:
                     print(result.rounds[-1].layers.to_string(float_format=lambda v: f"{v:.4g}"))
+            _print_sigma_learning(result)
         elif args.command == "compare":
             from .analysis.compare import compare
             result = compare(args.run_dir, init=args.init, scope=args.scope, finetune=not args.no_finetune,
@@ -268,6 +301,15 @@ def main(argv=None) -> int:
             paths = write_figures(args.run_dir, args.out, args.formats, rounds=args.rounds, layer=args.layer,
                                   comparison=not args.no_compare, dpi=args.dpi)
             print(f"wrote {len(paths)} files to {args.out}")
+        elif args.command == "frontier":
+            from .analysis.frontier import FrontierConfig, run_frontier, summarise
+            from .viz.frontier_plots import plot_accuracy_entropy
+            from .viz.style import save
+            table = run_frontier(args.out, FrontierConfig(seeds=args.seeds, bits=args.bits), progress=not args.quiet)
+            with pd.option_context("display.width", 200):
+                print(summarise(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            save(plot_accuracy_entropy(table), os.path.join(args.out, "frontier.png"), dpi=150)
+            print(f"wrote {os.path.join(args.out, 'frontier.csv')} and frontier.png")
         elif args.command == "list":
             for label, registry in registries().items():
                 names = list_models(args.pattern) if label == "models" else registry.names()

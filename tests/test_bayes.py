@@ -150,8 +150,15 @@ def test_param_groups_and_masked_weight_decay_gradient():
     model = _half_fixed_cnn()
     groups = param_groups(model, 1e-4)
     bn_params = {id(p) for n, p in model.named_parameters() if "_mu" not in n and "_sigma" not in n}
-    assert {id(p) for p in groups[1]["params"]} == bn_params and groups[1]["weight_decay"] == 1e-4
-    assert groups[0]["weight_decay"] == 0.0
+    assert {id(p) for p in groups[2]["params"]} == bn_params and groups[2]["weight_decay"] == 1e-4
+    assert {id(p) for p in groups[0]["params"]} == {id(t.mu) for t in bayes_tensors(model)}
+    assert {id(p) for p in groups[1]["params"]} == {id(t.sigma) for t in bayes_tensors(model)}
+    assert groups[0]["weight_decay"] == groups[1]["weight_decay"] == 0.0
+    assert "lr" not in groups[1] and groups[1]["sigma_param"] == "raw"
+    fast = param_groups(model, 1e-4, sigma_lr=0.5, sigma_param="log")
+    assert fast[1]["lr"] == 0.5 and fast[1]["sigma_param"] == "log" and "lr" not in fast[0]
+    with pytest.raises(ValueError, match="unknown sigma parameterisation"):
+        param_groups(model, 1e-4, sigma_param="softplus")
     masked_weight_decay(model, 0.3).backward()
     for t in bayes_tensors(model):
         expected = torch.where(t.fixed, torch.zeros_like(t.mu), 0.3 * t.mu.detach())

@@ -81,12 +81,19 @@ def test_bad_amp_is_refused():
 
 @pytest.mark.slow
 def test_presets_follow_the_paper_and_print_published_numbers(tmp_path, capsys):
-    for name, fields in PRESETS.items():
+    paper = [name for name in PRESETS.names() if name.endswith("-imagenet")]
+    assert len(paper) == 5 and set(PRESETS.names()) - set(paper) == {"digits-demo"}
+    for name in paper:
         cfg = RunConfig.from_preset(name, data_root="/data/imagenet")
         assert cfg.lr == 1e-3 and cfg.momentum == 0.9 and cfg.weight_decay == 1e-4 and cfg.grad_clip == 1.0
         assert cfg.batch_size == 128 and cfg.epochs_per_round == 3 and cfg.first_round_epochs == 0.05
         assert cfg.fractions == pwfn_viz.PAPER_FRACTIONS and cfg.pretrained and cfg.preset == name
+        # the paper's training of sigma: its own parameter, the same learning rate, epochs not steps
+        assert cfg.sigma_lr_mult == 1.0 and cfg.sigma_param == "raw"
+        assert cfg.steps_per_round is None and cfg.first_round_steps is None
         assert name in PUBLISHED
+        assert {k: v for k, v in cfg.to_dict().items() if k in ("sigma_lr_mult", "sigma_param", "steps_per_round")} \
+            == {"sigma_lr_mult": 1.0, "sigma_param": "raw", "steps_per_round": None}
     with pytest.raises(ValueError, match="unknown preset 'resnet9'.*resnet18-imagenet"):
         RunConfig.from_preset("resnet9")
     # a preset shrunk to CPU size runs end to end and prints the published numbers at the end

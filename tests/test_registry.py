@@ -23,6 +23,7 @@ from pwfn_viz.core.bayes import SIGMA_INITS
 from pwfn_viz.core.clustering import SIGMA_JOINS
 from pwfn_viz.data.datasets import _DATASETS, create_dataset, list_datasets, register_dataset
 from pwfn_viz.models.factory import _MODELS, create_model, list_models, register_model
+from pwfn_viz.core.sigma_param import SIGMA_PARAMS
 from pwfn_viz.registry import Registry, check_choice
 from pwfn_viz.train.config import METHODS, OPTIMIZERS, RunConfig
 from pwfn_viz.train.loop import optimizer_step
@@ -38,13 +39,14 @@ CLI_CHOICES = {
     ("run", "--sigma-init"): SIGMA_INITS,
     ("run", "--sigma-join"): SIGMA_JOINS,
     ("run", "--preset"): PRESETS,
+    ("run", "--sigma-param"): SIGMA_PARAMS,
     ("compare", "--init"): _INITS,
     ("compare", "--scope"): _SCOPES,
 }
 FIXED_CHOICES = {("run", "--amp"), ("analyse", "--which")}   # not names of registered things
 
 LIST_LABELS = ["models", "datasets", "methods", "optimizers", "presets", "sigma inits", "sigma joins",
-               "k-means inits", "k-means scopes"]
+               "sigma parameterisations", "k-means inits", "k-means scopes"]
 
 
 @contextlib.contextmanager
@@ -121,8 +123,9 @@ def test_each_registry_lists_what_exists():
     assert list_inits() == _INITS.names() == ["density", "kmeans++", "linear", "random"]
     assert list_scopes() == _SCOPES.names() == ["channel", "global", "layer"]
     assert _ALGORITHMS.names() == ["lloyd", "optimal"]
-    assert PRESETS.names() == ["deit-small-imagenet", "deit-tiny-imagenet", "resnet18-imagenet",
+    assert PRESETS.names() == ["deit-small-imagenet", "deit-tiny-imagenet", "digits-demo", "resnet18-imagenet",
                                "resnet34-imagenet", "resnet50-imagenet"]
+    assert SIGMA_PARAMS.names() == ["log", "raw"]
     fields = preset("resnet18-imagenet")
     fields["model"] = "changed"                   # preset() hands out a copy
     assert PRESETS.get("resnet18-imagenet")["model"] == "resnet18"
@@ -256,7 +259,8 @@ def test_list_prints_every_registry(capsys):
     printed = {line.split(":")[0]: line.split(":", 1)[1].strip() for line in lines}
     expected = {"models": list_models(), "datasets": list_datasets(), "methods": METHODS.names(),
                 "optimizers": OPTIMIZERS.names(), "presets": PRESETS.names(), "sigma inits": sorted(SIGMA_INITS),
-                "sigma joins": sorted(SIGMA_JOINS), "k-means inits": list_inits(), "k-means scopes": list_scopes()}
+                "sigma joins": sorted(SIGMA_JOINS), "sigma parameterisations": SIGMA_PARAMS.names(),
+                "k-means inits": list_inits(), "k-means scopes": list_scopes()}
     assert printed == {label: ", ".join(names) for label, names in expected.items()}
 
 

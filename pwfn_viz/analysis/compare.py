@@ -57,6 +57,7 @@ from ..baselines.kmeans import kmeans_quantize, list_inits, list_scopes
 from ..core.metrics import codebook_stats, evaluate
 from ..core.device import resolve_device
 from ..record.rundir import Run, load_run
+from ..train.config import RunConfig
 
 __all__ = ["Comparison", "FinetuneResult", "compare", "kmeans_finetune", "learned_sigma",
            "match_entropy", "measure_method", "converted_weights", "flatten_named", "CLAMP_WARNING",
@@ -328,6 +329,16 @@ def measure_method(method, k, finetuned, model, names, w_start, sigma, test_load
     return row, layers, w
 
 
+def _pwfn_training_epochs(cfg: dict, data) -> float:
+    """How much the PWFN run trained after conversion, in epochs: its epoch budgets, or its step
+    budgets (``steps_per_round``) divided by the steps of one epoch."""
+    if cfg.get("first_round_steps") is None and cfg.get("steps_per_round") is None:
+        return cfg["first_round_epochs"] + cfg["epochs_per_round"] * (len(cfg["fractions"]) - 1)
+    steps_per_epoch = len(make_loader(data.train, cfg["batch_size"]))
+    config = RunConfig.from_dict(cfg)
+    return sum(config.round_budget(r, steps_per_epoch) for r in range(len(config.fractions))) / steps_per_epoch
+
+
 def _check_run(run) -> Run:
     run = run if isinstance(run, Run) else load_run(run)
     n_rounds = len(run.config["fractions"])
@@ -349,7 +360,7 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
         scope: "global" (one codebook), "layer" or "channel" (``k`` per group).
         finetune: also fine-tune both k-means models (rows "...+ft").
         finetune_epochs: default the PWFN run's own training after conversion,
-            ``first_round_epochs + epochs_per_round * (rounds - 1)``.
+            ``first_round_epochs + epochs_per_round * (rounds - 1)``, or its step budgets in epochs.
         finetune_lr: default the run's lr; momentum, grad_clip, batch size and the other
             parameters' weight decay also come from the run's config.
         device: where to evaluate and fine-tune ("auto", "cpu", "cuda", ...).
@@ -398,8 +409,7 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
     k_max = int(torch.unique(w_start).numel()) + int(keep_zero)
     k_unique = max(1, min(final["unique"], k_max))
     k_entropy, search = match_entropy(entropy_of, final["entropy"], k_max)
-    epochs = finetune_epochs if finetune_epochs is not None else \
-        cfg["first_round_epochs"] + cfg["epochs_per_round"] * (len(cfg["fractions"]) - 1)
+    epochs = finetune_epochs if finetune_epochs is not None else _pwfn_training_epochs(cfg, data)
     for budget, k in (("unique", k_unique), ("entropy", k_entropy)):
         quantized, codebooks, labels = quantize(k)
         model = run.plain_model_at(None)

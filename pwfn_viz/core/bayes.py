@@ -339,11 +339,22 @@ def masked_weight_decay(model: nn.Module, weight_decay: float) -> torch.Tensor:
     return out
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Optimiser groups: converted mu and sigma without the optimiser's decay (mu gets
-    ``masked_weight_decay`` instead; sigma is governed by the regulariser), everything else
-    (norm layers, embeddings, tokens) with ``weight_decay``."""
-    bayes = {id(p) for t in bayes_tensors(model) for p in (t.mu, t.sigma)}
+def param_groups(model: nn.Module, weight_decay: float, sigma_lr: float | None = None,
+                 sigma_param: str = "raw") -> list[dict]:
+    """Optimiser groups: converted mu, converted sigma, and everything else (norm layers,
+    embeddings, tokens, with ``weight_decay``). Neither mu nor sigma gets the optimiser's decay
+    (mu gets ``masked_weight_decay`` instead; sigma is governed by the regulariser).
+
+    ``sigma_lr`` gives sigma a learning rate of its own (None: the optimiser's); ``sigma_param``
+    ("raw" or "log", see :mod:`pwfn_viz.core.sigma_param`) is the variable the optimiser steps for
+    sigma, read by ``train.loop.optimizer_step``."""
+    from .sigma_param import GROUP_KEY, SIGMA_PARAMS
+    SIGMA_PARAMS.get(sigma_param)
+    tensors = bayes_tensors(model)
+    mus, sigmas = {id(t.mu) for t in tensors}, {id(t.sigma) for t in tensors}
     params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if id(p) in bayes], "weight_decay": 0.0},
-            {"params": [p for p in params if id(p) not in bayes], "weight_decay": weight_decay}]
+    sigma_group = {"params": [p for p in params if id(p) in sigmas], "weight_decay": 0.0, GROUP_KEY: sigma_param}
+    if sigma_lr is not None:
+        sigma_group["lr"] = sigma_lr
+    return [{"params": [p for p in params if id(p) in mus], "weight_decay": 0.0}, sigma_group,
+            {"params": [p for p in params if id(p) not in mus and id(p) not in sigmas], "weight_decay": weight_decay}]

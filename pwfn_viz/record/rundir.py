@@ -34,6 +34,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.bayes import bayes_tensors
+from ..core.sigma_learning import ADVICE as SIGMA_ADVICE
+from ..core.sigma_learning import COLUMNS as SIGMA_LEARNING_COLUMNS
+from ..core.sigma_learning import describe as describe_learning
+from ..core.sigma_learning import layers_learned, sigma_learning_table
 
 FORMAT_VERSION = 1
 _UMASK = os.umask(0)
@@ -210,6 +214,59 @@ class Run:
     def table(self) -> pd.DataFrame:
         """One row per round: fraction fixed, accuracy before/after the snap, unique values, entropy."""
         return pd.DataFrame(self.meta["rounds"]).set_index("round")
+
+    # ------------------------------------------------------------------ has sigma learned?
+    @property
+    def initial_sigma(self) -> dict[str, torch.Tensor]:
+        """Sigma of every converted tensor at conversion, before any training."""
+        return {n: self.start[f"sigma/{n}"] for n in self.meta["tensors"]}
+
+    def sigma_learning_layers(self, round_index: int = -1) -> pd.DataFrame:
+        """Per tensor (and ``"all"``): how far the sigma that round ``round_index`` clustered with
+        (trained, before the snap) is from the initial sigma, over the weights still free
+        (:mod:`pwfn_viz.core.sigma_learning`). Read from layers.csv when the run recorded it."""
+        r = self.rounds[round_index]
+        if "sigma_rank_corr" in r.layers.columns and "sigma_rank_corr" in r.metrics:   # recorded
+            table = r.layers[["name", *SIGMA_LEARNING_COLUMNS]].rename(columns={"name": "layer"})
+            table = pd.concat([table, pd.DataFrame([{"layer": "all", **{k: r.metrics[k] for k in SIGMA_LEARNING_COLUMNS}}])],
+                              ignore_index=True).astype({"sigma_learned": object})
+            table["sigma_learned"] = [None if v is None or pd.isna(v) else bool(v) for v in table["sigma_learned"]]
+            return table
+        return sigma_learning_table(self.initial_sigma, r.pre_sigma, r.pre_fixed)
+
+    def sigma_learning(self) -> pd.DataFrame:
+        """One row per round: the diagnostic over all free weights, and how many layers learned."""
+        rows = []
+        for i, r in enumerate(self.rounds):
+            if all(k in r.metrics for k in SIGMA_LEARNING_COLUMNS):
+                row = {k: r.metrics[k] for k in SIGMA_LEARNING_COLUMNS}
+                row["layers_learned"] = r.metrics.get("sigma_layers_learned", "")
+            else:
+                layers = self.sigma_learning_layers(i)
+                row = layers.iloc[-1][SIGMA_LEARNING_COLUMNS].to_dict()
+                row["layers_learned"] = layers_learned(layers)
+            rows.append({"round": r.index, **row})
+        return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame()
+
+    def _latest_verdict(self):
+        table = self.sigma_learning()
+        told = table[table["sigma_learned"].notna()] if len(table) else table
+        return None if told is None or told.empty else told.iloc[-1]
+
+    def sigma_warning(self) -> str | None:
+        """A plain warning when sigma is essentially its initialisation in the latest round that can
+        tell (see :mod:`pwfn_viz.core.sigma_learning` for the thresholds), else None."""
+        row = self._latest_verdict()
+        if row is None or row["sigma_learned"]:
+            return None
+        return f"round {row.name}: {describe_learning(row.to_dict())}. {SIGMA_ADVICE}"
+
+    def sigma_verdict_line(self) -> str:
+        """The diagnostic of the latest round that can tell, in one line."""
+        row = self._latest_verdict()
+        if row is None:
+            return "no round yet has two or more free weights to compare"
+        return f"round {row.name}: {describe_learning(row.to_dict())} ({row['layers_learned']} layers)"
 
     def _fresh_model(self) -> torch.nn.Module:
         from ..models.factory import create_model

@@ -10,6 +10,7 @@ import torch
 from ..baselines.wfn import WFN_FRACTIONS, wfn_allowance, wfn_round
 from ..core import bayes
 from ..core.clustering import ClusterConfig, cluster_round
+from ..core.sigma_param import SIGMA_PARAMS
 from ..registry import Registry
 
 PAPER_FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0)
@@ -42,6 +43,8 @@ class RunConfig:
     fractions: tuple = PAPER_FRACTIONS
     first_round_epochs: float = 0.05         # training before round 0, in epochs
     epochs_per_round: float = 3              # training before every later round
+    first_round_steps: int | None = None     # the same budgets in optimiser steps; when set they
+    steps_per_round: int | None = None       # replace the epoch budgets above
     optimizer: str = "sgd"                   # sgd | adam: see OPTIMIZERS
     lr: float = 1e-3
     momentum: float = 0.9
@@ -52,6 +55,8 @@ class RunConfig:
     sigma_init_value: float = bayes.CONSTANT_SIGMA_INIT
     reg_lambda: float = bayes.REG_LAMBDA
     reg_cap: float = bayes.REG_CAP
+    sigma_lr_mult: float = 1.0               # sigma's learning rate is lr * sigma_lr_mult (0: sigma frozen)
+    sigma_param: str = "raw"                 # what the optimiser steps for sigma: raw (paper) | log
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     wfn_delta: float = 0.01                  # WFN: final relative-distance allowance
     seed: int = 0
@@ -72,9 +77,15 @@ class RunConfig:
             raise ValueError(f"fractions {f} must be increasing values in (0, 1]")
         if f[-1] != 1.0:
             raise ValueError(f"the last fraction is {f[-1]}; it must be 1.0 so that every weight ends on a centre")
-        for name in ("pretrain_epochs", "first_round_epochs", "epochs_per_round"):
+        for name in ("pretrain_epochs", "first_round_epochs", "epochs_per_round", "sigma_lr_mult"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        for name in ("first_round_steps", "steps_per_round"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name}={value!r} must be a whole number of optimiser steps >= 0 (or None: "
+                                 f"use the epoch budget)")
+        SIGMA_PARAMS.get(self.sigma_param)
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")
         METHODS.get(self.method)         # an unknown name: the registry's error, listing what exists
@@ -95,6 +106,21 @@ class RunConfig:
         regulariser). Same model, data and pre-training fields as any run."""
         return cls(**{"method": "wfn", "fractions": WFN_FRACTIONS, "optimizer": "adam", "lr": 2e-5,
                       "sigma_init": "constant", "sigma_init_value": 0.0, "reg_lambda": 0.0, **overrides})
+
+    @classmethod
+    def demo(cls, **overrides) -> "RunConfig":
+        """The ``digits-demo`` preset: the paper's settings except that sigma gets enough
+        optimisation to learn in a short run (see ``presets.DEMO``)."""
+        return cls.from_preset("digits-demo", **overrides)
+
+    def round_budget(self, round_index: int, steps_per_epoch: int) -> int:
+        """Optimiser steps of training before round ``round_index`` (at least one when the budget is
+        above zero), from the step budget when set, else from the epoch budget."""
+        steps = self.first_round_steps if round_index == 0 else self.steps_per_round
+        if steps is not None:
+            return steps
+        epochs = self.first_round_epochs if round_index == 0 else self.epochs_per_round
+        return max(1, round(epochs * steps_per_epoch)) if epochs > 0 else 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

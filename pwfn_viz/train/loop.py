@@ -33,6 +33,11 @@ from tqdm.auto import tqdm
 from ..core import bayes
 from ..core.device import resolve_device
 from ..core.metrics import codebook_stats, evaluate, layer_table
+from ..core.sigma_learning import describe as describe_learning
+from ..core.sigma_learning import ADVICE as SIGMA_ADVICE
+from ..core.sigma_learning import overall as sigma_overall
+from ..core.sigma_learning import sigma_learning_table, verdict
+from ..core.sigma_param import stepping_variable, to_step_gradients
 from ..data.datasets import create_dataset, make_loader
 from ..models.factory import create_model, load_checkpoint
 from ..record.rundir import (FORMAT_VERSION, Run, atomic_append_csv, atomic_save_tensors, atomic_write_text,
@@ -44,16 +49,20 @@ from .config import METHODS, OPTIMIZERS, PAPER_FRACTIONS, RunConfig
 def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum: float, weight_decay: float,
                 grad_clip: float, device, bayesian: bool, optimizer: str = "sgd", reg_lambda: float = bayes.REG_LAMBDA,
                 reg_cap: float = bayes.REG_CAP, progress: bool = True, desc: str = "train",
-                forward: nn.Module | None = None, autocast=None, scaler=None, channels_last: bool = False) -> float:
-    """SGD (or Adam) for ``epochs`` (fractions allowed, at least one step) with a fresh optimiser;
-    returns the mean task loss. Bayesian models add the sigma regulariser and the decay that spares
-    fixed weights. ``forward`` is the module to call (a DDP or compiled wrapper of ``model``);
-    ``autocast``/``scaler`` enable mixed precision."""
-    n_steps = max(1, round(epochs * len(loader))) if epochs > 0 else 0
+                forward: nn.Module | None = None, autocast=None, scaler=None, channels_last: bool = False,
+                steps: int | None = None, sigma_lr_mult: float = 1.0, sigma_param: str = "raw") -> float:
+    """SGD (or Adam) for ``epochs`` (fractions allowed, at least one step), or exactly ``steps``
+    optimiser steps when given, with a fresh optimiser; returns the mean task loss. Bayesian models
+    add the sigma regulariser and the decay that spares fixed weights, and step sigma at
+    ``lr * sigma_lr_mult`` in the ``sigma_param`` parameterisation (:mod:`pwfn_viz.core.sigma_param`).
+    ``forward`` is the module to call (a DDP or compiled wrapper of ``model``); ``autocast``/``scaler``
+    enable mixed precision."""
+    n_steps = steps if steps is not None else (max(1, round(epochs * len(loader))) if epochs > 0 else 0)
     if n_steps == 0:
         return math.nan
     forward = forward or model
-    groups = bayes.param_groups(model, weight_decay) if bayesian else model.parameters()
+    groups = bayes.param_groups(model, weight_decay, sigma_lr=lr * sigma_lr_mult, sigma_param=sigma_param) \
+        if bayesian else model.parameters()
     extra = {"momentum": momentum} if optimizer == "sgd" else {}
     opt = OPTIMIZERS[optimizer](groups, lr=lr, weight_decay=0.0 if bayesian else weight_decay, **extra)
     model.train()
@@ -84,20 +93,23 @@ def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum:
 
 def optimizer_step(model: nn.Module, opt, loss: torch.Tensor, *, scaler=None, grad_clip: float = 0.0) -> None:
     """The update of one training step, as ``train_steps`` makes it: zero_grad, backward (through
-    ``scaler`` when given, then unscaled), gradient-norm clip, optimiser step."""
+    ``scaler`` when given, then unscaled), sigma's gradient in the variable its group steps (log
+    sigma: ``sigma * dL/dsigma``), gradient-norm clip, optimiser step (on log sigma for such groups)."""
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
     else:
         loss.backward()
+    to_step_gradients(opt)
     if grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if scaler is not None:
-        scaler.step(opt)
-        scaler.update()
-    else:
-        opt.step()
+    with stepping_variable(opt):
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
 
 
 def _versions() -> dict:
@@ -158,13 +170,21 @@ def _prepare_out(config, out_dir, resume, info, verbose):
     return out, None
 
 
-def _write_round(out: Path, r: int, model: nn.Module, pre: dict, steps: pd.DataFrame, meta: dict) -> None:
-    """Round ``r``'s record: its tensors, then its rows of steps.csv and layers.csv, then run.json
-    last (the commit point for --resume: a round is recorded once run.json lists it)."""
+def _write_round(out: Path, r: int, model: nn.Module, pre: dict, steps: pd.DataFrame, learning: pd.DataFrame,
+                 meta: dict) -> None:
+    """Round ``r``'s record: its tensors, then its rows of steps.csv and layers.csv (the layer
+    table with the per-layer sigma diagnostic ``learning``), then run.json last (the commit point
+    for --resume: a round is recorded once run.json lists it)."""
     atomic_save_tensors(out / round_file(r), snapshot_tensors(model, pre))
     atomic_append_csv(out / "steps.csv", steps)
-    atomic_append_csv(out / "layers.csv", layer_table(model).assign(round=r))
+    per_layer = learning[learning["layer"] != "all"].rename(columns={"layer": "name"})
+    atomic_append_csv(out / "layers.csv", layer_table(model).merge(per_layer, on="name", how="left").assign(round=r))
     atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
+
+
+def _initial_sigma(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each converted tensor's sigma as it is now (right after conversion: its initial value)."""
+    return {t.name: t.sigma.detach().clone() for t in bayes.bayes_tensors(model)}
 
 
 def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress: bool = True,
@@ -238,6 +258,7 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
         bayes.convert(model, config.sigma_init, **({"value": config.sigma_init_value}
                                                    if config.sigma_init == "constant" else {}))
         n_conv = sum(t.mu.numel() for t in bayes.bayes_tensors(model))
+        initial_sigma = _initial_sigma(model)
         meta = {"format_version": FORMAT_VERSION, "status": "running", "config": config.to_dict(),
                 "model_spec": spec, "versions": _versions(), "device": str(device),
                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -256,6 +277,8 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
         snap = out / (round_file(done[-1]["round"]) if done else "start.safetensors")
         from safetensors.torch import load_file
         bayes.convert(model, "constant", value=0.0)
+        start = load_file(str(out / "start.safetensors"))
+        initial_sigma = {name: start[f"sigma/{name}"] for name in meta["tensors"]}
         model.load_state_dict(state_dict_from_snapshot(load_file(str(snap))))
         model.to(device)
         if config.channels_last:
@@ -275,15 +298,19 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
         t0 = time.time()
         torch.manual_seed(config.seed * 1_000_003 + r * 7919 + info.rank)   # each round reproducible on its own
         loader = distributed.train_loader(data.train, config.batch_size, config.seed * 1_000_003 + r, info)
-        epochs = config.first_round_epochs if r == 0 else config.epochs_per_round
-        train_loss = train_steps(model, loader, epochs, bayesian=True, optimizer=config.optimizer,
-                                 reg_lambda=config.reg_lambda, reg_cap=config.reg_cap, forward=forward,
-                                 desc=f"round {r} train", **train_kw)
+        train_loss = train_steps(model, loader, 0, steps=config.round_budget(r, len(loader)), bayesian=True,
+                                 optimizer=config.optimizer, reg_lambda=config.reg_lambda, reg_cap=config.reg_cap,
+                                 sigma_lr_mult=config.sigma_lr_mult, sigma_param=config.sigma_param,
+                                 forward=forward, desc=f"round {r} train", **train_kw)
         before = evaluate_now()
         mu, sigma, fixed = bayes.flat_state(model)
         pre = {}
         for t in bayes.bayes_tensors(model):
             pre[f"mu/{t.name}"], pre[f"sigma/{t.name}"], pre[f"fixed/{t.name}"] = t.value, t.sigma.detach().clone(), t.fixed.clone()
+        # Has sigma learned? The sigma this round clusters with against its initial value, free weights.
+        learning = sigma_learning_table({n: s.cpu() for n, s in initial_sigma.items()},
+                                        {k[6:]: v.cpu() for k, v in pre.items() if k.startswith("sigma/")},
+                                        {k[6:]: v.cpu() for k, v in pre.items() if k.startswith("fixed/")})
         # Rank 0 clusters; the others receive its result, so every rank holds the same network.
         result = METHODS[config.method](mu, sigma, fixed, fraction, r, config) if main else None
         new_mu, new_sigma = (result.mu, result.sigma) if main else (torch.empty_like(mu), torch.empty_like(sigma))
@@ -298,15 +325,17 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
                    "top5_before": before["top5"], "top5_after": after["top5"],
                    "loss_before": before["loss"], "loss_after": after["loss"], "train_loss": train_loss,
                    **stats, "n_centres": len(result.centres) if main else None,
-                   "n_steps": len(result.steps) if main else None, "seconds": round(time.time() - t0, 3)}
+                   "n_steps": len(result.steps) if main else None, "seconds": round(time.time() - t0, 3),
+                   **sigma_overall(learning)}
         if info.enabled:
             metrics["ranks_identical"] = identical
         meta["rounds"].append(metrics)
         if r == len(config.fractions) - 1:
             meta["status"] = "complete"
         if write:
-            _write_round(out, r, model, pre, result.steps, meta)
+            _write_round(out, r, model, pre, result.steps, learning, meta)
         log(format_round(metrics))
+        log(f"         {describe_learning(metrics, learning)}")
         bar.update()
     bar.close()
     if meta["status"] == "complete":
@@ -317,5 +346,11 @@ def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress:
             from .presets import PUBLISHED
             for line in PUBLISHED.get(config.preset, []):
                 log(f"published ({config.preset}): {line}")
+    told = verdict(meta["rounds"])
+    if told is not None:
+        r, m = told
+        learned = f"sigma learned by round {r}" if m["sigma_learned"] else f"WARNING: by round {r} sigma has not learned"
+        log(f"{learned}: {describe_learning(m)} ({m['sigma_layers_learned']} layers)"
+            + ("" if m["sigma_learned"] else f". {SIGMA_ADVICE}"))
     distributed.cleanup(info)
     return load_run(out)

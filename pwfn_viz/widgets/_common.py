@@ -18,9 +18,13 @@ import math
 from pathlib import Path
 
 import ipywidgets as widgets
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from ..core.sigma_learning import ADVICE as SIGMA_ADVICE
+from ..core.sigma_learning import describe as describe_learning
+from ..core.sigma_learning import layers_learned
 from ..record.rundir import Run, load_run
 
 __all__ = ["Explorer", "png", "figure", "as_run", "incomplete_message", "test_loader", "table_html", "threads_for",
@@ -125,6 +129,21 @@ def unknown_layer(run: Run, name, allow_all: bool = True) -> str:
     names = list(run.meta["tensors"])
     return (f"layer {name!r} does not exist in this run; choose one of: {', '.join(names)}"
             + (" (or None for all layers)" if allow_all else ""))
+
+
+def sigma_learning_html(run: Run, round_index: int, layer: str | None = None) -> str:
+    """One line: has the sigma this round clustered with learned, for ``layer`` (None: the network)?
+    Styled as a warning, with what to change, when it is essentially its initialisation."""
+    table = run.sigma_learning_layers(round_index)
+    row = table[table["layer"] == (layer or "all")].iloc[0].to_dict()
+    where = layer or "all layers"
+    text = html.escape(f"{where}, round {run.rounds[round_index].index}: {describe_learning(row)}"
+                       + ("" if layer else f" ({layers_learned(table)} layers)"))
+    learned = row["sigma_learned"]
+    if learned is not None and not pd.isna(learned) and not bool(learned):
+        return (f'<div class="pwfn-sigma-learning" style="color:{_STYLES["warning"]}"><b>sigma not learned:</b> '
+                f'{text}<br><small>{html.escape(SIGMA_ADVICE)}</small></div>')
+    return f'<div class="pwfn-sigma-learning" style="color:{_STYLES["info"]}">{text}</div>'
 
 
 class Explorer(widgets.VBox):

@@ -2,7 +2,8 @@
 
 A round slider and a layer selector drive linked views: sigma against mu before the round's snap
 (with the centres chosen and the band each accepts), the run's timeline with the round marked,
-and the greedy steps of the round (plot and table). The label above them reads "round i: x% fixed ...".
+and the greedy steps of the round (plot and table). The label above them reads "round i: x% fixed ...",
+and the line below it says whether the sigma shown has learned or is still its initialisation.
 
     >>> w = RoundExplorer(pwfn_viz.load_run("runs/digits"))    # doctest: +SKIP
     >>> w.round_slider.value = 3          # the label, plots and table follow  # doctest: +SKIP
@@ -15,7 +16,7 @@ import ipywidgets as widgets
 from ..constants import ZERO_BAND_EXPONENT
 from ..viz.plots import plot_greedy_steps, plot_timeline
 from ..viz.uncertainty import plot_sigma_vs_mu
-from ._common import ALL, Explorer, figure, layer_options, png, table_html, unknown_layer
+from ._common import ALL, Explorer, figure, layer_options, png, sigma_learning_html, table_html, unknown_layer
 
 __all__ = ["RoundExplorer", "round_label"]
 
@@ -58,11 +59,12 @@ class RoundExplorer(Explorer):
                                       layout=widgets.Layout(width="340px"))
         self.round_label = widgets.Label(layout=widgets.Layout(width="100%"))
         self.round_label.add_class("pwfn-round-label")
+        self.sigma_learning = widgets.HTML()   # has sigma learned (this round, this layer)?
         self.scatter = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         self.timeline = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         self.steps_plot = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         self.steps_table = widgets.HTML(layout=widgets.Layout(min_width="480px"))
-        self._compose(widgets.HBox([self.round_slider, self.layer]), self.round_label,
+        self._compose(widgets.HBox([self.round_slider, self.layer]), self.round_label, self.sigma_learning,
                       widgets.HBox([self.scatter, self.timeline]),
                       widgets.HTML("<b>greedy steps of this round</b> (centres in the order chosen)"),
                       widgets.HBox([self.steps_plot, self.steps_table]))
@@ -105,6 +107,7 @@ class RoundExplorer(Explorer):
         with self.busy(3 if round_changed else 1) as step:
             step("sigma against mu")
             self.round_label.value = round_label(self.run, i, layer)
+            self.sigma_learning.value = sigma_learning_html(self.run, i, layer)
             fig, ax = figure(self.width, 4.0)
             cluster = self.run.config.get("cluster", {})
             zero_band = 2.0 ** -cluster.get("b", ZERO_BAND_EXPONENT) if cluster.get("zero_fix", True) else None

@@ -19,7 +19,7 @@ import ipywidgets as widgets
 import torch
 
 from ..analysis.tables import weight_status
-from ._common import ALL, Explorer, figure, layer_options, png, table_html, unknown_layer
+from ._common import ALL, Explorer, figure, layer_options, png, sigma_learning_html, table_html, unknown_layer
 from ._plots import plot_selection_position, plot_selection_scatter, plot_trajectory
 from .trajectory import select_view, select_weights, weight_trajectory
 
@@ -50,13 +50,14 @@ class UncertaintyExplorer(Explorer):
         self.round_slider = widgets.IntSlider(value=0, min=0, max=0, description="round", continuous_update=False)
         self.weight = widgets.IntSlider(value=0, min=0, max=0, description="weight", continuous_update=False)
         self.selection_label = widgets.Label()
+        self.sigma_learning = widgets.HTML()   # has this layer's sigma learned by this round?
         self.weight_label = widgets.Label()
         self.scatter = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         self.position = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         self.trajectory_plot = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         self.trajectory_table = widgets.HTML()
         self._compose(widgets.HBox([self.layer, self.round_slider]), widgets.HBox([self.channel, self.tap]),
-                      self.selection_label, widgets.HBox([self.scatter, self.position]),
+                      self.selection_label, self.sigma_learning, widgets.HBox([self.scatter, self.position]),
                       widgets.HBox([self.weight, self.weight_label]),
                       widgets.HBox([self.trajectory_plot, self.trajectory_table]))
         if not self._open_run(run):
@@ -145,6 +146,7 @@ class UncertaintyExplorer(Explorer):
             step("trajectory")
             self.trajectory = weight_trajectory(self.run, name, int(chosen[pick]))
             step("sigma against value and position")
+            self.sigma_learning.value = sigma_learning_html(self.run, self.round_slider.value, name)
             self._draw_selection(rnd, name, chosen, pick)
             self.weight_label.value = self.trajectory.describe()
             fig, ax = figure(self.width, 3.6)
