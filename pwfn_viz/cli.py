@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--keep-zero", action="store_true", help="k-means keeps one centre at exactly 0")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
+    c.add_argument("--coremltools", type=_rounds, default=(), metavar="BITS",
+                   help="also coremltools post-training palettization at these bit widths, e.g. 2,3,4 "
+                        "(needs `pip install coremltools`)")
+    c.add_argument("--dkm-steps", type=int, default=0, help="with --coremltools: also DKM palettization "
+                   "trained for this many steps")
     c.add_argument("--csv", default=None, metavar="FILE", help="also write the table to FILE")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -229,6 +234,10 @@ def _config(a) -> RunConfig:
     given = {k: v for k, v in fields.items() if v is not None}   # unset options keep the method's defaults
     if a.preset:  # the preset's fields win over the parser's defaults, options given explicitly over both
         explicit = {k: v for k, v in given.items() if v != getattr(RunConfig(), k, None)}
+        # an epoch budget given on the command line replaces the preset's step budget for that round
+        for epochs, steps in (("first_round_epochs", "first_round_steps"), ("epochs_per_round", "steps_per_round")):
+            if epochs in explicit and steps not in explicit:
+                explicit[steps] = None
         return RunConfig.from_preset(a.preset, **explicit)
     return RunConfig.wfn(**given) if a.method == "wfn" else RunConfig(method=a.method, **given)
 
@@ -275,7 +284,8 @@ def main(argv=None) -> int:
         elif args.command == "compare":
             from .analysis.compare import compare
             result = compare(args.run_dir, init=args.init, scope=args.scope, finetune=not args.no_finetune,
-                             seed=args.seed, keep_zero=args.keep_zero, device=args.device, progress=not args.quiet)
+                             seed=args.seed, keep_zero=args.keep_zero, device=args.device, progress=not args.quiet,
+                             coremltools_bits=args.coremltools, dkm_steps=args.dkm_steps)
             print(repr(result))
             print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
             if args.csv:
@@ -314,7 +324,7 @@ def main(argv=None) -> int:
             for label, registry in registries().items():
                 names = list_models(args.pattern) if label == "models" else registry.names()
                 print(f"{label + ':':<15} {', '.join(names)}")
-    except (ValueError, FileNotFoundError, FileExistsError, IndexError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, IndexError, ImportError) as err:
         print(f"pwfn-viz: error: {err}", file=sys.stderr)
         return 2
     return 0

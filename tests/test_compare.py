@@ -316,3 +316,30 @@ def test_plots_draw_every_codebook_value(result):
     assert len(fig.axes[0].collections) == 2
     with pytest.raises(ValueError, match="no method"):
         plot_codebooks(result, ["sgd"])
+
+
+# ----------------------------------------------------------------------------- coremltools rows
+def test_coremltools_rows_palettize_the_starting_network(tiny_run, digits):
+    from pwfn_viz.analysis.palettize import coremltools_available
+    if not coremltools_available():
+        with pytest.raises(ImportError, match="pip install coremltools"):
+            compare(tiny_run, data=digits, finetune=False, coremltools_bits=(2,))
+        return
+    out = compare(tiny_run, data=digits, finetune=False, coremltools_bits=(2, 3), dkm_steps=2)
+    assert list(out.table["method"])[-4:] == ["ptq@2bit", "dkm@2bit", "ptq@3bit", "dkm@3bit"]
+    names = list(tiny_run.meta["tensors"])
+    at = 0
+    for name in names:   # every weight tensor uses at most 2**bits values; biases are not palettized
+        n = math.prod(tiny_run.meta["tensors"][name])
+        for method, bits in (("ptq@2bit", 2), ("dkm@2bit", 2), ("ptq@3bit", 3)):
+            values = out.weights[method][at:at + n]
+            if name.endswith("weight"):
+                assert torch.unique(values).numel() <= 2 ** bits, (method, name)
+            elif method.startswith("ptq"):    # no training: the starting biases exactly
+                assert torch.equal(values, out.start[at:at + n]), (method, name)
+            else:                             # DKM trains them as floats
+                assert torch.unique(values).numel() == torch.unique(out.start[at:at + n]).numel(), (method, name)
+        at += n
+    row = out.table.set_index("method").loc["ptq@2bit"]
+    assert row["unique"] == len(np.unique(out.weights["ptq@2bit"].numpy()))
+    assert row["entropy"] == pytest.approx(_entropy(out.weights["ptq@2bit"].numpy()), abs=1e-9)

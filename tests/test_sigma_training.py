@@ -135,3 +135,18 @@ def test_widgets_show_the_diagnostic(learned_and_frozen):
     assert "-&gt; learned" in w.sigma_learning.value and "not learned" not in w.sigma_learning.value
     u = UncertaintyExplorer(frozen, layer="conv2.weight", round_index=0)
     assert "conv2.weight, round 0" in u.sigma_learning.value and "sigma not learned" in u.sigma_learning.value
+
+
+def test_cli_sigma_options_and_the_demo_preset():
+    parser = cli.build_parser()
+    demo = cli._config(parser.parse_args(["run", "--preset", "digits-demo"]))
+    assert demo == RunConfig.demo()
+    # an epoch budget given explicitly replaces the preset's step budget for those rounds only
+    longer = cli._config(parser.parse_args(["run", "--preset", "digits-demo", "--epochs", "2"]))
+    assert (longer.steps_per_round, longer.epochs_per_round, longer.first_round_steps) == (None, 2.0, 120)
+    own = cli._config(parser.parse_args(["run", "--sigma-lr-mult", "5", "--steps", "7", "--first-steps", "3",
+                                         "--sigma-param", "log"]))
+    assert (own.sigma_lr_mult, own.steps_per_round, own.first_round_steps, own.sigma_param) == (5.0, 7, 3, "log")
+    paper = cli._config(parser.parse_args(["run"]))
+    assert (paper.sigma_lr_mult, paper.sigma_param, paper.steps_per_round) == (1.0, "raw", None)
+    assert cli.main(["run", "--sigma-param", "softplus"]) == 2

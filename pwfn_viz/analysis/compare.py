@@ -58,6 +58,7 @@ from ..core.metrics import codebook_stats, evaluate
 from ..core.device import resolve_device
 from ..record.rundir import Run, load_run
 from ..train.config import RunConfig
+from .palettize import palettize_dkm, palettize_post_training
 
 __all__ = ["Comparison", "FinetuneResult", "compare", "kmeans_finetune", "learned_sigma",
            "match_entropy", "measure_method", "converted_weights", "flatten_named", "CLAMP_WARNING",
@@ -350,7 +351,8 @@ def _check_run(run) -> Run:
 
 def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: bool = True, seed: int = 0,
             keep_zero: bool = False, finetune_epochs: float | None = None, finetune_lr: float | None = None,
-            device="cpu", progress: bool = False, data=None) -> Comparison:
+            device="cpu", progress: bool = False, data=None, coremltools_bits: tuple = (),
+            dkm_steps: int = 0) -> Comparison:
     """Compare a finished run's final network with k-means on the same starting network.
 
     Args:
@@ -365,6 +367,10 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
             parameters' weight decay also come from the run's config.
         device: where to evaluate and fine-tune ("auto", "cpu", "cuda", ...).
         data: a DataBundle to use instead of rebuilding the run's dataset from its config.
+        coremltools_bits: also coremltools' per-tensor post-training palettization of the starting
+            network at these bit widths (rows "ptq@<b>bit"; needs the optional coremltools), and,
+            with ``dkm_steps > 0``, its DKM palettization trained for that many SGD steps at the run's
+            lr (rows "dkm@<b>bit"). See :mod:`pwfn_viz.analysis.palettize`.
 
     Returns:
         :class:`Comparison`; ``.table`` has the rows <method>, kmeans@unique, kmeans@unique+ft,
@@ -425,5 +431,11 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
                             momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
                             grad_clip=cfg["grad_clip"], keep_zero=keep_zero, device=device, progress=progress)
             add(f"kmeans@{budget}+ft", k, True, model)
+    for bits in coremltools_bits:
+        add(f"ptq@{bits}bit", 2 ** bits, False, palettize_post_training(run.plain_model_at(None), bits))
+        if dkm_steps > 0:
+            loader = make_loader(data.train, cfg["batch_size"], shuffle=True, seed=seed)
+            add(f"dkm@{bits}bit", 2 ** bits, True, palettize_dkm(run.plain_model_at(None), bits, loader, dkm_steps,
+                                                              lr=cfg["lr"], momentum=cfg["momentum"], seed=seed))
     return Comparison(pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(layers), weights, w_start, sigma,
                       final["entropy"], search, run.path)

@@ -42,11 +42,12 @@ def coremltools_available() -> bool:
 
 @contextlib.contextmanager
 def _quiet():
-    """coremltools logs k-means progress at INFO and warns about untested torch/sklearn versions."""
+    """coremltools logs k-means progress at INFO, and at import warns about untested torch and
+    scikit-learn versions and its missing macOS-only runtime (irrelevant to palettization)."""
     loggers = [logging.getLogger(n) for n in ("coremltools", "root")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
