@@ -7,6 +7,8 @@ One-line entry points::
     run = pwfn_viz.load_run("runs/...")       # replay without re-training
     run.rounds[3].sigma["conv1.weight"]           # any tensor of any round, by name
     model = run.model_at(3)                   # the network after round 3
+    fixer = pwfn_viz.Fixer(my_model, "runs/mine", evaluate=my_eval)   # PWFN inside your own loop
+    run = pwfn_viz.fix_in_rounds(my_model, loader, loss_fn, my_eval, "runs/mine")   # or in one call
 
 Layers, each importing only those above it in this list: ``kernels`` (Triton kernels and their
 torch twins), ``core`` (conversion, sigma, clustering, metrics), ``models`` and ``data``,
@@ -24,10 +26,11 @@ from .data.datasets import create_dataset, list_datasets
 from .models.factory import create_model, list_models
 from .record.rundir import Round, Run, load_run
 from .train.config import PAPER_FRACTIONS, RunConfig
-from .train.loop import run
+from .train.fixer import Fixer
+from .train.loop import fix_in_rounds, run
 
 __version__ = "0.1.0"
-__all__ = ["AnalysisResult", "ExportReport", "analyse", "export_run", "load_exported",
+__all__ = ["AnalysisResult", "ExportReport", "Fixer", "analyse", "export_run", "fix_in_rounds", "load_exported",
            "ClusterConfig", "ClusterResult", "PAPER_FRACTIONS", "Round", "Run", "RunConfig", "bayes_tensors",
            "candidate_centres", "cluster_round", "codebook_stats", "compare", "convert", "create_dataset", "create_model",
            "evaluate", "flat_state", "kmeans", "layer_table", "list_datasets", "list_models", "load_flat_state",

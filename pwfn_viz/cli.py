@@ -268,14 +268,15 @@ def main(argv=None) -> int:
             result = run(None if args.resume else _config(args), args.out, resume=args.resume,
                          progress=not args.quiet)
             if int(os.environ.get("RANK", "0")) == 0:   # under torchrun only rank 0 prints
-                columns = ["fraction", "top1_before", "top1_after", "unique", "unique_nonzero", "entropy",
-                           "entropy_nonzero"]
+                columns = ["fraction", f"{result.primary}_before", f"{result.primary}_after", "unique",
+                           "unique_nonzero", "entropy", "entropy_nonzero"]
                 print(result.table()[columns].to_string(float_format=lambda v: f"{v:.3f}"))
                 _print_sigma_learning(result)
         elif args.command == "show":
             from .record.rundir import load_run
             result = load_run(args.run_dir)
             print(repr(result))
+            print(f"primary metric: {result.primary} ({'higher' if result.higher_is_better else 'lower'} is better)")
             with pd.option_context("display.width", 200, "display.max_columns", 30):
                 print(result.table().to_string(float_format=lambda v: f"{v:.3f}"))
                 if args.layers and result.rounds:

@@ -16,7 +16,7 @@ from pwfn_viz.cli import main
 from pwfn_viz.data.datasets import create_dataset, make_loader
 from pwfn_viz.core.metrics import codebook_stats, evaluate
 from pwfn_viz.models.factory import create_model
-from pwfn_viz.train import loop
+from pwfn_viz.train import fixer, loop
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(model="digits_mlp", pretrain_epochs=3, first_round_epochs=0.1, epochs_per_round=0.5,
@@ -95,14 +95,14 @@ def _assert_same_rounds(a_run, b_run):
 
 def test_resume_in_process_equals_uninterrupted(quick_run, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
-    write_round = loop._write_round
+    write_round = fixer._write_round
 
     def write_then_stop(out_dir, r, *args):
         write_round(out_dir, r, *args)
         if r == 0:
             raise _Stopped
 
-    monkeypatch.setattr(loop, "_write_round", write_then_stop)
+    monkeypatch.setattr(fixer, "_write_round", write_then_stop)
     with pytest.raises(_Stopped):
         pwfn_viz.run(RunConfig(**FAST), out, progress=False, verbose=False)
     monkeypatch.undo()
@@ -117,11 +117,11 @@ def test_resume_in_process_equals_uninterrupted(quick_run, tmp_path, monkeypatch
 # The child of test_resume_after_kill: a run of the config in argv[2] into argv[1] that ends with
 # os._exit (no cleanup, no atexit, no flushing: as abrupt as SIGKILL) at the kill point argv[3]
 # ("train@S": before optimiser step S of the round's training) of round argv[4]. The hooks wrap
-# internal functions of pwfn_viz.train.loop.
+# internal functions of pwfn_viz.train.loop (training) and pwfn_viz.train.fixer (the record).
 KILL_SCRIPT = """
 import json, os, sys
 import pwfn_viz
-from pwfn_viz.train import loop
+from pwfn_viz.train import fixer, loop
 
 out, config, k = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[4])
 point, _, step = sys.argv[3].partition("@")
@@ -152,13 +152,13 @@ if point == "train":        # in round k's training, before its optimiser step n
             loop.optimizer_step = optimizer_step
     loop.train_steps = train_round
 elif point == "tensors":    # round k's tensors saved, its table rows and run.json not yet
-    loop.atomic_save_tensors = after(loop.atomic_save_tensors,
-                                     lambda path, *a, **kw: path.name == loop.round_file(k))
+    fixer.atomic_save_tensors = after(fixer.atomic_save_tensors,
+                                      lambda path, *a, **kw: path.name == fixer.round_file(k))
 elif point == "tables":     # round k's rows appended to steps.csv and layers.csv, run.json not yet
-    loop.atomic_append_csv = after(loop.atomic_append_csv,
-                                   lambda path, frame: path.name == "layers.csv" and (frame["round"] == k).all())
+    fixer.atomic_append_csv = after(fixer.atomic_append_csv,
+                                    lambda path, frame: path.name == "layers.csv" and (frame["round"] == k).all())
 elif point == "committed":  # round k committed (run.json written), round k + 1 not begun
-    loop._write_round = after(loop._write_round, lambda out_dir, r, *a: r == k)
+    fixer._write_round = after(fixer._write_round, lambda out_dir, r, *a: r == k)
 else:
     raise ValueError(point)
 pwfn_viz.run(pwfn_viz.RunConfig.from_dict(config), out, progress=False, verbose=False)

@@ -131,6 +131,27 @@ def state_dict_from_snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torc
     return sd
 
 
+def check_tensors(model: torch.nn.Module, recorded: dict[str, list], problem: str) -> None:
+    """Raise a ValueError starting with ``problem`` unless the converted tensors of ``model`` have
+    exactly the names and shapes ``recorded`` ({name: shape}, as run.json's "tensors")."""
+    have = {t.name: list(t.mu.shape) for t in bayes_tensors(model)}
+    if have == {n: list(s) for n, s in recorded.items()}:
+        return
+    missing = [n for n in recorded if n not in have][:3]
+    extra = [n for n in have if n not in recorded][:3]
+    reshaped = [f"{n} {have[n]} (recorded {list(recorded[n])})" for n in recorded
+                if n in have and have[n] != list(recorded[n])][:3]
+    details = "; ".join(part for part in (f"missing {missing}" if missing else "", f"not recorded {extra}" if extra else "",
+                                         f"other shapes: {', '.join(reshaped)}" if reshaped else "") if part)
+    raise ValueError(f"{problem}: its converted tensors differ from the record ({details}). Pass an instance of "
+                     "the architecture the run recorded, built the same way")
+
+
+def metric_label(name: str) -> str:
+    """How a metric is written in tables, plots and logs: ``top1`` -> ``top-1``, others as named."""
+    return {"top1": "top-1", "top5": "top-5"}.get(name, name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading a run back
 @dataclass
@@ -145,6 +166,7 @@ class Round:
     steps: pd.DataFrame = field(repr=False)
     layers: pd.DataFrame = field(repr=False)
     names: list = field(repr=False, default_factory=list)   # converted tensors in network order
+    primary: str = field(repr=False, default="top1")         # the run's primary metric
 
     @cached_property
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -174,14 +196,17 @@ class Round:
                 torch.cat([fixed[n].flatten() for n in names]))
 
     def __repr__(self):
-        m = self.metrics
-        return (f"Round({self.index}: fixed {m['fraction']:.1%}, top-1 {m['top1_before']:.2f} -> "
-                f"{m['top1_after']:.2f}, unique {m['unique']}, entropy {m['entropy']:.2f} bits)")
+        m, p = self.metrics, self.primary
+        fmt = ".2f" if p in ("top1", "top5") else ".4g"
+        return (f"Round({self.index}: fixed {m['fraction']:.1%}, {metric_label(p)} {m[f'{p}_before']:{fmt}} -> "
+                f"{m[f'{p}_after']:{fmt}}, unique {m['unique']}, entropy {m['entropy']:.2f} bits)")
 
 
 class Run:
     """A run directory, read back. ``run.rounds[i]`` is a :class:`Round`; ``run.table()`` the
-    per-round metrics; ``run.model_at(i)`` rebuilds the network after round ``i``."""
+    per-round metrics; ``run.model_at(i)`` rebuilds the network after round ``i``. ``run.primary``
+    names the metric that tables and plots show (``top1`` for classification runs) and
+    ``run.higher_is_better`` its direction."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -195,12 +220,19 @@ class Run:
         self.rounds = [Round(m["round"], m, self.path / round_file(m["round"]),
                              steps[steps["round"] == m["round"]].reset_index(drop=True) if len(steps) else steps,
                              layers[layers["round"] == m["round"]].reset_index(drop=True) if len(layers) else layers,
-                             list(self.meta["tensors"]))
+                             list(self.meta["tensors"]), self.primary)
                        for m in self.meta["rounds"]]
 
     config = property(lambda self: self.meta["config"])
     baseline = property(lambda self: self.meta["baseline"])
     complete = property(lambda self: self.meta.get("status") == "complete")
+    primary = property(lambda self: self.meta.get("primary_metric", "top1"))
+    higher_is_better = property(lambda self: bool(self.meta.get("higher_is_better", True)))
+
+    @property
+    def primary_label(self) -> str:
+        """The primary metric as tables and plots write it (``top-1``, ``mse``, ...)."""
+        return metric_label(self.primary)
 
     @cached_property
     def start(self) -> dict[str, torch.Tensor]:
@@ -212,7 +244,8 @@ class Run:
         return pd.concat([r.steps for r in self.rounds], ignore_index=True) if self.rounds else pd.DataFrame()
 
     def table(self) -> pd.DataFrame:
-        """One row per round: fraction fixed, accuracy before/after the snap, unique values, entropy."""
+        """One row per round: fraction fixed, every metric before/after the snap (``top1_before``,
+        ``mse_after``, ...; ``run.primary`` names the main one), unique values, entropy."""
         return pd.DataFrame(self.meta["rounds"]).set_index("round")
 
     # ------------------------------------------------------------------ has sigma learned?
@@ -270,7 +303,12 @@ class Run:
 
     def _fresh_model(self) -> torch.nn.Module:
         from ..models.factory import create_model
-        spec = self.meta["model_spec"]
+        spec = self.meta.get("model_spec") or {}
+        if not spec.get("name"):
+            cls = spec.get("class", "your model class")
+            raise ValueError(f"{self.path} recorded your own model ({cls}), which the record cannot rebuild: pass "
+                             f"an unconverted instance, e.g. run.model_at(3, model={cls.rsplit('.', 1)[-1]}()) or "
+                             "run.plain_model_at(None, model=...)")
         return create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
                             **spec.get("kwargs", {}))
 
@@ -286,6 +324,11 @@ class Run:
         round ``round_index`` (None: the starting network before round 0), in eval mode."""
         model = model if model is not None else self._fresh_model()
         tensors = self._tensors_at(round_index)
+        expected = {k[len("mu/"):] for k in tensors if k.startswith("mu/")}
+        names = {n for n, _ in model.named_parameters()}
+        if not expected <= names:
+            raise ValueError(f"this model has no parameter {sorted(expected - names)[:3]} that {self.path} recorded: "
+                             "pass an unconverted instance of the recorded architecture")
         sd = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
         sd.update({k[len("mu/"):]: v for k, v in tensors.items() if k.startswith("mu/")})
         model.load_state_dict(sd)
@@ -295,18 +338,21 @@ class Run:
         """The converted network after round ``round_index`` (None: before round 0), in eval mode.
 
         ``model`` is an unconverted instance of the architecture; by default it is created from the
-        run's config with :func:`pwfn_viz.models.factory.create_model`.
+        run's config with :func:`pwfn_viz.models.factory.create_model` (runs of a registered model;
+        a run of your own model needs yours: ``run.model_at(3, model=MyNet())``).
         """
         from ..core.bayes import convert
         tensors = self._tensors_at(round_index)
         model = convert(model if model is not None else self._fresh_model(), "constant", value=0.0)
+        check_tensors(model, self.meta["tensors"], "this model does not fit the run")
         model.load_state_dict(state_dict_from_snapshot(tensors))
         return model.eval()
 
     def __repr__(self):
         status = "complete" if self.complete else f"incomplete ({len(self.rounds)} rounds)"
         c = self.config
-        return f"Run({str(self.path)!r}, model={c['model']}, dataset={c['dataset']}, {status})"
+        data = f", dataset={c['dataset']}" if c.get("dataset") else ""
+        return f"Run({str(self.path)!r}, model={c['model']}{data}, {status})"
 
     def _repr_html_(self):
         return f"<p><code>{self!r}</code></p>" + self.table().to_html(float_format=lambda v: f"{v:.4g}")

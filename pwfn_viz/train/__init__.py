@@ -1,3 +1,5 @@
-"""Training: ``RunConfig``, the round loop (``run``), distributed helpers and the paper presets."""
+"""Training: ``RunConfig``, the ``Fixer`` (PWFN inside any training loop), the round loop (``run``,
+``fix_in_rounds``), distributed helpers and the paper presets."""
 from .config import METHODS, OPTIMIZERS, PAPER_FRACTIONS, RunConfig
-from .loop import optimizer_step, run, train_steps
+from .fixer import Fixer
+from .loop import fix_in_rounds, fix_rounds, optimizer_step, run, train_steps

@@ -52,6 +52,14 @@ def setup(device_type: str | None = None) -> DistInfo:
     return info
 
 
+def current() -> DistInfo:
+    """This process's place in an initialised process group (a plain ``DistInfo()`` without one),
+    whoever initialised it: :func:`setup` or the user's own training script."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return DistInfo()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def train_loader(dataset, batch_size: int, seed: int, info: DistInfo) -> DataLoader:
     """Shuffled training batches; under DDP each rank sees its own 1/N of every epoch."""
     if not info.enabled:

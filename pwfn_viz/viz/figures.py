@@ -54,7 +54,7 @@ def _run_figures(run, layer):
         out.append(("sigma_channels", lambda: position.plot_channel_heatmap(sigma, chosen)))
     if has_conv and any(t.dim() >= 3 and t[0, 0].numel() > 1 for t in sigma.values()):
         out.append(("kernel_pattern", lambda: position.plot_kernel_pattern(sigma)))
-    if position._attention_of(run, None):
+    if (run.meta.get("model_spec") or {}).get("name") and position._attention_of(run, None):   # a registered model
         out.append(("attention_heads", lambda: position.plot_attention_heads(run)))
     return out
 
@@ -106,7 +106,8 @@ def write_figures(run, out_dir, formats=FORMATS, *, rounds=None, layer: str | No
 
     ``rounds``: round indices for the per-round figures (default: every round); ``layer``: the
     tensor of the channel heatmap (default: the largest convolution); ``comparison``: True runs
-    ``pwfn_viz.compare(run, finetune=False)``, False skips the comparison figures, a
+    ``pwfn_viz.compare(run, finetune=False)`` (skipped for a run of your own model, which the
+    record cannot rebuild), False skips the comparison figures, a
     :class:`~pwfn_viz.analysis.compare.Comparison` is used as it is; ``only``: write just these stems
     (see the table above).
     """
@@ -128,6 +129,8 @@ def write_figures(run, out_dir, formats=FORMATS, *, rounds=None, layer: str | No
             raise ValueError(f"no figure(s) {unknown} for this run; it has {known}")
         jobs = [(stem, make) for stem, make in jobs if stem in only]
         comparison = comparison if {"codebooks_vs_kmeans", "moves_vs_sigma"} & set(only) else False
+    if comparison is True and not (run.meta.get("model_spec") or {}).get("name"):
+        comparison = False   # your own model: the comparison needs it and your data (pwfn_viz.compare)
     if comparison is True:
         from ..analysis.compare import compare
         comparison = compare(run, finetune=False, progress=progress)

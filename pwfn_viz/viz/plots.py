@@ -31,23 +31,38 @@ def _table(run_or_table) -> pd.DataFrame:
     return run_or_table if isinstance(run_or_table, pd.DataFrame) else run_or_table.table()
 
 
+def _primary_of(run_or_table) -> str:
+    """The run's primary metric (``top1`` for classification runs); for a bare table, ``top1`` when
+    it has that column, else the first ``<name>_before`` column."""
+    if not isinstance(run_or_table, pd.DataFrame):
+        return run_or_table.primary
+    if "top1_before" in run_or_table.columns:
+        return "top1"
+    found = [c[: -len("_before")] for c in run_or_table.columns if str(c).endswith("_before")]
+    if not found:
+        raise ValueError("the table has no <metric>_before column to plot")
+    return found[0]
+
+
 @styled
-def plot_timeline(run, ax=None, baseline: float | None = None, *, entropy: bool = True):
-    """Round timeline: test top-1 before and after each snap (left axis), unique values (right
-    axis, log scale) and, with ``entropy``, the entropy of the weights in bits (zero included;
-    an outer right axis) against the cumulative fraction fixed. ``run`` may be a Run or its
-    ``table()``."""
+def plot_timeline(run, ax=None, baseline: float | None = None, *, entropy: bool = True, metric: str | None = None):
+    """Round timeline: the run's primary metric (test top-1 for classification; ``metric`` names
+    another recorded one) before and after each snap (left axis), unique values (right axis, log
+    scale) and, with ``entropy``, the entropy of the weights in bits (zero included; an outer right
+    axis) against the cumulative fraction fixed. ``run`` may be a Run or its ``table()``."""
     table = _table(run)
+    metric = metric or _primary_of(run)
+    label = {"top1": "top-1", "top5": "top-5"}.get(metric, metric)
     if baseline is None and not isinstance(run, pd.DataFrame):
-        baseline = run.baseline["top1"]
+        baseline = run.baseline.get(metric)
     fig, ax = new_axes(ax, (6.4, 3.6))
     x = table["fraction"] * 100
-    ax.plot(x, table["top1_before"], "o-", color=ROLE["before"], label="top-1 before snap")
-    ax.plot(x, table["top1_after"], "s--", color=ROLE["after"], label="top-1 after snap")
+    ax.plot(x, table[f"{metric}_before"], "o-", color=ROLE["before"], label=f"{label} before snap")
+    ax.plot(x, table[f"{metric}_after"], "s--", color=ROLE["after"], label=f"{label} after snap")
     if baseline is not None:
         ax.axhline(baseline, color="grey", lw=0.8, ls=":", label="unquantised")
     ax.set_xlabel("weights fixed (%)")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(f"test {label} (%)" if metric in ("top1", "top5") else f"test {label}")
     right = ax.twinx()
     right.plot(x, table["unique"], "^-", color=ROLE["unique"], alpha=0.8, label="unique values")
     right.set_yscale("log")

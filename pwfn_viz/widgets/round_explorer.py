@@ -31,8 +31,10 @@ def round_label(run, index: int, layer: str | None = None) -> str:
     rnd = run.rounds[index]
     m = rnd.metrics
     total = run.meta.get("n_converted") or sum(t.numel() for t in rnd.fixed.values())
-    text = (f"round {rnd.index}: {100 * m['n_fixed'] / total:.1f}% fixed | top-1 {m['top1_before']:.2f} -> "
-            f"{m['top1_after']:.2f} | {m['unique']} unique values | {m['entropy']:.2f} bits")
+    p = run.primary
+    fmt = ".2f" if p in ("top1", "top5") else ".4g"
+    text = (f"round {rnd.index}: {100 * m['n_fixed'] / total:.1f}% fixed | {run.primary_label} "
+            f"{m[f'{p}_before']:{fmt}} -> {m[f'{p}_after']:{fmt}} | {m['unique']} unique values | {m['entropy']:.2f} bits")
     if layer is not None:
         share = rnd.fixed[layer].float().mean().item()
         text += f" | {layer}: {100 * share:.1f}% fixed"

@@ -59,11 +59,16 @@ class WhatIf(Explorer):
 
     Driven from Python: set ``delta.value``, ``b.value``, ``fraction.value`` (or call
     :meth:`set` to change several with one update); read ``stats`` (dict: the keys of
-    :data:`STAT_KEYS`, plus ``top1``/``top5`` when ``accuracy`` is on, and ``seconds``),
+    :data:`STAT_KEYS`, plus the measured metrics when ``accuracy`` is on (``top1``/``top5``
+    for classification runs), and ``seconds``),
     ``result`` (the :class:`~pwfn_viz.core.clustering.ClusterResult`), ``table.value`` (HTML),
     ``plot.value`` (codebooks, PNG bytes) and ``bands.value`` (sigma against mu with the what-if
     centres and bands, PNG). ``accuracy.value = False`` skips the evaluation, ``plots.value =
     False`` the drawing.
+
+    A run of your own model evaluates with your code: ``WhatIf(run, model=MyNet(), evaluate=my_eval)``
+    (``evaluate(model) -> dict of numbers``, as given to :class:`~pwfn_viz.train.fixer.Fixer`);
+    without them its evaluation is off.
 
     ``cluster_threads``: torch CPU threads for the re-clustering (None: torch's setting). One
     thread is the default: ``cluster_round`` is many small tensor operations, and at a million
@@ -74,9 +79,10 @@ class WhatIf(Explorer):
     css_class = "pwfn-whatif"
 
     def __init__(self, run, round_index: int = -1, *, data=None, accuracy: bool = True, device="cpu",
-                 cluster_threads: int | None = 1, width: float = 6.0):
+                 cluster_threads: int | None = 1, width: float = 6.0, model=None, evaluate=None):
         super().__init__()
         self.width, self.device, self._data, self.cluster_threads = width, device, data, cluster_threads
+        self._user_model, self._user_evaluate = model, evaluate
         self.result, self.stats, self._model, self._loader, self._holding = None, {}, None, None, False
         self._order = None
         self.delta = widgets.FloatLogSlider(value=1.0, base=2, min=-3, max=4, step=0.25, description="delta",
@@ -84,7 +90,7 @@ class WhatIf(Explorer):
         self.b = widgets.IntSlider(value=7, min=1, max=16, description="zero 2^-b", continuous_update=False)
         self.fraction = widgets.FloatSlider(value=0.5, min=0.01, max=1.0, step=0.01, description="fraction",
                                             continuous_update=False)
-        self.accuracy = widgets.Checkbox(value=accuracy, description="evaluate accuracy")
+        self.accuracy = widgets.Checkbox(value=accuracy, description="evaluate")
         self.round_label = widgets.Label()
         self.table = widgets.HTML()
         self.plots = widgets.Checkbox(value=True, description="draw plots")
@@ -103,6 +109,8 @@ class WhatIf(Explorer):
             self.round = self.run.rounds[round_index]
             self.base = ClusterConfig(**self.run.config["cluster"])
             self.mu, self.sigma, self.pre_fixed = self.round.flat("pre")
+            if evaluate is None and not (self.run.meta.get("model_spec") or {}).get("name"):
+                self.accuracy.value = False   # your own model: evaluating needs model= and evaluate=
         except Exception as exc:
             self.error, self.run = exc, None
             self.show_message(f"{type(exc).__name__}: {exc}")
@@ -112,7 +120,8 @@ class WhatIf(Explorer):
         m = self.round.metrics
         self.round_label.value = (f"re-clustering the pre-snap mu and sigma of round {self.round.index} "
                                   f"({self.mu.numel():,} weights); recorded: fraction {m['fraction']:g}, "
-                                  f"{m['unique']} unique values, {m['entropy']:.3f} bits, top-1 {m['top1_after']:.2f}")
+                                  f"{m['unique']} unique values, {m['entropy']:.3f} bits, {self.run.primary_label} "
+                                  f"{m[f'{self.run.primary}_after']:.4g}")
         self.set(delta=self.base.delta, b=self.base.b, fraction=self.round.fraction)
         for w in (self.delta, self.b, self.fraction, self.accuracy, self.plots):
             w.observe(lambda _: self.update(), names="value")
@@ -131,11 +140,19 @@ class WhatIf(Explorer):
             self._holding = False
         self.update()
 
-    def _evaluate(self, result):
+    def _evaluate(self, result) -> dict:
+        """The re-clustered network measured: top-1/top-5 on the run's test split, or the numbers
+        of the ``evaluate`` given (all but ``loss``)."""
         if self._model is None:
-            self._loader = test_loader(self.run, self._data)
-            self._model = self.run.model_at(self.round.index).to(self.device)
-        return snapped_accuracy(self._model, result, self._loader, self.device)
+            self._model = self.run.model_at(self.round.index, model=self._user_model).to(self.device)
+            self._loader = test_loader(self.run, self._data) if self._user_evaluate is None else None
+        if self._user_evaluate is None:
+            acc = snapped_accuracy(self._model, result, self._loader, self.device)
+        else:
+            load_flat_state(self._model, result.mu, result.sigma, result.fixed_mask)
+            with torch.no_grad():
+                acc = {k: float(v) for k, v in self._user_evaluate(self._model.eval()).items()}
+        return {k: v for k, v in acc.items() if k != "loss"} or acc
 
     def update(self) -> None:
         if self._holding or self.run is None:
@@ -151,8 +168,7 @@ class WhatIf(Explorer):
             stats["seconds"] = time.perf_counter() - t0
             if self.accuracy.value:
                 step("evaluating on the test split")
-                acc = self._evaluate(result)
-                stats.update(top1=acc["top1"], top5=acc["top5"])
+                stats.update(self._evaluate(result))
             self.result, self.stats = result, stats
             self.table.value = table_html(self._table(), height="320px")
             if self.plots.value:
@@ -177,8 +193,9 @@ class WhatIf(Explorer):
 
     def _table(self) -> pd.DataFrame:
         m = self.round.metrics
-        keys = STAT_KEYS + (["top1", "top5"] if "top1" in self.stats else []) + ["seconds"]
-        recorded = {**m, "top1": m.get("top1_after"), "top5": m.get("top5_after"), "seconds": None}
+        measured = [k for k in self.stats if k not in STAT_KEYS and k != "seconds"]
+        keys = STAT_KEYS + measured + ["seconds"]
+        recorded = {**m, **{k: m.get(f"{k}_after") for k in measured}, "seconds": None}
         return pd.DataFrame({"": keys, "what-if": [_fmt(self.stats.get(k)) for k in keys],
                              "recorded": [_fmt(recorded.get(k)) for k in keys]})
 
