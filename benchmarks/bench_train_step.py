@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from pwfn_viz import kernels
 from pwfn_viz.core import bayes
-from pwfn_viz.train.loop import optimizer_step
+from pwfn_viz.train.loop import backward, clip_and_step, optimizer_step
 
 LR, MOMENTUM, WD, CLIP = 1e-3, 0.9, 1e-4, 1.0
 
@@ -123,21 +123,11 @@ def step(model, opt, kind: str, x, y, amp: str | None = None, scaler=None) -> No
 def _authors_update(model, opt, loss, scaler=None) -> None:
     """``pwfn_viz.train.loop.optimizer_step``'s update with the authors' gradient edit between the
     (unscaled) backward and the clip: zero_grad, backward, edit, clip, step."""
-    opt.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-    else:
-        loss.backward()
+    backward(opt, loss, scaler)
     for m in model.modules():
         if isinstance(m, _SampledLayer):
             m.edit_gradients(bayes.REG_LAMBDA, bayes.REG_CAP)
-    nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-    if scaler is not None:
-        scaler.step(opt)
-        scaler.update()
-    else:
-        opt.step()
+    clip_and_step(model, opt, scaler=scaler, grad_clip=CLIP)
 
 
 def _sync(device):

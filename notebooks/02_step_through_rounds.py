@@ -33,9 +33,13 @@
 
 # %% [markdown]
 # ## A run to look at
-# `PWFN_FAST=1` (the default) makes a short run: a few pre-training epochs and four rounds, a few seconds on
-# a laptop CPU. `PWFN_FAST=0` runs the paper's ten rounds with one epoch between them (about a minute).
-# To look at a run of your own instead, set `PWFN_RUN_DIR` to its directory (written by `pwfn-viz run`).
+# The run uses the demo configuration (`RunConfig.demo()`, what `make run` runs): the paper's settings, except
+# that training is counted in optimiser steps and sigma's learning rate is 100 times mu's. Sigma only learns
+# with enough steps x learning rate: the paper trains about 30,000 steps a round on ImageNet, but its three
+# epochs are only 36 steps on the digits data, and then every uncertainty view below would show sigma's
+# initialisation. `PWFN_FAST=1` (the default) uses 60 steps a round after 15 pre-training epochs (about 15 s on
+# a laptop CPU); `PWFN_FAST=0` the demo's 120 steps a round (under a minute). To look at a run of your own
+# instead, set `PWFN_RUN_DIR` to its directory (written by `pwfn-viz run`).
 
 # %%
 import os
@@ -50,11 +54,11 @@ if RUN_DIR:
     run = pwfn_viz.load_run(RUN_DIR)
 else:
     if FAST:
-        config = pwfn_viz.RunConfig(model="digits_cnn", pretrain_epochs=5, first_round_epochs=0.1,
-                                    epochs_per_round=0.3, fractions=(0.3, 0.6, 0.9, 1.0), threads=1)
+        config = pwfn_viz.RunConfig.demo(pretrain_epochs=15, first_round_steps=60, steps_per_round=60)
     else:
-        config = pwfn_viz.RunConfig(model="digits_cnn", pretrain_epochs=20, epochs_per_round=1)
+        config = pwfn_viz.RunConfig.demo()
     run = pwfn_viz.run(config, out_dir=f"{tempfile.mkdtemp(prefix='pwfn-rounds-')}/digits", progress=False)
+print(run.sigma_verdict_line())
 run
 
 # %% [markdown]
@@ -64,7 +68,9 @@ run
 # snap): grey ones were fixed in an earlier round, orange ones this round, blue ones stay free. Each vertical
 # line is a centre the greedy clustering chose, coloured by how many powers of two it needs (`P`); the faint
 # wedge above it is the band `sigma >= |mu - c| / delta` of weights it may take. Pick a **layer** to see one
-# tensor (the centres stay the network's: clustering is global).
+# tensor (the centres stay the network's: clustering is global). The line above the plots says whether sigma
+# has learned by that round, in the network and in the layer shown (rank correlation with the initial sigma,
+# median change): where it has not, the sigma in the plot is still its initialisation.
 
 # %%
 RoundExplorer(run)
@@ -74,7 +80,8 @@ RoundExplorer(run)
 # Pick a layer, then narrow it to one **output channel** and/or one **kernel tap**. Left: sigma against value;
 # right: sigma by position (a heatmap over the remaining dimensions). The **weight** slider picks one weight
 # of the selection (ringed in both plots); below, its trajectory: `mu` before and after every snap with its
-# `sigma` band, and the value it was fixed to and when.
+# `sigma` band, and the value it was fixed to and when. Its diagnostic line says, for the layer, whether sigma
+# has learned.
 
 # %%
 UncertaintyExplorer(run, layer="conv2.weight")

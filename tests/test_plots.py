@@ -173,6 +173,31 @@ def test_learned_sigma_is_the_pre_snap_sigma_of_the_round_that_fixed_each_weight
         assert learned[i].item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_initial_sigma_is_the_sigma_at_conversion(run):
+    initial = tables.sigma_tensors(run, which="initial")
+    start = pwfn_viz.load_run(run.path).start    # the start file, read afresh
+    assert list(initial) == list(run.meta["tensors"]) == list(run.initial_sigma)
+    for name, t in initial.items():
+        assert t.dtype == torch.float64
+        assert torch.equal(t, run.initial_sigma[name].double())          # already at or above the floor
+        assert torch.equal(t, start[f"sigma/{name}"].double())
+    # every position plot draws exactly those numbers with which="initial", and says so
+    ax = plot_channel_heatmap(run, "conv2.weight", which="initial").axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), tables.channel_sigma(initial["conv2.weight"]).numpy())
+    assert "initial" in ax.get_title()
+    ax = plot_kernel_pattern(run, "conv1.weight", which="initial").axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), initial["conv1.weight"].mean(dim=(0, 1)).numpy())
+    assert "initial" in ax.get_title()
+    ax = plot_sigma_by_layer(run, which="initial").axes[0]
+    medians = [line.get_ydata()[0] for line in ax.lines if line.get_gid() == "median"]
+    np.testing.assert_allclose(medians, [np.median(t.numpy()) for t in initial.values()], rtol=1e-12)
+    assert "initial" in ax.get_ylabel()
+    with pytest.raises(ValueError, match="needs the whole Run"):
+        tables.sigma_tensors(run.rounds[0], which="initial")
+    with pytest.raises(ValueError, match="no single round"):
+        tables.sigma_tensors(run, 0, which="initial")
+
+
 def test_channel_heatmap_is_the_mean_over_kernel_taps(run):
     sigma = run.rounds[0].pre_sigma["conv2.weight"].double().clamp(min=2.0 ** -30)
     grid = tables.channel_sigma(sigma)
@@ -209,6 +234,49 @@ def test_kernel_pattern_single_layer_and_pooled(run):
     np.testing.assert_allclose(one, sigma["conv1.weight"].mean(dim=(0, 1)).numpy())
     with pytest.raises(ValueError, match="no kernel taps"):
         plot_kernel_pattern(run, "fc.weight")
+
+
+def test_position_spread_against_brute_force(run):
+    sigma = tables.sigma_tensors(run)["conv2.weight"]
+    out_c, in_c, kh, kw = sigma.shape
+
+    def cv(values):
+        m = sum(values) / len(values)
+        return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5 / m
+
+    spread = tables.position_spread(sigma)
+    assert spread["out_channels"] == pytest.approx(cv([sigma[o].mean().item() for o in range(out_c)]), rel=1e-9)
+    assert spread["in_channels"] == pytest.approx(cv([sigma[:, i].mean().item() for i in range(in_c)]), rel=1e-9)
+    assert spread["kernel_taps"] == pytest.approx(cv([sigma[:, :, a, b].mean().item()
+                                                      for a in range(kh) for b in range(kw)]), rel=1e-9)
+    assert tables.position_spread(torch.ones(4, 3, 3, 3)) == {"out_channels": 0.0, "in_channels": 0.0,
+                                                               "kernel_taps": 0.0}
+    linear = tables.position_spread(torch.ones(4, 1))     # one input channel, no taps: nothing to compare
+    assert linear["out_channels"] == 0.0 and np.isnan(linear["in_channels"]) and np.isnan(linear["kernel_taps"])
+    with pytest.raises(ValueError, match="no channels"):
+        tables.position_spread(torch.ones(5))
+    # shuffled: the same values at seeded random positions
+    g = torch.Generator().manual_seed(3)
+    by_hand = tables.position_spread(sigma.flatten()[torch.randperm(sigma.numel(), generator=g)].reshape(sigma.shape))
+    assert tables.position_spread(sigma, shuffle_seed=3) == by_hand
+    ordered = torch.arange(1.0, 9.0).repeat_interleave(16).reshape(8, 16)     # output channel o holds o + 1
+    assert tables.position_spread(ordered, shuffle_seed=0)["out_channels"] < 0.5 * tables.position_spread(ordered)["out_channels"]
+    # the table: every tensor with channels, each source, the first one also shuffled
+    initial = tables.sigma_tensors(run, which="initial")
+    learned = tables.sigma_tensors(run)
+    table = tables.position_spread_table({"learned": learned, "initial": initial}, shuffles=7, seed=2)
+    names = [n for n, t in learned.items() if t.dim() >= 2]
+    assert list(table.index) == [(n, s) for n in names
+                                 for s in ("learned", "learned, shuffled q95", "initial", "initial, shuffled q95")]
+    assert table.loc[("conv2.weight", "initial")].to_dict() == tables.position_spread(initial["conv2.weight"])
+    shuffled = [tables.position_spread(learned["conv2.weight"], shuffle_seed=k) for k in range(2, 9)]
+    for column in ("out_channels", "in_channels", "kernel_taps"):
+        assert table.loc[("conv2.weight", "learned, shuffled q95"), column] == pytest.approx(
+            np.quantile([row[column] for row in shuffled], 0.95), rel=1e-12)
+    assert np.isnan(table.loc[("fc.weight", "learned, shuffled q95"), "kernel_taps"])
+    assert len(tables.position_spread_table({"learned": learned}, layers=["fc.weight"], shuffles=0)) == 1
+    with pytest.raises(ValueError, match="available"):
+        tables.position_spread_table({"learned": learned}, layers=["fc.wieght"])
 
 
 def test_fraction_fixed_table_matches_the_masks(run):

@@ -28,7 +28,8 @@ from ..constants import SAMPLING_SIGMA_FLOOR
 from ..record.rundir import Round, Run
 
 __all__ = ["SIGMA_FLOOR", "WHICH", "resolve_round", "check_layer", "sigma_tensors", "sigma_summary",
-           "channel_sigma", "kernel_pattern", "pooled_kernel_pattern", "find_attention", "split_qkv",
+           "channel_sigma", "kernel_pattern", "pooled_kernel_pattern", "position_spread",
+           "position_spread_table", "find_attention", "split_qkv",
            "split_proj", "attention_head_table", "fraction_fixed_table", "weight_status", "value_counts",
            "power_of_two_terms", "round_from_cluster", "largest_conv"]
 
@@ -38,6 +39,7 @@ WHICH = {
     "pre": "the round's sigma before its snap",
     "post": "the round's sigma after its snap",
     "learned": "each weight's pre-snap sigma in the round that fixed it (Run only)",
+    "initial": "sigma at conversion, before any training (Run only): the initialisation pattern",
 }
 
 
@@ -73,8 +75,10 @@ def check_layer(names, layer: str) -> str:
 def sigma_tensors(source, round_index: int | None = None, which: str | None = None) -> dict[str, torch.Tensor]:
     """Effective sigma (floored at 2^-30, float64) of every converted tensor, in network order.
 
-    ``which`` (see :data:`WHICH`): "learned" (default for a Run), "pre" (default for a Round)
-    or "post". A mapping is taken as the sigma tensors themselves.
+    ``which`` (see :data:`WHICH`): "learned" (default for a Run), "pre" (default for a Round),
+    "post", or "initial" (``run.initial_sigma``, the sigma at conversion: draw it beside a
+    learned picture to tell what training put there from the initialisation formula's pattern).
+    A mapping is taken as the sigma tensors themselves.
     """
     if isinstance(source, Mapping):
         out = dict(source)
@@ -82,12 +86,15 @@ def sigma_tensors(source, round_index: int | None = None, which: str | None = No
         which = which or ("learned" if isinstance(source, Run) else "pre")
         if which not in WHICH:
             raise ValueError(f"which={which!r} is unknown; choose one of {list(WHICH)}")
-        if which == "learned":
+        if which in ("learned", "initial"):
             if not isinstance(source, Run):
-                raise ValueError("which='learned' needs the whole Run (it looks at every round); "
-                                 "pass the Run, or use which='pre' / 'post' for a Round")
+                raise ValueError(f"which={which!r} needs the whole Run; pass the Run, or use "
+                                 "which='pre' / 'post' for a Round")
             if round_index is not None:
-                raise ValueError("which='learned' covers all rounds; drop round_index or use 'pre' / 'post'")
+                raise ValueError(f"which={which!r} belongs to no single round; drop round_index or use 'pre' / 'post'")
+        if which == "initial":
+            out = source.initial_sigma
+        elif which == "learned":
             resolve_round(source)   # a clear error for a run with no rounds
             from .compare import learned_sigma
             out = learned_sigma(source)
@@ -152,6 +159,70 @@ def pooled_kernel_pattern(sigma: Mapping[str, torch.Tensor], kernel_shape: tuple
     total = sum(sigma[n].double().sum(dim=(0, 1)) for n in names)
     count = sum(sigma[n].shape[0] * sigma[n].shape[1] for n in names)
     return total / count, names
+
+
+def position_spread(sigma: torch.Tensor, shuffle_seed: int | None = None) -> dict[str, float]:
+    """How strongly the mean sigma of one weight tensor depends on position: for each axis (output
+    channel, input channel, kernel tap), the coefficient of variation (population standard deviation
+    over mean) of the mean sigma at each position of that axis. 0 means every position looks alike;
+    an axis a tensor lacks (or with a single position) gives NaN.
+
+    With ``shuffle_seed`` the same values are first put at random positions (a seeded permutation):
+    the spread that averaging alone leaves when position does not matter. A spread well above its
+    shuffled value is structure by position; one near it is noise. The initial sigma depends on each
+    value, not on its position, so its spreads sit at that noise level.
+
+    >>> s = torch.tensor([[1.0, 1.0], [3.0, 3.0]])     # output channel 1 has three times the sigma
+    >>> spread = position_spread(s)                     # a linear weight: no kernel taps (NaN)
+    >>> spread["out_channels"], spread["in_channels"]
+    (0.5, 0.0)
+    """
+    if sigma.dim() < 2:
+        raise ValueError(f"a tensor of shape {tuple(sigma.shape)} has no channels; pick a weight, not a bias")
+    t = sigma.double()
+    if shuffle_seed is not None:
+        g = torch.Generator().manual_seed(shuffle_seed)
+        t = t.flatten()[torch.randperm(t.numel(), generator=g)].reshape(t.shape)
+
+    def cv(means: torch.Tensor) -> float:
+        if means.numel() < 2:
+            return float("nan")
+        return float(means.std(correction=0) / means.mean())
+
+    out = {"out_channels": cv(t.flatten(1).mean(dim=1)),
+           "in_channels": cv(t.transpose(0, 1).flatten(1).mean(dim=1))}
+    out["kernel_taps"] = cv(t.flatten(2).mean(dim=(0, 1))) if t.dim() > 2 else float("nan")
+    return out
+
+
+def position_spread_table(sources: Mapping[str, Mapping[str, torch.Tensor]], layers=None, shuffles: int = 100,
+                          seed: int = 0) -> pd.DataFrame:
+    """:func:`position_spread` of several sigmas of the same tensors side by side, e.g.
+    ``{"learned": sigma_tensors(run), "initial": sigma_tensors(run, which="initial")}``.
+
+    Rows ``(layer, source)`` in network order. After each source's row (unless ``shuffles`` is 0)
+    comes ``"<source>, shuffled q95"``: the 95th percentile of the spreads of the same values put at
+    ``shuffles`` random positions (seeds ``seed``, ``seed + 1``, ...). A spread above it is one that
+    random placement reaches less than 5 % of the time: structure by position; one below it, noise.
+    ``layers`` picks tensor names (default: every tensor with two or more dimensions); columns
+    out_channels, in_channels, kernel_taps."""
+    if not sources:
+        raise ValueError("no sigma given: pass {label: {tensor name: sigma}}")
+    first = next(iter(sources.values()))
+    names = list(layers) if layers is not None else [n for n, t in first.items() if t.dim() >= 2]
+    rows, index = [], []
+    for name in names:
+        for label in sources:
+            check_layer(sources[label], name)
+            rows.append(position_spread(sources[label][name]))
+            index.append((name, label))
+            if shuffles > 0:
+                shuffled = pd.DataFrame([position_spread(sources[label][name], shuffle_seed=seed + k)
+                                         for k in range(shuffles)])
+                rows.append({c: float(np.quantile(shuffled[c], 0.95)) if shuffled[c].notna().all() else float("nan")
+                             for c in shuffled.columns})
+                index.append((name, f"{label}, shuffled q95"))
+    return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["layer", "sigma"]))
 
 
 def find_attention(model: torch.nn.Module) -> dict[str, int]:

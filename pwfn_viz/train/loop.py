@@ -93,15 +93,26 @@ def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum:
 
 
 def optimizer_step(model: nn.Module, opt, loss: torch.Tensor, *, scaler=None, grad_clip: float = 0.0) -> None:
-    """The update of one training step, as ``train_steps`` makes it: zero_grad, backward (through
-    ``scaler`` when given, then unscaled), sigma's gradient in the variable its group steps (log
-    sigma: ``sigma * dL/dsigma``), gradient-norm clip, optimiser step (on log sigma for such groups)."""
+    """The update of one training step, as ``train_steps`` makes it: :func:`backward` then
+    :func:`clip_and_step`."""
+    backward(opt, loss, scaler)
+    clip_and_step(model, opt, scaler=scaler, grad_clip=grad_clip)
+
+
+def backward(opt, loss: torch.Tensor, scaler=None) -> None:
+    """zero_grad and backward (through ``scaler`` when given, then unscaled): the gradients a step
+    uses, before anything edits or clips them."""
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
     else:
         loss.backward()
+
+
+def clip_and_step(model: nn.Module, opt, *, scaler=None, grad_clip: float = 0.0) -> None:
+    """Sigma's gradient in the variable its group steps (log sigma: ``sigma * dL/dsigma``),
+    gradient-norm clip, optimiser step (on log sigma for such groups)."""
     to_step_gradients(opt)
     if grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -8,11 +8,14 @@
 
 The sigma shown is chosen by ``which`` (:data:`~pwfn_viz.analysis.tables.WHICH`): for a Run the
 default is each weight's *learned* sigma (its pre-snap sigma in the round that fixed it), for a
-Round its pre-snap sigma; a mapping ``name -> sigma`` is drawn as it is.
+Round its pre-snap sigma; a mapping ``name -> sigma`` is drawn as it is. ``which="initial"`` draws
+a Run's sigma at conversion: the same picture of the initialisation, to set beside the learned one
+(structure present in both is the initialisation formula's, not something training found).
 
     >>> run = pwfn_viz.load_run("runs/digits")                          # doctest: +SKIP
     >>> fig = plot_sigma_by_layer(run)                                   # doctest: +SKIP
     >>> fig = plot_channel_heatmap(run, "conv2.weight")                  # doctest: +SKIP
+    >>> fig = plot_channel_heatmap(run, "conv2.weight", which="initial") # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -130,7 +133,8 @@ def plot_kernel_pattern(source, layer: str | None = None, round_index: int | Non
     ax.set_xlabel("kernel column")
     ax.set_ylabel("kernel row")
     what = names[0] if len(names) == 1 else f"{len(names)} convolutions"
-    ax.set_title(f"{'x'.join(map(str, pattern.shape))} taps, {what}")
+    label = _label_which(source, which)
+    ax.set_title(f"{'x'.join(map(str, pattern.shape))} taps, {what}" + (f" ({label} sigma)" if label else ""))
     return fig
 
 
