@@ -251,7 +251,17 @@ def _print_sigma_learning(run) -> None:
           "fraction moved >10 %, layers learned):")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     warning = run.sigma_warning()
-    print(f"WARNING: {warning}" if warning else f"sigma learned: {run.sigma_verdict_line()}")
+    print(f"WARNING: {warning}" if warning else run.sigma_verdict_line())
+
+
+def _registered_model(run_dir, command: str, arguments: str) -> None:
+    """A ValueError for a run of the user's own model, which the command line cannot rebuild."""
+    from .record.rundir import load_run
+    run = load_run(run_dir)
+    if run.own_model:
+        cls = run.meta["model_spec"].get("class", "your model")
+        raise ValueError(f"{run_dir} recorded your own model ({cls}), which `pwfn-viz {command}` cannot rebuild or "
+                         f"measure: use the Python API with your code, pwfn_viz.{command}(run, {arguments})")
 
 
 def main(argv=None) -> int:
@@ -284,6 +294,7 @@ def main(argv=None) -> int:
             _print_sigma_learning(result)
         elif args.command == "compare":
             from .analysis.compare import compare
+            _registered_model(args.run_dir, "compare", "model=MyNet(), evaluate=my_eval, train_loader=..., loss_fn=...")
             result = compare(args.run_dir, init=args.init, scope=args.scope, finetune=not args.no_finetune,
                              seed=args.seed, keep_zero=args.keep_zero, device=args.device, progress=not args.quiet,
                              coremltools_bits=args.coremltools, dkm_steps=args.dkm_steps)
@@ -294,6 +305,7 @@ def main(argv=None) -> int:
                 print(f"wrote {args.csv}")
         elif args.command == "analyse":
             from .analysis.noise import analyse
+            _registered_model(args.run_dir, "analyse", "model=MyNet(), evaluate=my_eval")
             result = analyse(args.run_dir, round_index=args.round, which=args.which, n_samples=args.samples,
                              seed=args.seed, device=args.device, progress=not args.quiet)
             print(repr(result))

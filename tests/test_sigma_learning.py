@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
-from pwfn_viz.core.sigma_learning import describe, is_learned, sigma_learning, sigma_learning_table
+from pwfn_viz.core.sigma_learning import (describe, is_learned, sigma_learning, sigma_learning_table, verdict,
+                                         verdict_line)
 
 U = 2.0 ** -10
 
@@ -91,3 +92,19 @@ def test_verdict_thresholds():
     assert is_learned({"sigma_rank_corr": 0.99, "sigma_median_change": 0.2}) is False   # same ordering
     assert is_learned({"sigma_rank_corr": 0.5, "sigma_median_change": 0.01}) is False   # barely moved
     assert is_learned({"sigma_rank_corr": math.nan, "sigma_median_change": 0.2}) is None
+
+
+def test_run_verdict_is_the_majority_of_rounds_that_can_tell():
+    def r(i, learned):
+        return {"round": i, "sigma_learned": learned, "sigma_median_change": 0.5, "sigma_rank_corr": 0.3,
+                "sigma_frac_moved": 0.9, "sigma_layers_learned": "2/3"}
+    # the last round judges only a few weights: one late "not learned" does not overturn the run
+    v = verdict([r(0, True), r(1, True), r(2, True), r(3, False), r(4, None)])
+    assert v["learned"] and (v["rounds_learned"], v["rounds_told"], v["not_learned"]) == (3, 4, [3])
+    assert v["latest"]["round"] == 3
+    assert verdict_line(v).startswith("sigma learned in 3 of 4 rounds; round 3:")
+    v = verdict([r(0, False), r(1, False), r(2, True)])
+    assert not v["learned"] and "sigma NOT learned in 2 of 3 rounds" in verdict_line(v)
+    assert "sigma_lr_mult" in verdict_line(v)            # the advice comes with the warning
+    assert verdict([r(0, True), r(1, False)])["learned"]  # a tie counts as learned
+    assert verdict([r(0, None)]) is None and "no round yet" in verdict_line(None)

@@ -120,9 +120,9 @@ def test_runs_record_whether_sigma_learned(learned_and_frozen, capsys):
     out = capsys.readouterr().out
     assert "WARNING" in out and "NOT learned" in out and "rank correlation 1.00" in out
     assert cli.main(["show", str(learned.path)]) == 0
-    assert "sigma learned: round" in capsys.readouterr().out
-    assert "sigma learned by round" in (learned.path / "log.txt").read_text()
-    assert "WARNING: by round" in (frozen.path / "log.txt").read_text()
+    assert "sigma learned in 3 of 3 rounds; round 2:" in capsys.readouterr().out
+    assert "sigma learned in 3 of 3 rounds" in (learned.path / "log.txt").read_text()
+    assert "WARNING: sigma NOT learned in 3 of 3 rounds" in (frozen.path / "log.txt").read_text()
 
 
 @pytest.mark.slow
@@ -150,3 +150,13 @@ def test_cli_sigma_options_and_the_demo_preset():
     paper = cli._config(parser.parse_args(["run"]))
     assert (paper.sigma_lr_mult, paper.sigma_param, paper.steps_per_round) == (1.0, "raw", None)
     assert cli.main(["run", "--sigma-param", "softplus"]) == 2
+
+
+def test_a_diverged_round_is_a_clear_error(tmp_path):
+    cfg = RunConfig(pretrain_epochs=1, fractions=(0.5, 1.0), first_round_steps=3, steps_per_round=3,
+                    sigma_param="log", sigma_lr_mult=1e12)   # exp of a huge step: sigma overflows
+    with pytest.raises(ValueError, match=r"round 0: training diverged.*sigma_lr_mult=1000000000000.0"):
+        pwfn_viz.run(cfg, tmp_path / "diverged", progress=False, verbose=False)
+    assert cli.main(["run", "--out", str(tmp_path / "cli"), "--pretrain-epochs", "1", "--fractions", "0.5,1.0",
+                     "--steps", "3", "--first-steps", "3", "--sigma-param", "log", "--sigma-lr-mult", "1e12",
+                     "--quiet"]) == 2

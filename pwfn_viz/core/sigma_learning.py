@@ -120,10 +120,31 @@ def overall(table: pd.DataFrame) -> dict:
     return out
 
 
-def verdict(rounds: list[dict]) -> tuple[int, dict] | None:
-    """(round index, metrics) of the latest round whose metrics can tell whether sigma learned."""
-    told = [m for m in rounds if m.get("sigma_learned") is not None]
-    return (told[-1]["round"], told[-1]) if told else None
+def verdict(rounds: list[dict]) -> dict | None:
+    """The run's verdict from its rounds' metrics (each with "round" and the ``COLUMNS``): sigma
+    learned when it did in at least half of the rounds that can tell. A single round is not enough:
+    the last rounds judge only the few weights left free. Keys: ``learned``, ``rounds_learned``,
+    ``rounds_told``, ``not_learned`` (their indices), ``latest`` (the metrics of the latest round
+    that can tell). None when no round can tell."""
+    told = [m for m in rounds if m.get("sigma_learned") is not None and not pd.isna(m.get("sigma_learned"))]
+    if not told:
+        return None
+    learned = [m for m in told if m["sigma_learned"]]
+    return {"learned": 2 * len(learned) >= len(told), "rounds_learned": len(learned), "rounds_told": len(told),
+            "not_learned": [m["round"] for m in told if not m["sigma_learned"]], "latest": told[-1]}
+
+
+def verdict_line(v: dict | None) -> str:
+    """The verdict in one line, with the advice when sigma has not learned."""
+    if v is None:
+        return "no round yet has two or more free weights to compare with their initial sigma"
+    latest = v["latest"]
+    head = (f"sigma learned in {v['rounds_learned']} of {v['rounds_told']} rounds" if v["learned"] else
+            f"sigma NOT learned in {v['rounds_told'] - v['rounds_learned']} of {v['rounds_told']} rounds")
+    text = f"{head}; round {latest['round']}: {describe(latest)}"
+    if latest.get("sigma_layers_learned"):
+        text += f" ({latest['sigma_layers_learned']} layers)"
+    return text if v["learned"] else f"{text}. {ADVICE}"
 
 
 def layers_learned(layers: pd.DataFrame) -> str:

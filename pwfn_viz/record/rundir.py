@@ -38,6 +38,8 @@ from ..core.sigma_learning import ADVICE as SIGMA_ADVICE
 from ..core.sigma_learning import COLUMNS as SIGMA_LEARNING_COLUMNS
 from ..core.sigma_learning import describe as describe_learning
 from ..core.sigma_learning import layers_learned, sigma_learning_table
+from ..core.sigma_learning import verdict as sigma_verdict
+from ..core.sigma_learning import verdict_line as sigma_verdict_line
 
 FORMAT_VERSION = 1
 _UMASK = os.umask(0)
@@ -281,25 +283,43 @@ class Run:
             rows.append({"round": r.index, **row})
         return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame()
 
-    def _latest_verdict(self):
+    def sigma_verdict(self) -> dict | None:
+        """The run's verdict over its rounds (:func:`pwfn_viz.core.sigma_learning.verdict`)."""
         table = self.sigma_learning()
-        told = table[table["sigma_learned"].notna()] if len(table) else table
-        return None if told is None or told.empty else told.iloc[-1]
+        rows = [{"round": i, **row, "sigma_layers_learned": row["layers_learned"]}
+                for i, row in table.to_dict("index").items()] if len(table) else []
+        return sigma_verdict(rows)
 
     def sigma_warning(self) -> str | None:
-        """A plain warning when sigma is essentially its initialisation in the latest round that can
-        tell (see :mod:`pwfn_viz.core.sigma_learning` for the thresholds), else None."""
-        row = self._latest_verdict()
-        if row is None or row["sigma_learned"]:
-            return None
-        return f"round {row.name}: {describe_learning(row.to_dict())}. {SIGMA_ADVICE}"
+        """A plain warning, with what to change, when sigma is essentially its initialisation in most
+        rounds (see :mod:`pwfn_viz.core.sigma_learning` for the thresholds), else None."""
+        v = self.sigma_verdict()
+        return None if v is None or v["learned"] else sigma_verdict_line(v)
 
     def sigma_verdict_line(self) -> str:
-        """The diagnostic of the latest round that can tell, in one line."""
-        row = self._latest_verdict()
-        if row is None:
-            return "no round yet has two or more free weights to compare"
-        return f"round {row.name}: {describe_learning(row.to_dict())} ({row['layers_learned']} layers)"
+        """The verdict in one line: in how many rounds sigma learned, and the latest round's numbers."""
+        return sigma_verdict_line(self.sigma_verdict())
+
+    @property
+    def own_model(self) -> bool:
+        """True for a run of your own model (recorded by ``Fixer`` without a registered model spec):
+        rebuilding its network needs your instance, measuring it your ``evaluate``."""
+        return not (self.meta.get("model_spec") or {}).get("name")
+
+    def require(self, call: str, **given) -> None:
+        """For a run of your own model, raise a ValueError naming every argument of ``call`` given
+        as None (``model``, ``evaluate``, ``train_loader``, ``loss_fn``) and what to pass; a
+        registered model's run needs none of them."""
+        missing = [k for k, v in given.items() if v is None]
+        if not self.own_model or not missing:
+            return
+        cls = (self.meta.get("model_spec") or {}).get("class", "YourModel").rsplit(".", 1)[-1]
+        what = {"model": f"model={cls}() (an unconverted instance of the recorded architecture)",
+                "evaluate": "evaluate=my_eval (evaluate(model) -> dict of numbers, as given to Fixer)",
+                "train_loader": "train_loader=... (the (x, y) batches to fine-tune on)",
+                "loss_fn": "loss_fn=... (loss_fn(model(x), y), your training loss)"}
+        raise ValueError(f"{self.path} recorded your own model ({cls}), which {call} cannot rebuild or measure "
+                         f"without your code: pass {'; '.join(what.get(k, f'{k}=...') for k in missing)}")
 
     def _fresh_model(self) -> torch.nn.Module:
         from ..models.factory import create_model

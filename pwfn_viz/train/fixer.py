@@ -41,10 +41,9 @@ from tqdm.auto import tqdm
 
 from ..core import bayes
 from ..core.metrics import codebook_stats, layer_table
-from ..core.sigma_learning import ADVICE as SIGMA_ADVICE
 from ..core.sigma_learning import describe as describe_learning
 from ..core.sigma_learning import overall as sigma_overall
-from ..core.sigma_learning import sigma_learning_table, verdict
+from ..core.sigma_learning import sigma_learning_table, verdict, verdict_line
 from ..record.rundir import (FORMAT_VERSION, Run, atomic_append_csv, atomic_save_tensors, atomic_write_text,
                              check_tensors, load_run, metric_label, round_file, snapshot_tensors,
                              state_dict_from_snapshot)
@@ -293,6 +292,12 @@ class Fixer:
         model, info, main = self.model, self.info, self.info.is_main
         before = self._measure(expected=self.meta["baseline"])
         mu, sigma, fixed = bayes.flat_state(model)
+        if not (torch.isfinite(mu).all() and torch.isfinite(sigma).all()):
+            bad = [t.name for t in bayes.bayes_tensors(model)
+                   if not (torch.isfinite(t.mu).all() and torch.isfinite(t.sigma).all())]
+            raise ValueError(f"round {r}: training diverged, mu or sigma of {bad[:3]} holds NaN/inf; lower the learning "
+                             f"rate (lr={self.config.lr}) or sigma's multiplier (sigma_lr_mult="
+                             f"{self.config.sigma_lr_mult}), then resume from the last completed round")
         pre = {}
         for t in bayes.bayes_tensors(model):
             pre[f"mu/{t.name}"], pre[f"sigma/{t.name}"], pre[f"fixed/{t.name}"] = t.value, t.sigma.detach().clone(), t.fixed.clone()
@@ -334,6 +339,7 @@ class Fixer:
     def _measure(self, expected: dict | None) -> dict:
         """``evaluate(model)`` checked: a dict of numbers (the baseline's names after the start)."""
         modes = [m.training for m in self.model.modules()]
+        self.model.eval()   # the mean network: no weight noise, whatever mode the training loop left
         with torch.no_grad():
             got = self.evaluate(self.model)
         for m, mode in zip(self.model.modules(), modes):
@@ -369,10 +375,7 @@ class Fixer:
                 self.log(f"published ({self.config.preset}): {line}")
         told = verdict(meta["rounds"])
         if told is not None:
-            r, m = told
-            learned = f"sigma learned by round {r}" if m["sigma_learned"] else f"WARNING: by round {r} sigma has not learned"
-            self.log(f"{learned}: {describe_learning(m)} ({m['sigma_layers_learned']} layers)"
-                     + ("" if m["sigma_learned"] else f". {SIGMA_ADVICE}"))
+            self.log(("" if told["learned"] else "WARNING: ") + verdict_line(told))
 
 
 def _as_number(value, name: str) -> float:
