@@ -28,6 +28,9 @@ Definitions used in the table (all over the converted tensors, ``run.meta["tenso
   where ``sigma_i`` is the weight's learned PWFN sigma: its pre-snap sigma
   (``run.rounds[r].pre_sigma``) in the first round ``r`` whose snap fixed it (see
   :func:`learned_sigma`), floored at 2^-30.
+* a run of your own model (recorded by ``Fixer``) is rebuilt from your instance and measured with
+  your code: ``compare(run, model=MyNet(), evaluate=my_eval, train_loader=..., loss_fn=...)``; the
+  table then holds your metrics (the run's primary metric first) in place of top1/top5.
 * the PWFN row is named after the run's method (``"pwfn"``, or ``"wfn"`` for a WFN run); its
   ``k`` is its unique count and ``finetuned`` is False (its training happens between rounds).
 * groups with at most ``k`` distinct values keep those values (``kmeans_quantize``'s clamp);
@@ -40,6 +43,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -61,13 +65,36 @@ from ..train.config import RunConfig
 from .palettize import palettize_dkm, palettize_post_training
 
 __all__ = ["Comparison", "FinetuneResult", "compare", "kmeans_finetune", "learned_sigma",
-           "match_entropy", "measure_method", "converted_weights", "flatten_named", "CLAMP_WARNING",
+           "match_entropy", "measure_method", "user_metrics", "columns_for", "converted_weights", "flatten_named",
+           "CLAMP_WARNING",
            "SIGMA_FLOOR", "COLUMNS"]
 
 SIGMA_FLOOR = SAMPLING_SIGMA_FLOOR
 COLUMNS = ["method", "k", "finetuned", "top1", "top5", "unique", "unique_nonzero", "entropy",
            "entropy_nonzero", "weight_error", "moved_gt_1sigma", "moved_gt_2sigma", "moved_gt_3sigma"]
 CLAMP_WARNING = r"k=\d+ exceeds the number of distinct values"
+
+
+def columns_for(metrics) -> list[str]:
+    """The table's columns when ``metrics`` (names, the primary first) replace top1/top5."""
+    return [*COLUMNS[:3], *metrics, *COLUMNS[5:]]
+
+
+def user_metrics(evaluate, model: nn.Module, primary: str | None = None) -> dict[str, float]:
+    """``evaluate(model)`` (your function, as given to ``Fixer``) in eval mode without gradients:
+    plain floats by name, ``primary`` first."""
+    model.eval()
+    with torch.no_grad():
+        got = evaluate(model)
+    if not isinstance(got, dict) or not got:
+        raise ValueError(f"evaluate(model) returned {type(got).__name__}; it must return a dict of numbers by name")
+    out = {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in got.items()}
+    if primary is not None:
+        if primary not in out:
+            raise ValueError(f"evaluate(model) returned {sorted(out)}, but the run's primary metric is {primary!r}: "
+                             "pass the evaluate the run was recorded with")
+        out = {primary: out.pop(primary), **out}
+    return out
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -77,7 +104,7 @@ class FinetuneResult(NamedTuple):
 
     codebooks: the trained centroids (float64), in the structure passed in (a codebook shared
         by several names stays one shared tensor).
-    loss: mean training cross-entropy over the steps (NaN when no step ran).
+    loss: mean training loss (cross-entropy unless another ``loss_fn`` is given) over the steps (NaN when no step ran).
     steps: optimiser steps taken.
     """
     codebooks: dict
@@ -143,7 +170,7 @@ def _shared_layout(labels, codebooks, params):
 def kmeans_finetune(model: nn.Module, labels: Mapping[str, torch.Tensor], codebooks: Mapping, loader,
                     epochs: float, *, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 1e-4,
                     grad_clip: float = 0.0, keep_zero: bool = False, device="cpu",
-                    progress: bool = False) -> FinetuneResult:
+                    progress: bool = False, loss_fn=None) -> FinetuneResult:
     """Train the centroids of a k-means-shared model, keeping every weight's assignment.
 
     Args:
@@ -153,7 +180,8 @@ def kmeans_finetune(model: nn.Module, labels: Mapping[str, torch.Tensor], codebo
         codebooks: name -> 1-D centroids (one tensor object for names sharing a codebook, as
             kmeans_quantize's global scope gives), or name -> list of 1-D centroids, one per
             slice along dim 0 (scope "channel").
-        loader: training batches ``(x, y)``; classification with cross-entropy.
+        loader: training batches ``(x, y)``; the loss is ``loss_fn(model(x), y)``.
+        loss_fn: default cross-entropy (classification); your own loss for your own task.
         epochs: passes over ``loader`` (fractions allowed; at least one step when > 0).
         lr, momentum: SGD on the centroids and on the other parameters.
         weight_decay: for the other parameters only (decay would pull the codebook towards 0;
@@ -184,6 +212,7 @@ def kmeans_finetune(model: nn.Module, labels: Mapping[str, torch.Tensor], codebo
     shared = {n: params[n] for n in labels}
     others = [p for n, p in params.items() if n not in shared and p.requires_grad]
     zero = centroids.detach() == 0 if keep_zero else None
+    loss_fn = nn.functional.cross_entropy if loss_fn is None else loss_fn
 
     def write_weights():
         with torch.no_grad():
@@ -201,7 +230,7 @@ def kmeans_finetune(model: nn.Module, labels: Mapping[str, torch.Tensor], codebo
     bar = tqdm(total=n_steps, desc="k-means fine-tune", leave=False, disable=not progress)
     while done < n_steps:
         for x, y in loader:
-            loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+            loss = loss_fn(model(x.to(device)), y.to(device))
             model.zero_grad(set_to_none=True)
             loss.backward()
             grad = torch.zeros_like(centroids)
@@ -294,6 +323,7 @@ class Comparison:
     weights: method -> final converted weights, flat float64 in network order.
     start: the starting weights, flat float64; sigma: each weight's learned sigma (flat float64).
     target_entropy: the PWFN final entropy; entropy_search: {k: entropy} evaluated to match it.
+    primary, higher_is_better: the metric the table reports first (the run's) and its direction.
     """
     table: pd.DataFrame
     layers: pd.DataFrame
@@ -303,21 +333,31 @@ class Comparison:
     target_entropy: float = math.nan
     entropy_search: dict[int, float] = field(default_factory=dict, repr=False)
     run_path: Path | None = None
+    primary: str = "top1"
+    higher_is_better: bool = True
 
     def __repr__(self):
-        return f"Comparison({str(self.run_path)!r}, methods={list(self.table['method'])})"
+        metric = "" if self.primary == "top1" else \
+            f", primary={self.primary} ({'higher' if self.higher_is_better else 'lower'} is better)"
+        return f"Comparison({str(self.run_path)!r}, methods={list(self.table['method'])}{metric})"
 
     def _repr_html_(self):
         return f"<p><code>{self!r}</code></p>" + self.table.to_html(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def measure_method(method, k, finetuned, model, names, w_start, sigma, test_loader, device):
-    """One table row and the per-layer rows for a model whose converted tensors are final."""
+def measure_method(method, k, finetuned, model, names, w_start, sigma, test_loader, device, *, evaluate_fn=None,
+                   primary: str | None = None):
+    """One table row and the per-layer rows for a model whose converted tensors are final: top1/top5
+    on ``test_loader``, or with ``evaluate_fn`` (your ``evaluate(model)``) its metrics, ``primary`` first."""
     tensors = converted_weights(model, names)
     w = flatten_named(tensors, names)
-    acc = evaluate(model, test_loader, device)
+    if evaluate_fn is None:
+        acc = evaluate(model, test_loader, device)
+        acc = {"top1": acc["top1"], "top5": acc["top5"]}
+    else:
+        acc = user_metrics(evaluate_fn, model, primary)
     moved = (w - w_start).abs() / sigma
-    row = {"method": method, "k": int(k), "finetuned": bool(finetuned), "top1": acc["top1"], "top5": acc["top5"],
+    row = {"method": method, "k": int(k), "finetuned": bool(finetuned), **acc,
            **codebook_stats(torch.cat([t.reshape(-1).cpu() for t in tensors.values()])),
            "weight_error": float((w - w_start).norm() / w_start.norm()),
            **{f"moved_gt_{s}sigma": float((moved > s).double().mean()) for s in (1, 2, 3)}}
@@ -330,12 +370,16 @@ def measure_method(method, k, finetuned, model, names, w_start, sigma, test_load
     return row, layers, w
 
 
-def _pwfn_training_epochs(cfg: dict, data) -> float:
+def _pwfn_training_epochs(cfg: dict, data, train_loader=None, own_loop: bool = False) -> float:
     """How much the PWFN run trained after conversion, in epochs: its epoch budgets, or its step
-    budgets (``steps_per_round``) divided by the steps of one epoch."""
-    if cfg.get("first_round_steps") is None and cfg.get("steps_per_round") is None:
+    budgets (``steps_per_round``) divided by the steps of one epoch (of ``train_loader`` when given).
+    A run of your own loop (``own_loop``) records no budget: one epoch of ``train_loader``."""
+    steps_given = cfg.get("first_round_steps") is not None or cfg.get("steps_per_round") is not None
+    if own_loop and not steps_given:
+        return 1.0
+    if not steps_given:
         return cfg["first_round_epochs"] + cfg["epochs_per_round"] * (len(cfg["fractions"]) - 1)
-    steps_per_epoch = len(make_loader(data.train, cfg["batch_size"]))
+    steps_per_epoch = len(train_loader) if train_loader is not None else len(make_loader(data.train, cfg["batch_size"]))
     config = RunConfig.from_dict(cfg)
     return sum(config.round_budget(r, steps_per_epoch) for r in range(len(config.fractions))) / steps_per_epoch
 
@@ -352,7 +396,8 @@ def _check_run(run) -> Run:
 def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: bool = True, seed: int = 0,
             keep_zero: bool = False, finetune_epochs: float | None = None, finetune_lr: float | None = None,
             device="cpu", progress: bool = False, data=None, coremltools_bits: tuple = (),
-            dkm_steps: int = 0) -> Comparison:
+            dkm_steps: int = 0, model: nn.Module | None = None, evaluate=None, train_loader=None,
+            loss_fn=None) -> Comparison:
     """Compare a finished run's final network with k-means on the same starting network.
 
     Args:
@@ -362,7 +407,8 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
         scope: "global" (one codebook), "layer" or "channel" (``k`` per group).
         finetune: also fine-tune both k-means models (rows "...+ft").
         finetune_epochs: default the PWFN run's own training after conversion,
-            ``first_round_epochs + epochs_per_round * (rounds - 1)``, or its step budgets in epochs.
+            ``first_round_epochs + epochs_per_round * (rounds - 1)``, or its step budgets in epochs
+            (a run of your own loop records none: one epoch of ``train_loader``).
         finetune_lr: default the run's lr; momentum, grad_clip, batch size and the other
             parameters' weight decay also come from the run's config.
         device: where to evaluate and fine-tune ("auto", "cpu", "cuda", ...).
@@ -371,6 +417,11 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
             network at these bit widths (rows "ptq@<b>bit"; needs the optional coremltools), and,
             with ``dkm_steps > 0``, its DKM palettization trained for that many SGD steps at the run's
             lr (rows "dkm@<b>bit"). See :mod:`pwfn_viz.analysis.palettize`.
+        model, evaluate, train_loader, loss_fn: for a run of your own model: an unconverted instance
+            of its architecture (copied, never changed), ``evaluate(model) -> dict of numbers`` (the
+            table reports these, the run's primary metric first), and for fine-tuning (and DKM) the
+            ``(x, y)`` batches and ``loss_fn(model(x), y)``. Without them such a run raises a
+            ValueError naming what to pass. ``evaluate`` may also be given for a registered model.
 
     Returns:
         :class:`Comparison`; ``.table`` has the rows <method>, kmeans@unique, kmeans@unique+ft,
@@ -381,25 +432,40 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
     if scope not in list_scopes():
         raise ValueError(f"unknown scope {scope!r}; choose one of {list_scopes()}")
     run = _check_run(run)
+    trains = finetune or dkm_steps > 0
+    run.require("compare", model=model, evaluate=evaluate,
+                **({"train_loader": train_loader, "loss_fn": loss_fn} if trains else {}))
     cfg, device = run.config, resolve_device(device)
     names = list(run.meta["tensors"])
-    if data is None:
+    primary = run.primary if evaluate is not None else "top1"
+    if data is None and (evaluate is None or (trains and train_loader is None)):
         data = create_dataset(cfg["dataset"], root=cfg["data_root"], image_size=cfg["image_size"],
                               in_chans=cfg["in_chans"], seed=cfg["seed"])
-    test_loader = make_loader(data.test, batch_size=max(256, cfg["batch_size"]), shuffle=False)
-    start_tensors = converted_weights(run.plain_model_at(None), names)
+    test_loader = None if evaluate is not None else make_loader(data.test, batch_size=max(256, cfg["batch_size"]),
+                                                                shuffle=False)
+
+    def plain(round_index):   # a fresh network at a round: rebuilt from the record, or a copy of yours
+        return run.plain_model_at(round_index, model=None if model is None else copy.deepcopy(model))
+
+    def train_batches():
+        if train_loader is not None:
+            return train_loader
+        return make_loader(data.train, cfg["batch_size"], shuffle=True, seed=seed)
+
+    start_tensors = converted_weights(plain(None), names)
     w_start = flatten_named(start_tensors, names)
     sigma = flatten_named(learned_sigma(run), names)
     rows, layers, weights = [], [], {}
 
     def add(method, k, finetuned, model):
-        row, lay, w = measure_method(method, k, finetuned, model.to(device), names, w_start, sigma, test_loader, device)
+        row, lay, w = measure_method(method, k, finetuned, model.to(device), names, w_start, sigma, test_loader, device,
+                                     evaluate_fn=evaluate, primary=primary)
         rows.append(row)
         layers.extend(lay)
         weights[method] = w
 
     method = cfg.get("method", "pwfn")
-    add(method, 0, False, run.plain_model_at(-1))
+    add(method, 0, False, plain(-1))
     final = rows[0]
     rows[0]["k"] = final["unique"]
 
@@ -415,27 +481,33 @@ def compare(run, *, init: str = "kmeans++", scope: str = "global", finetune: boo
     k_max = int(torch.unique(w_start).numel()) + int(keep_zero)
     k_unique = max(1, min(final["unique"], k_max))
     k_entropy, search = match_entropy(entropy_of, final["entropy"], k_max)
-    epochs = finetune_epochs if finetune_epochs is not None else _pwfn_training_epochs(cfg, data)
+    if finetune:
+        epochs = finetune_epochs if finetune_epochs is not None else _pwfn_training_epochs(cfg, data, train_loader, run.own_model)
     for budget, k in (("unique", k_unique), ("entropy", k_entropy)):
         quantized, codebooks, labels = quantize(k)
-        model = run.plain_model_at(None)
+        net = plain(None)
         with torch.no_grad():
-            for n, p in converted_weights(model, names).items():
+            for n, p in converted_weights(net, names).items():
                 p.copy_(quantized[n])
-        add(f"kmeans@{budget}", k, False, model)
+        add(f"kmeans@{budget}", k, False, net)
         if finetune:
             torch.manual_seed(seed)
-            model = run.plain_model_at(None)
-            loader = make_loader(data.train, cfg["batch_size"], shuffle=True, seed=seed)
-            kmeans_finetune(model, labels, codebooks, loader, epochs, lr=cfg["lr"] if finetune_lr is None else finetune_lr,
+            net = plain(None)
+            kmeans_finetune(net, labels, codebooks, train_batches(), epochs,
+                            lr=cfg["lr"] if finetune_lr is None else finetune_lr,
                             momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
-                            grad_clip=cfg["grad_clip"], keep_zero=keep_zero, device=device, progress=progress)
-            add(f"kmeans@{budget}+ft", k, True, model)
+                            grad_clip=cfg["grad_clip"], keep_zero=keep_zero, device=device, progress=progress,
+                            loss_fn=loss_fn)
+            add(f"kmeans@{budget}+ft", k, True, net)
     for bits in coremltools_bits:
-        add(f"ptq@{bits}bit", 2 ** bits, False, palettize_post_training(run.plain_model_at(None), bits))
+        add(f"ptq@{bits}bit", 2 ** bits, False, palettize_post_training(plain(None), bits))
         if dkm_steps > 0:
-            loader = make_loader(data.train, cfg["batch_size"], shuffle=True, seed=seed)
-            add(f"dkm@{bits}bit", 2 ** bits, True, palettize_dkm(run.plain_model_at(None), bits, loader, dkm_steps,
-                                                              lr=cfg["lr"], momentum=cfg["momentum"], seed=seed))
-    return Comparison(pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(layers), weights, w_start, sigma,
-                      final["entropy"], search, run.path)
+            extra = {} if loss_fn is None else {"loss_fn": loss_fn}
+            dkm = palettize_dkm(plain(None), bits, train_batches(), dkm_steps, lr=cfg["lr"], momentum=cfg["momentum"],
+                                seed=seed, **extra)
+            add(f"dkm@{bits}bit", 2 ** bits, True, dkm)
+    keys = list(rows[0])
+    columns = COLUMNS if evaluate is None else columns_for(keys[3:keys.index("unique")])
+    return Comparison(pd.DataFrame(rows, columns=columns), pd.DataFrame(layers), weights, w_start, sigma,
+                      final["entropy"], search, run.path, primary,
+                      run.higher_is_better if evaluate is not None else True)

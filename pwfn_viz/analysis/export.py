@@ -18,6 +18,9 @@ Example:
     >>> report = export_run("runs/digits", "digits.safetensors")    # doctest: +SKIP
     >>> print(report)                                               # doctest: +SKIP
     >>> model = load_exported("digits.safetensors")                 # doctest: +SKIP
+
+A run of your own model exports the same way (the record holds every tensor); loading it needs an
+unconverted instance of your architecture: ``load_exported(path, model=MyNet())``.
 """
 from __future__ import annotations
 
@@ -196,16 +199,20 @@ def _fixed_round(run, round_index: int):
     return rnd
 
 
-def export_run(run_or_path, out_path, round_index: int = -1) -> ExportReport:
+def export_run(run_or_path, out_path, round_index: int = -1, model: nn.Module | None = None) -> ExportReport:
     """Write the network of round ``round_index`` (default the last) of a finished run as a
-    codebook plus bit-packed indices (see the module docstring); returns the sizes."""
+    codebook plus bit-packed indices (see the module docstring); returns the sizes. ``model`` (an
+    unconverted instance of the architecture, optional) is checked to fit the export before writing,
+    so that ``load_exported(path, model=...)`` will load it."""
     from ..record.rundir import Run, atomic_save_tensors, load_run
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
     rnd = _fixed_round(run, round_index)
     weights = rnd.mu
+    rest = {k: v for k, v in rnd.tensors.items() if k.startswith("state/")}
+    if model is not None:
+        _check_fits(model, {**{k[len("state/"):]: v for k, v in rest.items()}, **weights}, run.path)
     codebook, packed, bits = encode_tensors(weights)
     tensors = {"codebook": codebook, **{f"indices/{name}": p for name, p in packed.items()}}
-    rest = {k: v for k, v in rnd.tensors.items() if k.startswith("state/")}
     tensors.update(rest)
     meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "model_spec": run.meta["model_spec"],
             "bits": bits, "codebook_size": codebook.numel(), "round": rnd.index,
@@ -252,20 +259,31 @@ def read_exported(path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, meta
 
 
+def _check_fits(model: nn.Module, state: dict, where) -> None:
+    """A ValueError unless ``state`` has exactly ``model``'s state_dict keys and shapes."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    reshaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or reshaped:
+        raise ValueError(f"{where} does not fit {type(model).__name__}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}" + (f", other shapes {reshaped[:5]}" if reshaped else ""))
+
+
 def load_exported(path, model: nn.Module | None = None) -> nn.Module:
-    """A plain PyTorch model (eval mode) with the exported weights. ``model`` is an instance of the
-    architecture; by default it is built from the stored model spec with
-    :func:`pwfn_viz.models.factory.create_model`."""
+    """A plain PyTorch model (eval mode) with the exported weights. ``model`` is an unconverted
+    instance of the architecture (needed for a run of your own model); by default it is built from
+    the stored model spec with :func:`pwfn_viz.models.factory.create_model`."""
     state, meta = read_exported(path)
     if model is None:
         from ..models.factory import create_model
         spec = meta["model_spec"]
+        if not spec.get("name"):
+            cls = spec.get("class", "YourModel").rsplit(".", 1)[-1]
+            raise ValueError(f"{path} holds your own model ({spec.get('class', cls)}), which the export cannot "
+                             f"rebuild: pass an unconverted instance, load_exported(path, model={cls}())")
         model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
                              **spec.get("kwargs", {}))
-    missing = sorted(set(model.state_dict()) - set(state))
-    unexpected = sorted(set(state) - set(model.state_dict()))
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    _check_fits(model, state, path)
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -20,6 +20,12 @@ starting network (sigma as initialised). Every weight is sampled with its record
 values count as 0; the training forward pass floors sigma at 2^-30, which is left out here so that
 a weight with sigma 0 stays exactly on mu).
 
+A run of your own model is rebuilt from your instance and measured with your code:
+``analyse(run, model=MyNet(), evaluate=my_eval)`` reports your metrics (the run's primary metric
+first, its direction in ``higher_is_better``) for the mean weights and every noise sample. ECE, the
+reliability table and the softmax ensembles need class probabilities, which ``evaluate`` does not
+give: they are skipped, and ``notes`` says so.
+
 The learned and isotropic sample ``k`` share one standard-normal draw ``eps`` (learned:
 ``mu + sigma * eps``, isotropic: ``mu + s_iso * eps``), so the two are compared on common random
 numbers. Same ``seed``, same samples.
@@ -42,6 +48,9 @@ import torch.nn as nn
 
 N_BINS = 15
 ROWS = ("mean weights", "learned sigma samples", "isotropic samples", "learned ensemble", "isotropic ensemble")
+NOT_CLASSIFICATION = ("calibration (ECE, reliability) and the softmax ensembles need class probabilities, which "
+                      "evaluate(model) does not give: skipped; the mean weights and every noise sample are measured "
+                      "with your metrics")
 WHICH = ("pre", "post")
 
 
@@ -176,6 +185,9 @@ class AnalysisResult:
     rows hold the mean over samples. ``reliability``: reliability tables (see
     :func:`reliability_table`) of "mean weights", "learned ensemble" and "isotropic ensemble".
     ``samples``: one row per sample with top1/ece/nll of the learned and isotropic networks.
+    Measured with your ``evaluate`` (a run of your own model): ``summary`` has the first three rows
+    and your metrics as columns (``primary`` first, then ``<primary>_std``), ``samples`` has
+    ``learned_<metric>`` / ``isotropic_<metric>``, ``reliability`` is empty and ``notes`` says why.
     """
     summary: pd.DataFrame
     reliability: dict
@@ -187,9 +199,19 @@ class AnalysisResult:
     sigma_iso: float = 0.0          # the isotropic standard deviation
     total_variance: float = 0.0     # sum of sigma_i^2 (= n_weights * sigma_iso^2)
     n_weights: int = 0
+    primary: str = "top1"
+    higher_is_better: bool = True
+    notes: list = field(default_factory=list)
 
     def __repr__(self):
         s = self.summary
+        if self.primary != "top1" or not self.reliability:
+            p, where = self.primary, "start" if self.round_index is None else f"round {self.round_index} {self.which}-snap"
+            return (f"AnalysisResult({where}, {self.n_samples} samples, s_iso={self.sigma_iso:.3g}: {p} "
+                    f"({'higher' if self.higher_is_better else 'lower'} is better) mean weights "
+                    f"{s.at['mean weights', p]:.4g}, learned {s.at['learned sigma samples', p]:.4g}"
+                    f"+-{s.at['learned sigma samples', f'{p}_std']:.2g}, isotropic {s.at['isotropic samples', p]:.4g}"
+                    f"+-{s.at['isotropic samples', f'{p}_std']:.2g}; no calibration or ensembles)")
         where = "start" if self.round_index is None else f"round {self.round_index} {self.which}-snap"
         return (f"AnalysisResult({where}, {self.n_samples} samples, s_iso={self.sigma_iso:.3g}: top-1 mean "
                 f"{s.at['mean weights', 'top1']:.2f}, learned {s.at['learned sigma samples', 'top1']:.2f}"
@@ -199,7 +221,8 @@ class AnalysisResult:
                 f"ensemble {s.at['learned ensemble', 'ece']:.2f}%)")
 
     def _repr_html_(self):
-        return f"<p><code>{self!r}</code></p>" + self.summary.to_html(float_format=lambda v: f"{v:.4g}")
+        notes = "".join(f"<p><em>{n}</em></p>" for n in self.notes)
+        return f"<p><code>{self!r}</code></p>" + notes + self.summary.to_html(float_format=lambda v: f"{v:.4g}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +279,41 @@ def analyse_model(model: nn.Module, mu: Mapping[str, torch.Tensor], sigma: Mappi
                           total_variance=n * s_iso ** 2, n_weights=n)
 
 
+def analyse_user_model(model: nn.Module, mu: Mapping[str, torch.Tensor], sigma: Mapping[str, torch.Tensor],
+                       evaluate, primary: str, *, higher_is_better: bool = True, n_samples: int = 8, seed: int = 0,
+                       device="cpu", progress: bool = False) -> AnalysisResult:
+    """:func:`analyse_model` measured with your ``evaluate(model) -> dict of numbers`` instead of
+    class predictions: the mean weights and every learned / isotropic sample (common random
+    numbers as there), without calibration or ensembles (see ``notes``)."""
+    from .compare import user_metrics
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    net = copy.deepcopy(model).to(device).eval()
+    _load_weights(net, mu)
+    rows = {"mean weights": user_metrics(evaluate, net, primary)}
+    per_sample = []
+    from tqdm.auto import tqdm
+    for k, pair in enumerate(tqdm(weight_samples(mu, sigma, n_samples, seed), total=n_samples,
+                                  desc="noise samples", disable=not progress)):
+        row = {"sample": k}
+        for kind, weights in zip(("learned", "isotropic"), pair):
+            _load_weights(net, weights)
+            row.update({f"{kind}_{key}": v for key, v in user_metrics(evaluate, net, primary).items()})
+        per_sample.append(row)
+    samples = pd.DataFrame(per_sample).set_index("sample")
+    metrics = list(rows["mean weights"])
+    for kind, label in (("learned", "learned sigma samples"), ("isotropic", "isotropic samples")):
+        rows[label] = {m: samples[f"{kind}_{m}"].mean() for m in metrics}
+        rows[label][f"{primary}_std"] = samples[f"{kind}_{primary}"].std(ddof=0)
+    summary = pd.DataFrame.from_dict(rows, orient="index").reindex(index=list(ROWS[:3]),
+                                                                    columns=[primary, f"{primary}_std", *metrics[1:]])
+    s_iso = isotropic_std(sigma)
+    n = sum(s.numel() for s in sigma.values())
+    return AnalysisResult(summary, {}, samples, n_samples=n_samples, seed=seed, sigma_iso=s_iso,
+                          total_variance=n * s_iso ** 2, n_weights=n, primary=primary,
+                          higher_is_better=higher_is_better, notes=[NOT_CLASSIFICATION])
+
+
 def _run_data(run):
     from ..data.datasets import create_dataset
     c = run.config
@@ -264,14 +322,19 @@ def _run_data(run):
 
 
 def analyse(run, *, round_index: int | None = -1, which: str = "pre", n_samples: int = 8, seed: int = 0,
-            device="cpu", data=None, progress: bool = False) -> AnalysisResult:
+            device="cpu", data=None, progress: bool = False, model: nn.Module | None = None,
+            evaluate=None) -> AnalysisResult:
     """Noise resilience and calibration of ``run`` (a :class:`~pwfn_viz.record.rundir.Run` or its
     directory) at round ``round_index`` (default the last; None: the starting network), with the
     round's pre-snap (``which="pre"``, default) or post-snap mu and sigma; see the module docstring.
-    ``data`` defaults to the run's own dataset (its test split)."""
+    ``data`` defaults to the run's own dataset (its test split). A run of your own model needs
+    ``model`` (an unconverted instance of its architecture, not changed) and ``evaluate`` (your
+    ``evaluate(model) -> dict of numbers``); with ``evaluate`` the result reports those metrics and
+    skips calibration and ensembles (classification only)."""
     from ..core.device import resolve_device
     from ..record.rundir import Run, load_run
     run = run if isinstance(run, Run) else load_run(run)
+    run.require("analyse", model=model, evaluate=evaluate)
     device = resolve_device(str(device))
     if which not in WHICH:
         raise ValueError(f"which={which!r}: use 'pre' (the round's state before its snap) or 'post' (after it)")
@@ -290,8 +353,12 @@ def analyse(run, *, round_index: int | None = -1, which: str = "pre", n_samples:
         if not mu:
             raise ValueError(f"round {rnd.index} of {run.path} has no {which}-snap tensors recorded")
         index = rnd.index
-    model = run.plain_model_at(round_index)
-    result = analyse_model(model, mu, sigma, _run_data(run) if data is None else data, n_samples=n_samples,
-                           seed=seed, device=device, progress=progress)
+    model = run.plain_model_at(round_index, model=None if model is None else copy.deepcopy(model))
+    if evaluate is not None:
+        result = analyse_user_model(model, mu, sigma, evaluate, run.primary, higher_is_better=run.higher_is_better,
+                                    n_samples=n_samples, seed=seed, device=device, progress=progress)
+    else:
+        result = analyse_model(model, mu, sigma, _run_data(run) if data is None else data, n_samples=n_samples,
+                               seed=seed, device=device, progress=progress)
     result.round_index, result.which = index, which
     return result

@@ -27,6 +27,8 @@ def plot_reliability(result, ax=None, keys=("mean weights", "learned ensemble"))
     ``result`` is an :class:`~pwfn_viz.analysis.noise.AnalysisResult` or one reliability table (a
     DataFrame with bin_lower, bin_upper, confidence, accuracy, count)."""
     from ..analysis.noise import _ece_from_table
+    if not isinstance(result, pd.DataFrame) and not result.reliability:
+        raise ValueError(f"no reliability diagram for this result: {' '.join(result.notes)}")
     tables = {"predictions": result} if isinstance(result, pd.DataFrame) else \
         {k: result.reliability[k] for k in keys}
     fig, ax = _axes(ax, (4.2, 4))
@@ -49,12 +51,13 @@ def plot_reliability(result, ax=None, keys=("mean weights", "learned ensemble"))
 
 
 def plot_noise_accuracy(result, ax=None):
-    """Test top-1 of every weight sample, learned sigma against isotropic noise of the same total
-    variance (box plot with the samples as points), the two ensembles (diamonds) and the
-    mean-weight network (dotted line)."""
+    """Test top-1 (or the primary metric of a run of your own model) of every weight sample, learned
+    sigma against isotropic noise of the same total variance (box plot with the samples as points),
+    the two ensembles (diamonds; classification only) and the mean-weight network (dotted line)."""
+    from ..record.rundir import metric_label
     fig, ax = _axes(ax, (4.2, 3.6))
-    s = result.samples
-    data = [s["learned_top1"].to_numpy(), s["isotropic_top1"].to_numpy()]
+    s, p = result.samples, getattr(result, "primary", "top1")
+    data = [s[f"learned_{p}"].to_numpy(), s[f"isotropic_{p}"].to_numpy()]
     labels = ["learned sigma", "isotropic"]
     box = ax.boxplot(data, positions=[0, 1], widths=0.5, patch_artist=True, showfliers=False)
     for patch, key in zip(box["boxes"], ("learned sigma samples", "isotropic samples")):
@@ -63,24 +66,28 @@ def plot_noise_accuracy(result, ax=None):
     for pos, (values, key) in enumerate(zip(data, ("learned sigma samples", "isotropic samples"))):
         ax.plot(pos + rng.uniform(-0.08, 0.08, len(values)), values, "o", ms=3.5, color=COLORS[key],
                 label="samples" if pos == 0 else None)
-    ens = [result.summary.at["learned ensemble", "top1"], result.summary.at["isotropic ensemble", "top1"]]
-    ax.plot([0, 1], ens, "D", ms=7, color="black", mfc="white", ls="none", label="ensemble")
-    ax.axhline(result.summary.at["mean weights", "top1"], color=COLORS["mean weights"], lw=1, ls=":",
+    if "learned ensemble" in result.summary.index:
+        ens = [result.summary.at["learned ensemble", p], result.summary.at["isotropic ensemble", p]]
+        ax.plot([0, 1], ens, "D", ms=7, color="black", mfc="white", ls="none", label="ensemble")
+    ax.axhline(result.summary.at["mean weights", p], color=COLORS["mean weights"], lw=1, ls=":",
                label="mean weights")
     ax.set_xticks([0, 1], labels)
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel("test top-1 (%)" if p == "top1" else f"test {metric_label(p)}")
     ax.set_title(f"{result.n_samples} weight samples, equal total variance", fontsize="medium")
     ax.legend(loc="best", fontsize="small")
     return fig
 
 
 def save_figures(result, out_dir, formats=("png", "pdf")) -> list:
-    """Write ``reliability.<fmt>`` and ``noise.<fmt>`` for ``result`` into ``out_dir``; returns the paths."""
+    """Write ``reliability.<fmt>`` (classification only) and ``noise.<fmt>`` for ``result`` into
+    ``out_dir``; returns the paths."""
     from pathlib import Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem, plot in (("reliability", plot_reliability), ("noise", plot_noise_accuracy)):
+        if stem == "reliability" and not result.reliability:
+            continue
         fig = plot(result)
         for fmt in formats:
             fig.savefig(out / f"{stem}.{fmt}", dpi=150)

@@ -138,16 +138,19 @@ def plot_kernel_pattern(source, layer: str | None = None, round_index: int | Non
     return fig
 
 
-def _attention_of(source, num_heads):
-    """``{attention module: heads}`` from the run's model, or from ``num_heads`` for every
-    ``*.qkv.weight`` tensor when the source is a Round or a mapping."""
+def _attention_of(source, num_heads, model=None):
+    """``{attention module: heads or HeadLayout}`` (:func:`~pwfn_viz.analysis.heads.find_heads`) from
+    ``model`` or the run's model, or from ``num_heads`` for every ``*.qkv.weight`` tensor when the
+    source is a Round or a mapping. A run of your own model needs ``model`` (an unconverted instance)."""
+    from ..analysis import heads
     if isinstance(source, Run):
-        from ..models.factory import create_model
-        spec = source.meta["model_spec"]
-        model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
-                             **spec.get("kwargs", {}))
-        found = tables.find_attention(model)
-        return {k: num_heads or v for k, v in found.items()}
+        if model is None:
+            from ..models.factory import create_model
+            source.require("plot_attention_heads", model=model)
+            spec = source.meta["model_spec"]
+            model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
+                                 **spec.get("kwargs", {}))
+        return heads.with_heads(heads.find_heads(model), num_heads)
     if num_heads is None:
         raise ValueError("num_heads is needed when the source is not a Run (a Round or tensors do not know the model)")
     names = tables.resolve_round(source).names if not isinstance(source, Mapping) else list(source)
@@ -156,17 +159,20 @@ def _attention_of(source, num_heads):
 
 @styled
 def plot_attention_heads(source, round_index: int | None = None, ax=None, *, which: str | None = None,
-                         layer: str | None = None, num_heads: int | None = None, stat: str = "mean"):
+                         layer: str | None = None, num_heads: int | None = None, stat: str = "mean", model=None):
     """Heatmap of ``stat`` sigma per attention head (rows: layer / head) for q, k, v (rows of
     the fused qkv weight) and proj (its input columns), see
     :func:`~pwfn_viz.analysis.tables.attention_head_table`. ``layer`` (e.g. "blocks.0.attn") picks
-    one attention module; ``num_heads`` is read from the model of a Run."""
-    attention = _attention_of(source, num_heads)
+    one attention module; ``num_heads`` is read from the model of a Run. Separate q, k, v Linear
+    layers (Hugging Face) work too (:mod:`~pwfn_viz.analysis.heads`); a run of your own model needs
+    ``model=`` (an unconverted instance of its architecture)."""
+    from ..analysis.heads import head_table
+    attention = _attention_of(source, num_heads, model)
     if not attention:
-        raise ValueError("no attention layers (a fused qkv Linear and a proj Linear) in this model")
+        raise ValueError("no attention layers (fused qkv + proj, or q/k/v Linear layers) in this model")
     if layer is not None:
         attention = {check_layer(attention, layer): attention[layer]}
-    table = tables.attention_head_table(sigma_tensors(source, round_index, which), attention, stat)
+    table = head_table(sigma_tensors(source, round_index, which), attention, stat)
     rows = len(table)
     fig, ax = new_axes(ax, (4.6, min(9.0, 1.4 + 0.24 * rows)))
     image = ax.imshow(table.to_numpy(), cmap=SEQUENTIAL_CMAP, aspect="auto", interpolation="nearest")

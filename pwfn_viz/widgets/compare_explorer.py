@@ -8,16 +8,21 @@ unique values, entropy, weight error overall and per layer, moves in units of si
     >>> w = CompareExplorer(run)                        # doctest: +SKIP
     >>> w.k.value = 16; w.init.value = "linear"         # doctest: +SKIP
     >>> w.comparison.table                              # doctest: +SKIP
+
+A run of your own model needs your architecture and metrics: ``CompareExplorer(run, model=MyNet(),
+evaluate=my_eval)`` (the table then shows your metrics, the run's primary metric first).
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import ipywidgets as widgets
 import pandas as pd
 import torch
 
-from ..analysis.compare import CLAMP_WARNING, COLUMNS, Comparison, converted_weights, flatten_named, learned_sigma, measure_method
+from ..analysis.compare import (CLAMP_WARNING, COLUMNS, Comparison, columns_for, converted_weights, flatten_named,
+                                learned_sigma, measure_method)
 from ..baselines.kmeans import kmeans_quantize, list_inits
 from ..viz.compare_plots import plot_codebooks
 from ._common import Explorer, as_run, figure, incomplete_message, png, table_html, test_loader
@@ -35,26 +40,35 @@ class KMeansAtK:
     Built once per run (the PWFN side is measured once); calling it with ``k`` and ``init``
     returns a :class:`~pwfn_viz.analysis.compare.Comparison` with two rows, ``<method>`` and
     ``kmeans@<k>``, measured with the same function :func:`pwfn_viz.analysis.compare` uses.
+    ``model`` and ``evaluate`` (a run of your own model) are as in :func:`~pwfn_viz.analysis.compare.compare`.
     """
 
-    def __init__(self, run, loader=None, device="cpu"):
+    def __init__(self, run, loader=None, device="cpu", *, model=None, evaluate=None):
         if not run.rounds:
             raise ValueError(f"{run.path} has no completed round: there is no PWFN network to compare")
-        self.run, self.device = run, device
-        self.loader = loader if loader is not None else test_loader(run)
+        run.require("CompareExplorer", model=model, evaluate=evaluate)
+        self.run, self.device, self.model, self.evaluate = run, device, model, evaluate
+        self.loader = None if evaluate is not None else loader if loader is not None else test_loader(run)
         self.names = list(run.meta["tensors"])
-        self.start = converted_weights(run.plain_model_at(None), self.names)
+        self.start = converted_weights(self._plain(None), self.names)
         self.w_start = flatten_named(self.start, self.names)
         self.sigma = flatten_named(learned_sigma(run), self.names)
         self.method = run.config.get("method", "pwfn")
-        row, layers, w = self._measure(self.method, 0, run.plain_model_at(-1))
+        row, layers, w = self._measure(self.method, 0, self._plain(-1))
         row["k"] = row["unique"]
         self.pwfn = (row, layers, w)
         self.k_max = int(torch.unique(self.w_start).numel())
+        keys = list(row)
+        self.metrics = ["top1", "top5"] if evaluate is None else keys[3:keys.index("unique")]
+        self.columns = COLUMNS if evaluate is None else columns_for(self.metrics)
+
+    def _plain(self, round_index):
+        return self.run.plain_model_at(round_index, model=None if self.model is None else copy.deepcopy(self.model))
 
     def _measure(self, method, k, model):
         return measure_method(method, k, False, model.to(self.device), self.names, self.w_start, self.sigma,
-                                 self.loader, self.device)
+                              self.loader, self.device, evaluate_fn=self.evaluate,
+                              primary=self.run.primary if self.evaluate is not None else None)
 
     def __call__(self, k: int, init: str = "kmeans++", seed: int = 0) -> Comparison:
         if init not in list_inits():
@@ -64,15 +78,17 @@ class KMeansAtK:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", CLAMP_WARNING, UserWarning)
             quantized = kmeans_quantize(self.start, k, scope="global", init=init, seed=seed).quantized
-        model = self.run.plain_model_at(None)
+        model = self._plain(None)
         with torch.no_grad():
             for n, p in converted_weights(model, self.names).items():
                 p.copy_(quantized[n])
         row, layers, w = self._measure(f"kmeans@{k}", k, model)
         rows, all_layers = [self.pwfn[0], row], self.pwfn[1] + layers
-        return Comparison(pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(all_layers),
-                                   {self.method: self.pwfn[2], f"kmeans@{k}": w}, self.w_start, self.sigma,
-                                   self.pwfn[0]["entropy"], {}, self.run.path)
+        measured = self.evaluate is not None
+        return Comparison(pd.DataFrame(rows, columns=self.columns), pd.DataFrame(all_layers),
+                          {self.method: self.pwfn[2], f"kmeans@{k}": w}, self.w_start, self.sigma,
+                          self.pwfn[0]["entropy"], {}, self.run.path, self.run.primary if measured else "top1",
+                          self.run.higher_is_better if measured else True)
 
 
 class CompareExplorer(Explorer):
@@ -80,13 +96,14 @@ class CompareExplorer(Explorer):
 
     Driven from Python: set ``k.value`` / ``init.value``; read ``comparison`` (the
     :class:`~pwfn_viz.analysis.compare.Comparison`), ``table.value`` (HTML), ``codebooks.value`` and
-    ``layer_error.value`` (PNG bytes). ``data`` (a DataBundle) skips rebuilding the dataset.
+    ``layer_error.value`` (PNG bytes). ``data`` (a DataBundle) skips rebuilding the dataset. A run
+    of your own model needs ``model`` (an unconverted instance) and ``evaluate`` (your metrics).
     """
 
     css_class = "pwfn-compare-explorer"
 
     def __init__(self, run, k: int | None = None, init: str = "kmeans++", *, seed: int = 0, data=None,
-                 device="cpu", width: float = 5.6):
+                 device="cpu", width: float = 5.6, model=None, evaluate=None):
         super().__init__()
         self.width, self.seed, self.comparison, self.session = width, seed, None, None
         self.k = widgets.IntSlider(value=1, min=1, max=1, description="k", continuous_update=False)
@@ -103,7 +120,9 @@ class CompareExplorer(Explorer):
                 raise ValueError(f"{self.run.path} has no completed round: nothing to compare")
             with self.busy(2) as step:
                 step("measuring PWFN's network")
-                self.session = KMeansAtK(self.run, test_loader(self.run, data), device)
+                self.run.require("CompareExplorer", model=model, evaluate=evaluate)
+                loader = test_loader(self.run, data) if evaluate is None else None
+                self.session = KMeansAtK(self.run, loader, device, model=model, evaluate=evaluate)
             if self.session is None:
                 raise self.error
         except Exception as exc:
@@ -132,7 +151,9 @@ class CompareExplorer(Explorer):
             self.comparison = self.session(self.k.value, self.init.value, self.seed)
             step("codebooks")
             methods = list(self.comparison.table["method"])
-            self.table.value = table_html(self.comparison.table[TABLE_COLUMNS], height="120px")
+            shown = [c for c in TABLE_COLUMNS if c not in ("top1", "top5")]
+            shown = shown[:2] + self.session.metrics + shown[2:]
+            self.table.value = table_html(self.comparison.table[shown], height="120px")
             fig, ax = figure(self.width, 3.6)
             plot_codebooks(self.comparison, methods, ax=ax)
             if ax.get_legend() is not None:   # a fixed place: "best" is slow (and warns) for many values
