@@ -29,7 +29,7 @@ from .data.datasets import _DATASETS
 from .models.factory import _MODELS, list_models
 from .registry import Registry
 from .train.config import METHODS, OPTIMIZERS
-from .train.loop import PAPER_FRACTIONS, RunConfig
+from .train.config import PAPER_FRACTIONS, RunConfig
 from .train.presets import PRESETS
 
 

@@ -552,8 +552,8 @@ def test_reused_order_gives_the_same_round_and_a_stale_one_raises():
         want = cluster_round(mu, sigma, fraction, config=cfg)
         other_ties = torch.flip(torch.argsort(-mu, stable=True), [0])   # tied mu in reverse index order
         assert not torch.equal(other_ties.int(), order)
-        for given in (order, order.long(), other_ties):
-            got = cluster_round(mu, sigma, fraction, config=cfg, order=given)
+        for supplied in (order, order.long(), other_ties):
+            got = cluster_round(mu, sigma, fraction, config=cfg, order=supplied)
             for field in ("mu", "sigma", "fixed_mask", "assignment", "centres"):
                 assert torch.equal(getattr(got, field), getattr(want, field)), field
             stats = ["mu_mean", "mu_std", "sigma_mean", "sigma_std"]

@@ -1,13 +1,11 @@
 """Multi-process runs (gloo, 2 CPU processes via torchrun) and the large-scale training options:
 mixed precision, channels_last, torch.compile, paper presets."""
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import pwfn_viz
 from pwfn_viz import RunConfig

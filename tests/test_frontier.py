@@ -1,11 +1,11 @@
 """The accuracy-against-entropy ablation on a tiny budget: every method measured, resumable, the
 front computed by brute force."""
-import itertools
 
 import pandas as pd
 import pytest
 import torch
 
+from pwfn_viz import load_run
 from pwfn_viz.analysis import frontier as F
 from pwfn_viz.analysis.palettize import (coremltools_available, palettize_dkm, palettize_post_training,
                                          palettized_weights)
@@ -26,10 +26,10 @@ def test_frontier_rows_and_resume(tmp_path):
     frozen = table[table["method"] == "pwfn-frozen"].iloc[0]
     assert frozen["sigma_rank_corr"] == pytest.approx(1.0)      # sigma frozen: the initialisation's ordering
     assert pwfn["sigma_rank_corr"] < 1.0
-    run = F.load_run(tmp_path / "runs" / "pwfn-P1-seed0")
+    run = load_run(tmp_path / "runs" / "pwfn-P1-seed0")
     assert run.config["cluster"]["max_powers"] == 1 and run.config["sigma_lr_mult"] == 100.0
     assert pwfn["entropy"] == pytest.approx(run.meta["rounds"][-1]["entropy"])
-    assert F.load_run(tmp_path / "runs" / "pwfn-frozen-P1-seed0").config["sigma_lr_mult"] == 0.0
+    assert load_run(tmp_path / "runs" / "pwfn-frozen-P1-seed0").config["sigma_lr_mult"] == 0.0
     # k-means at the learned run's unique count: the same number of values
     assert table[table["method"] == "kmeans@unique+ft"].iloc[0]["unique"] <= pwfn["unique"]
     # a second call finds every row done and adds nothing

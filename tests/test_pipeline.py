@@ -16,7 +16,7 @@ from pwfn_viz.cli import main
 from pwfn_viz.data.datasets import create_dataset, make_loader
 from pwfn_viz.core.metrics import codebook_stats, evaluate
 from pwfn_viz.models.factory import create_model
-from pwfn_viz.train import fixer, loop
+from pwfn_viz.train import fixer
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(model="digits_mlp", pretrain_epochs=3, first_round_epochs=0.1, epochs_per_round=0.5,

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..core.metrics import codebook_stats, evaluate
 from ..data.datasets import create_dataset, make_loader
-from ..record.rundir import atomic_write_text, load_run
+from ..record.rundir import atomic_write_text
 from ..train.config import RunConfig
 from ..train.loop import run as run_pwfn
 from .compare import compare

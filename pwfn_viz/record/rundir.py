@@ -34,9 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.bayes import bayes_tensors
-from ..core.sigma_learning import ADVICE as SIGMA_ADVICE
 from ..core.sigma_learning import COLUMNS as SIGMA_LEARNING_COLUMNS
-from ..core.sigma_learning import describe as describe_learning
 from ..core.sigma_learning import layers_learned, sigma_learning_table
 from ..core.sigma_learning import verdict as sigma_verdict
 from ..core.sigma_learning import verdict_line as sigma_verdict_line

@@ -28,7 +28,6 @@ import math
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -41,7 +40,7 @@ from ..data.datasets import create_dataset, make_loader
 from ..models.factory import create_model, load_checkpoint
 from ..record.rundir import Run, load_run
 from . import distributed
-from .config import OPTIMIZERS, PAPER_FRACTIONS, RunConfig  # noqa: F401  (PAPER_FRACTIONS: for older imports)
+from .config import OPTIMIZERS, RunConfig
 from .fixer import Fixer
 
 
