@@ -560,7 +560,7 @@ def test_reused_order_gives_the_same_round_and_a_stale_one_raises():
             assert got.steps.drop(columns=stats).equals(want.steps.drop(columns=stats))
             # the statistics sum the taken weights in sorted order: exact for the same order,
             # to rounding for another order of ties
-            np.testing.assert_allclose(got.steps[stats], want.steps[stats], rtol=0 if given is not other_ties else 1e-12)
+            np.testing.assert_allclose(got.steps[stats], want.steps[stats], rtol=0 if supplied is not other_ties else 1e-12)
     other = mu_order(mu.flip(0))
     with pytest.raises(ValueError, match="does not sort mu"):
         cluster_round(mu, sigma, 0.5, order=other)
