@@ -16,10 +16,9 @@ from pwfn_viz.data.datasets import create_dataset, make_loader
 from pwfn_viz.models.factory import create_model
 from pwfn_viz.train.loop import train_steps
 
+from autoencoder import IMAGES, TEST_IMAGES, AutoEncoder, reconstruction_error  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-DIGITS = create_dataset("digits")
-IMAGES = torch.stack([DIGITS.train[i][0].flatten() for i in range(len(DIGITS.train))])
-TEST_IMAGES = torch.stack([DIGITS.test[i][0].flatten() for i in range(len(DIGITS.test))])
 
 
 def _same_records(a: Path, b: Path) -> None:
@@ -68,23 +67,6 @@ def test_open_api_gives_the_same_record_as_run(tmp_path):
         fixer.fix(fraction, train_loss=reference.rounds[r].metrics["train_loss"])
     assert fixer.fractions == () and fixer.run.complete
     _same_records(reference.path, tmp_path / "open")
-
-
-class AutoEncoder(nn.Module):
-    """Reconstructs an 8x8 digits image through 12 numbers: a regression model of the user's own."""
-
-    def __init__(self):
-        super().__init__()
-        self.encode = nn.Sequential(nn.Linear(64, 12), nn.ReLU())
-        self.decode = nn.Linear(12, 64)
-
-    def forward(self, x):
-        return self.decode(self.encode(x))
-
-
-def reconstruction_error(model):
-    out = model(TEST_IMAGES)
-    return {"mse": nn.functional.mse_loss(out, TEST_IMAGES).item(), "mae": (out - TEST_IMAGES).abs().mean().item()}
 
 
 def _autoencoder_loop(out, crash_in_round=None, resume=False):

@@ -12,27 +12,11 @@ import pwfn_viz
 from pwfn_viz import Fixer, analyse, compare, export_run, load_exported
 from pwfn_viz.analysis.heads import HeadLayout, find_heads, head_table
 from pwfn_viz.cli import main
-from pwfn_viz.data.datasets import create_dataset
 
-DIGITS = create_dataset("digits")
-IMAGES = torch.stack([DIGITS.train[i][0].flatten() for i in range(len(DIGITS.train))])
-TEST_IMAGES = torch.stack([DIGITS.test[i][0].flatten() for i in range(len(DIGITS.test))])
+from autoencoder import IMAGES, TEST_IMAGES, AutoEncoder  # noqa: E402
+from autoencoder import reconstruction_error as reconstruction  # noqa: E402
+
 PAIRS = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(IMAGES, IMAGES), batch_size=64, shuffle=True)
-
-
-class AutoEncoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.encode = nn.Sequential(nn.Linear(64, 12), nn.ReLU())
-        self.decode = nn.Linear(12, 64)
-
-    def forward(self, x):
-        return self.decode(self.encode(x))
-
-
-def reconstruction(model):
-    out = model(TEST_IMAGES)
-    return {"mse": nn.functional.mse_loss(out, TEST_IMAGES).item(), "mae": (out - TEST_IMAGES).abs().mean().item()}
 
 
 @pytest.fixture(scope="module")
