@@ -275,8 +275,31 @@ def print_report(rows: list[dict], device: str) -> None:
         print(f"N={r['n']} per round, project s / dense s (steps): {per}")
 
 
+def bench_outliers(magnitudes=(1e10, 1e30), n: int = 3) -> list[dict]:
+    """One round (fraction 1) of ``n`` weights, one of them an absurd outlier, in both the fast and the
+    readable implementation: the candidate set is bounded (constants.MAX_CENTRE_EXPONENT) and
+    passes that fit nothing are skipped, so each takes well under a second."""
+    from pwfn_viz.core.clustering import cluster_round
+    from pwfn_viz.core.clustering_readable import readable_cluster_round
+    rows = []
+    for big in magnitudes:
+        mu = torch.tensor([big] + [0.3 * (-1) ** i / (i + 1) for i in range(n - 1)])
+        sigma = torch.full((n,), 0.01)
+        for name, fn in (("fast", cluster_round), ("readable", readable_cluster_round)):
+            start = time.perf_counter()
+            res = fn(mu, sigma, 1.0)
+            rows.append(dict(magnitude=big, implementation=name, seconds=time.perf_counter() - start,
+                             steps=len(res.steps), passes=int(res.steps["pass_index"].max()) + 1))
+    for r in rows:
+        print(f"outlier {r['magnitude']:.0e}  {r['implementation']:<8}  {r['seconds']:.3f} s  "
+              f"{r['steps']} greedy steps over {r['passes']} passes")
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--outliers", action="store_true",
+                    help="only time one round with a 1e10 and a 1e30 weight (bounded candidate set)")
     ap.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--quick", action="store_true", help="N = 5000 only, dense budget 60 s")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -289,6 +312,9 @@ def main(argv=None) -> None:
     ap.add_argument("--mem-limit-gb", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["project", "dense"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.outliers:
+        bench_outliers()
+        return None
     if args.worker:
         return worker(args.worker, args.n[0], args.device, args.seed, args.mem_limit_gb)
     if args.device == "cuda" and not torch.cuda.is_available():

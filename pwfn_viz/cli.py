@@ -7,6 +7,7 @@
     pwfn-viz analyse runs/digits_cnn-digits-20261126-120000 --out figures/   # noise + calibration
     pwfn-viz export runs/digits_cnn-digits-20261126-120000                   # codebook + packed indices
     pwfn-viz figures runs/digits_cnn-digits-20261126-120000 --out figures/   # every plot, png/pdf/svg
+    pwfn-viz verify runs/digits_cnn-digits-20261126-120000                   # is the record whole? (exit 1 if not)
     pwfn-viz list                                 # every name an option picks from
 
 Every option that picks a name (--method, --dataset, --optimizer, --sigma-init, --sigma-join,
@@ -152,8 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (autocast)")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     r.add_argument("--compile", action="store_true", help="torch.compile the training forward")
-    r.add_argument("--out", default=None, help="run directory (default runs/<model>-<dataset>-<time>)")
-    r.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted run")
+    r.add_argument("--out", default=None,
+                   help="run directory, new or empty (default: a new runs/<model>-<dataset>-<time>-<random>)")
+    r.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue an interrupted run with its recorded settings (only --device, --threads, "
+                        "--data-root and --quiet may be given with it)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     s = sub.add_parser("show", help="print the per-round table of a run directory")
@@ -213,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--bits", type=_rounds, default=(2, 3, 4), help="coremltools bit widths (default 2,3,4)")
     fr.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    vf = sub.add_parser("verify", help="check a run directory: files present, checksums, format version, keys, "
+                                       "tensors finite and of the recorded shapes (exit 0 good, 1 damaged)")
+    vf.add_argument("run_dir")
+
     lst = sub.add_parser("list", help="list models, datasets, methods, optimizers, presets, sigma inits and "
                                       "joins, k-means inits and scopes")
     lst.add_argument("pattern", nargs="?", default="*", help="model name pattern, e.g. 'resnet*'")
@@ -242,6 +250,28 @@ def _config(a) -> RunConfig:
     return RunConfig.wfn(**given) if a.method == "wfn" else RunConfig(method=a.method, **given)
 
 
+# What `run --resume` may change: where and how fast the run computes, not what it computes.
+_RESUME_RUNTIME = ("device", "threads", "data_root")
+
+
+def _resume_options(argv, args) -> dict:
+    """The options given with ``run --resume`` (argparse's defaults aside): device, threads and
+    data_root for ``run``; a ValueError naming any option that would change the result."""
+    parser = build_parser()
+    run_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    for action in run_parser._actions:
+        action.default = argparse.SUPPRESS
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if k not in ("command", "resume", "quiet")}
+    if "out" in given and os.path.abspath(given.pop("out")) != os.path.abspath(args.resume):
+        raise ValueError(f"--out with --resume {args.resume}: a resumed run continues in its own directory; drop --out")
+    refused = ["--" + k.replace("_", "-") for k in given if k not in _RESUME_RUNTIME]
+    if refused:
+        raise ValueError(f"{', '.join(refused)} cannot be used with --resume: it would change the result, and a resumed "
+                         f"run keeps the settings recorded in {args.resume}/run.json. Only --device, --threads, "
+                         "--data-root and --quiet may be given; start a new run with --out to change the others")
+    return {k: v for k, v in given.items() if k in _RESUME_RUNTIME}
+
+
 def _print_sigma_learning(run) -> None:
     """Has sigma learned? The numbers per round, and the plain warning when it has not."""
     table = run.sigma_learning()
@@ -264,6 +294,16 @@ def _registered_model(run_dir, command: str, arguments: str) -> None:
                          f"measure: use the Python API with your code, pwfn_viz.{command}(run, {arguments})")
 
 
+def _writable_file(path, option: str) -> None:
+    """A ValueError when ``path`` cannot be written as a file: it is a directory, or its folder does not exist."""
+    from pathlib import Path
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; give a file name, e.g. {path / 'out'}")
+    if not path.parent.is_dir():
+        raise ValueError(f"{option} {path}: the folder {path.parent} does not exist; create it first")
+
+
 def main(argv=None) -> int:
     """The command line; returns the exit status (2 for a usage error, which argparse has printed)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -275,7 +315,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "run":
             from .train.loop import run
-            result = run(None if args.resume else _config(args), args.out, resume=args.resume,
+            runtime = _resume_options(argv, args) if args.resume else {}
+            result = run(None if args.resume else _config(args), args.out, resume=args.resume, **runtime,
                          progress=not args.quiet)
             if int(os.environ.get("RANK", "0")) == 0:   # under torchrun only rank 0 prints
                 columns = ["fraction", f"{result.primary}_before", f"{result.primary}_after", "unique",
@@ -294,6 +335,8 @@ def main(argv=None) -> int:
             _print_sigma_learning(result)
         elif args.command == "compare":
             from .analysis.compare import compare
+            if args.csv:   # before the (long) comparison, not after it
+                _writable_file(args.csv, "--csv")
             _registered_model(args.run_dir, "compare", "model=MyNet(), evaluate=my_eval, train_loader=..., loss_fn=...")
             result = compare(args.run_dir, init=args.init, scope=args.scope, finetune=not args.no_finetune,
                              seed=args.seed, keep_zero=args.keep_zero, device=args.device, progress=not args.quiet,
@@ -318,6 +361,8 @@ def main(argv=None) -> int:
         elif args.command == "export":
             from pathlib import Path
             from .analysis.export import export_run
+            if args.out:
+                _writable_file(args.out, "--out")
             print(export_run(args.run_dir, args.out or Path(args.run_dir) / "export.safetensors", args.round))
         elif args.command == "figures":
             from .viz.figures import write_figures
@@ -333,11 +378,17 @@ def main(argv=None) -> int:
                 print(summarise(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
             save(plot_accuracy_entropy(table), os.path.join(args.out, "frontier.png"), dpi=150)
             print(f"wrote {os.path.join(args.out, 'frontier.csv')} and frontier.png")
+        elif args.command == "verify":
+            from .record.verify import verify_run
+            verdict = verify_run(args.run_dir)
+            print(verdict)
+            if not verdict.ok:
+                return 1
         elif args.command == "list":
             for label, registry in registries().items():
                 names = list_models(args.pattern) if label == "models" else registry.names()
                 print(f"{label + ':':<15} {', '.join(names)}")
-    except (ValueError, FileNotFoundError, FileExistsError, IndexError, ImportError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IndexError, ImportError) as err:
         print(f"pwfn-viz: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -83,7 +83,7 @@ def reference_candidates(n_powers: int, max_abs: float, b: int = 7) -> list[floa
 def _candidates(n_powers: int, max_abs: float, b: int) -> tuple[float, ...]:
     if max_abs < 2.0 ** -b:
         return (0.0,)
-    m = ref_ceil_log2(max_abs)
+    m = min(ref_ceil_log2(max_abs), 21)   # the largest power is at most 2^20 (bounds the candidate set)
     elements = [0.0] + [2.0 ** e for e in range(-b, m)]
     sums = {sum(combo) for combo in itertools.combinations_with_replacement(elements, n_powers)}
     kept = {x for x in sums if x <= max_abs}

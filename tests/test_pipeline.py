@@ -154,6 +154,9 @@ if point == "train":        # in round k's training, before its optimiser step n
 elif point == "tensors":    # round k's tensors saved, its table rows and run.json not yet
     fixer.atomic_save_tensors = after(fixer.atomic_save_tensors,
                                       lambda path, *a, **kw: path.name == fixer.round_file(k))
+elif point == "steps":      # round k's rows appended to steps.csv, layers.csv and run.json not yet
+    fixer.atomic_append_csv = after(fixer.atomic_append_csv,
+                                    lambda path, frame: path.name == "steps.csv" and (frame["round"] == k).all())
 elif point == "tables":     # round k's rows appended to steps.csv and layers.csv, run.json not yet
     fixer.atomic_append_csv = after(fixer.atomic_append_csv,
                                     lambda path, frame: path.name == "layers.csv" and (frame["round"] == k).all())
@@ -171,6 +174,7 @@ sys.exit(0)   # the kill point was never reached
     ("train@1", 0, 0),     # nothing committed yet: resume starts from start.safetensors
     ("train@3", 1, 1),     # round 1 takes 6 steps: killed half-way through its training
     ("tensors", 1, 1),
+    ("steps", 1, 1),
     ("tables", 1, 1),      # steps.csv and layers.csv already hold round 1's rows
     ("committed", 1, 2),
 ])
@@ -185,7 +189,7 @@ def test_resume_after_kill(quick_run, tmp_path, point, k, committed):
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 86, f"the kill point was not reached (exit {proc.returncode}):\n{proc.stderr}"
     assert len(json.loads((out / "run.json").read_text())["rounds"]) == committed
-    if point == "tables":
+    if point in ("steps", "tables"):
         assert k in set(pd.read_csv(out / "steps.csv")["round"])
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     resumed = load_run(out)

@@ -75,7 +75,7 @@ def test_step_budget_and_config_validation():
     assert paper.round_budget(0, 12) == 1 and paper.round_budget(1, 12) == 36   # 5 % of an epoch, 3 epochs
     with pytest.raises(ValueError, match="steps_per_round=2.5 must be a whole number"):
         RunConfig(steps_per_round=2.5)
-    with pytest.raises(ValueError, match="sigma_lr_mult must be >= 0"):
+    with pytest.raises(ValueError, match="sigma_lr_mult=-1 must be >= 0"):
         RunConfig(sigma_lr_mult=-1)
     with pytest.raises(ValueError, match="unknown sigma parameterisation 'softplus'"):
         RunConfig(sigma_param="softplus")

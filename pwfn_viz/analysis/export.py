@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..files import FileError, reading
+
 EXPORT_FORMAT = "pwfn_viz.analysis.export"
 EXPORT_VERSION = 1
 MAX_BITS = 32
@@ -237,26 +239,46 @@ def read_exported(path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (write one with `pwfn-viz export RUN_DIR --out {path}`)")
-    with safe_open(str(path), framework="pt") as f:
+    with reading(path, "pwfn_viz export (safetensors)"), safe_open(str(path), framework="pt") as f:
         raw = (f.metadata() or {}).get("pwfn_viz")
         meta = json.loads(raw) if raw else {}
-        if meta.get("format") != EXPORT_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
             raise ValueError(f"{path} is not a pwfn_viz export (no 'pwfn_viz' metadata); "
                              "write one with `pwfn-viz export`")
-        if meta.get("format_version") != EXPORT_VERSION:
-            raise ValueError(f"{path} has export format version {meta.get('format_version')}; this pwfn_viz "
+        version = meta.get("format_version")
+        if isinstance(version, int) and version > EXPORT_VERSION:
+            raise ValueError(f"{path} has export format version {version}, newer than this pwfn_viz reads "
+                             f"({EXPORT_VERSION}): upgrade pwfn_viz (pip install -U pwfn_viz)")
+        if version != EXPORT_VERSION:
+            raise ValueError(f"{path} has export format version {version}; this pwfn_viz "
                              f"reads version {EXPORT_VERSION}")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    _check_export_meta(meta, path)
     missing = [k for k in ["codebook", *(f"indices/{n}" for n in meta["tensors"])] if k not in tensors]
     if missing:
         raise ValueError(f"{path} is damaged: {missing[:5]} missing")
     packed = {n: tensors[f"indices/{n}"] for n in meta["tensors"]}
     state = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
+    if not bool(torch.isfinite(tensors["codebook"]).all()):
+        raise FileError(path, "the codebook holds NaN or infinite values; the export is damaged")
     try:
         state.update(decode_tensors(tensors["codebook"], packed, meta["tensors"], meta["bits"]))
-    except ValueError as err:
-        raise ValueError(f"{path} is damaged: {err}") from None
+    except (ValueError, RuntimeError, IndexError) as err:
+        raise FileError(path, f"the export is damaged: {err}") from None
     return state, meta
+
+
+def _check_export_meta(meta: dict, path) -> None:
+    """The keys of an export's metadata that loading reads, each of its type."""
+    shape = lambda v: isinstance(v, list) and all(isinstance(d, int) and d >= 0 for d in v)   # noqa: E731
+    checks = {"bits": (lambda v: isinstance(v, int) and 1 <= v <= MAX_BITS, f"an integer in 1..{MAX_BITS}"),
+              "tensors": (lambda v: isinstance(v, dict) and all(shape(s) for s in v.values()),
+                          "an object of tensor name -> shape"),
+              "model_spec": (lambda v: v is None or isinstance(v, dict), "an object")}
+    problems = [f"key {k!r} is missing" if k not in meta else f"key {k!r} should be {kind}"
+                for k, (ok, kind) in checks.items() if k not in meta or not ok(meta[k])]
+    if problems:
+        raise FileError(path, "its 'pwfn_viz' metadata is damaged: " + "; ".join(problems))
 
 
 def _check_fits(model: nn.Module, state: dict, where) -> None:
@@ -277,7 +299,7 @@ def load_exported(path, model: nn.Module | None = None) -> nn.Module:
     state, meta = read_exported(path)
     if model is None:
         from ..models.factory import create_model
-        spec = meta["model_spec"]
+        spec = meta["model_spec"] or {}
         if not spec.get("name"):
             cls = spec.get("class", "YourModel").rsplit(".", 1)[-1]
             raise ValueError(f"{path} holds your own model ({spec.get('class', cls)}), which the export cannot "

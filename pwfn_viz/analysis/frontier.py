@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..core.metrics import codebook_stats, evaluate
 from ..data.datasets import create_dataset, make_loader
+from ..files import reading
 from ..record.rundir import atomic_write_text
 from ..train.config import RunConfig
 from ..train.loop import run as run_pwfn
@@ -78,7 +79,10 @@ class _Table:
 
     def __init__(self, path: Path):
         self.path = path
-        self.rows = pd.read_csv(path).to_dict("records") if path.exists() else []
+        self.rows = []
+        if path.exists():
+            with reading(path, "frontier table (CSV)"):
+                self.rows = pd.read_csv(path).to_dict("records")
 
     def has(self, method: str, budget: str, seed: int) -> bool:
         return any((r["method"], str(r["budget"]), int(r["seed"])) == (method, budget, seed) for r in self.rows)

@@ -20,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -83,7 +84,9 @@ def pwfn_sigma_init(mu: torch.Tensor, scale: float = SIGMA_INIT_SCALE, cap: floa
 
 @register_sigma_init("constant")
 def constant_sigma_init(mu: torch.Tensor, value: float = CONSTANT_SIGMA_INIT) -> torch.Tensor:
-    """The ablation alternative: the same sigma0 for every weight."""
+    """The ablation alternative: the same sigma0 for every weight (``value`` >= 0, finite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"constant sigma init value={value!r} must be a finite number >= 0 (a standard deviation)")
     return torch.full_like(mu, value)
 
 
@@ -151,11 +154,75 @@ def _convert_module(module: nn.Module, module_name: str, sigma_fn) -> None:
     module.register_forward_hook(_detach_hook)
 
 
+# Modules whose weights are read by a forward that bypasses the pre-hook, or that hold weights in
+# a form the conversion does not handle: left deterministic, and named in convert()'s warning.
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _frozen(module: nn.Module) -> list[str]:
+    """The names of ``module``'s weight and bias that are frozen (requires_grad=False)."""
+    return [name for name in ("weight", "bias")
+            if module._parameters.get(name) is not None and not module._parameters[name].requires_grad]
+
+
+def _check_untied(model: nn.Module, todo: list[tuple[str, nn.Module]]) -> None:
+    """A clear ValueError when a tensor to convert is shared with another module (tied weights)."""
+    owners: dict[int, list[str]] = {}
+    for mname, m in model.named_modules():
+        for pname, p in m._parameters.items():
+            if p is not None:
+                owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+    for mname, m in todo:
+        for name in ("weight", "bias"):
+            p = m._parameters.get(name)
+            if p is not None and len(owners[id(p)]) > 1:
+                tied = owners[id(p)]
+                raise ValueError(
+                    f"{' and '.join(tied)} are one tied parameter; converting would untie them (each converted "
+                    "layer gets its own mu and sigma). Untie them before converting, e.g. "
+                    f"model.{tied[-1]} = nn.Parameter(model.{tied[-1]}.detach().clone()), "
+                    "or convert a model without the tie")
+
+
+def _unconverted_report(model: nn.Module, todo: list[tuple[str, nn.Module]], frozen: list[str]) -> str | None:
+    """One line per module whose weight matrices stay deterministic (recurrent layers, attention
+    internals, bilinear layers, frozen layers, embeddings holding most of the weights), or None."""
+    converted = {id(m) for _, m in todo}
+    n_converted = sum(p.numel() for _, m in todo for p in m._parameters.values() if p is not None)
+    n_embedding = sum(p.numel() for m in model.modules() if isinstance(m, _EMBEDDINGS)
+                      for p in m._parameters.values() if p is not None)
+    lines = []
+    for mname, m in model.named_modules():
+        if id(m) in converted:
+            continue
+        own = [(pname, p) for pname, p in m._parameters.items() if p is not None]
+        if isinstance(m, _EMBEDDINGS):
+            if n_embedding <= n_converted:   # embeddings are expected to stay; say so only when they dominate
+                continue
+        elif not any(p.dim() >= 2 and "weight" in pname for pname, p in own):
+            continue   # norm layers, tokens, scalars: deterministic by design
+        why = "frozen (requires_grad=False)" if mname in frozen else type(m).__name__
+        lines.append(f"{mname or type(m).__name__} ({why}, {sum(p.numel() for _, p in own):,} parameters)")
+    if not lines:
+        return None
+    return (f"{len(lines)} module(s) with weights stay deterministic (not converted, never fixed; {n_converted:,} "
+            "parameters are converted): " + "; ".join(lines) + ". Only nn.Linear and convolutions are converted "
+            "(nn.MultiheadAttention reads its weights directly: use timm-style attention built from nn.Linear; "
+            "frozen layers are left as they are)")
+
+
 def convert(model: nn.Module, sigma_init: str = "pwfn", **init_kwargs) -> nn.Module:
     """Make every convolution and linear layer of ``model`` Bayesian, in place; returns ``model``.
 
     ``sigma_init`` names an entry of ``SIGMA_INITS`` ("pwfn" or "constant"); extra keyword
     arguments go to it (e.g. ``convert(model, "constant", value=1e-4)``).
+
+    Left deterministic, named in one warning with their parameter counts: modules that hold weight
+    matrices but are not linear or convolutional (LSTM, GRU, RNN, Bilinear, nn.MultiheadAttention
+    with its output projection, ...), frozen layers (a weight or bias with requires_grad=False:
+    they stay frozen, unconverted), and embeddings when they hold more parameters than the
+    converted layers. Tied weights (one parameter shared by a converted layer and another module,
+    e.g. an LM head tied to its embedding) raise a ValueError naming them: untie them first.
     """
     init = SIGMA_INITS.get(sigma_init)
     if any(is_converted(m) for m in model.modules()):
@@ -163,13 +230,22 @@ def convert(model: nn.Module, sigma_init: str = "pwfn", **init_kwargs) -> nn.Mod
     sigma_fn = lambda mu: init(mu, **init_kwargs)  # noqa: E731
     # nn.MultiheadAttention reads out_proj.weight directly, bypassing its forward and our hook.
     skip = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-    todo = [(n, m) for n, m in model.named_modules() if isinstance(m, CONVERTIBLE) and id(m) not in skip]
-    if skip:
-        warnings.warn("nn.MultiheadAttention layers stay deterministic (their forward reads the "
-                      "weights directly); use timm-style attention built from nn.Linear to convert them")
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, CONVERTIBLE) and id(m) not in skip]
+    frozen = [n for n, m in candidates if _frozen(m)]
+    todo = [(n, m) for n, m in candidates if n not in frozen]
     if not todo:
-        raise ValueError(f"{type(model).__name__} has no convolution or linear layer to convert "
-                         "(norm layers, embeddings and tokens are never converted)")
+        raise ValueError(f"{type(model).__name__} has no convolution or linear layer to convert (norm layers, "
+                         "embeddings and tokens are never converted; frozen layers are left frozen: "
+                         f"{', '.join(frozen) or 'none here'})")
+    for name, module in todo:
+        for attr in ("weight", "bias"):
+            if isinstance(module._parameters.get(attr), nn.parameter.UninitializedParameter):
+                raise ValueError(f"{name}.{attr} is not initialised yet (lazy module): run one forward pass "
+                                 "before converting")
+    _check_untied(model, todo)
+    report = _unconverted_report(model, todo, frozen)
+    if report:
+        warnings.warn(report, stacklevel=2)
     for name, module in todo:
         _convert_module(module, name, sigma_fn)
     return model

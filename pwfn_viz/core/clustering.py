@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .clustering_readable import (SIGMA_JOINS, STEP_COLUMNS, ClusterConfig, ClusterResult, candidate_centres,
-                                  check_inputs, grow, target_count)
+                                  check_inputs, doublings_until_fit, grow, target_count)
 
 
 def _smallest(keys: list[torch.Tensor], n_needed: int) -> torch.Tensor:
@@ -281,6 +281,7 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
     while n_assigned < n_target:
         sorted_unassigned = torch.ones(round_state.sorted_mu.numel(), dtype=torch.bool, device=device)
         pass_state = _start_pass(round_state.sorted_mu, round_state.sorted_sigma, n_powers, delta, cfg, zero_band)
+        pass_start, pass_powers = n_assigned, n_powers
         while True:
             # The step's one host read: which candidate fits the most, and how many. The first
             # maximum wins: ties go to the smaller |c|, then c < 0 (candidate order).
@@ -326,6 +327,11 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
             round_state.sorted_sigma = round_state.sorted_sigma[sorted_unassigned]
             n_powers, delta, grow_powers_next = grow(n_powers, delta, grow_powers_next, cfg.max_powers)
             pass_index += 1
+            if n_assigned == pass_start and pass_powers == cfg.max_powers:   # same candidates: skip empty passes
+                n_skipped, delta = doublings_until_fit(round_state.sorted_mu.double(), round_state.sorted_sigma.double(),
+                                                       pass_state.sorted_candidates, delta)
+                pass_index += n_skipped
+                grow_powers_next ^= bool(n_skipped % 2)
 
     steps = pd.DataFrame(rows, columns=STEP_COLUMNS)
     *values, n_mismatched = _to_host(torch.cat([torch.stack(stats).flatten(), mismatches.double()]))

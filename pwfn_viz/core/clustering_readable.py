@@ -33,7 +33,8 @@ from dataclasses import InitVar, dataclass, field
 import pandas as pd
 import torch
 
-from ..constants import CLUSTERING_SIGMA_FLOOR, MAX_POWERS, ZERO_BAND_EXPONENT
+from ..constants import (CLUSTERING_SIGMA_FLOOR, MAX_CENTRE_EXPONENT, MAX_POWERS, MAX_ZERO_BAND_EXPONENT,
+                         ZERO_BAND_EXPONENT)
 from ..registry import Registry
 
 STEP_COLUMNS = ["round", "pass_index", "step", "P", "delta", "centre", "n_fit", "n_taken",
@@ -60,10 +61,15 @@ class ClusterConfig:
                                  "max_order is the former name of max_powers: give one of them")
             self.max_powers = max_order
         SIGMA_JOINS.get(self.sigma_join)
+        if isinstance(self.b, bool) or not isinstance(self.b, int) or not 0 <= self.b <= MAX_ZERO_BAND_EXPONENT:
+            raise ValueError(f"b={self.b!r} must be a whole number from 0 to {MAX_ZERO_BAND_EXPONENT}: the smallest "
+                             f"power of two of a centre is 2^-b (paper: b={ZERO_BAND_EXPONENT}, 2^-7)")
         if not 1 <= self.max_powers <= MAX_POWERS:
             raise ValueError(f"max_powers={self.max_powers} must be between 1 and {MAX_POWERS}")
-        if not (self.delta > 0 and self.sigma_floor > 0 and self.sigma_divisor > 0):
-            raise ValueError("delta, sigma_floor and sigma_divisor must be positive")
+        for name in ("delta", "sigma_floor", "sigma_divisor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}={value!r}: delta, sigma_floor and sigma_divisor must be positive finite numbers")
 
 
 @dataclass
@@ -89,7 +95,8 @@ def target_count(fraction: float, n: int) -> int:
 
 
 def check_inputs(mu, sigma, fraction) -> None:
-    """A clear ValueError for what no round can cluster."""
+    """A clear ValueError for what no round can cluster. A zero or negative sigma is accepted: a raw
+    sigma parameter can go there in training, and a round floors it at ``sigma_floor``."""
     if not isinstance(mu, torch.Tensor) or not isinstance(sigma, torch.Tensor):
         raise ValueError("mu and sigma must be torch tensors")
     if mu.shape != sigma.shape or mu.dim() != 1:
@@ -106,9 +113,10 @@ def check_inputs(mu, sigma, fraction) -> None:
 
 # (a) ---------------------------------------------------------------------- candidate centres
 def candidate_centres(n_powers: int, max_abs: float, b: int = ZERO_BAND_EXPONENT) -> torch.Tensor:
-    """All sums of ``n_powers`` elements of {0, 2^-b, ..., 2^(m-1)} (m = ceil(log2 max_abs)) that are
-    <= max_abs, mirrored to negatives, sorted by (|c|, c): 0, -2^-b, 2^-b, ... (float64, CPU).
-    Because 0 is an element, these are 0 and the sums of 1..n_powers powers of two.
+    """All sums of ``n_powers`` elements of {0, 2^-b, ..., 2^(m-1)} (m = ceil(log2 max_abs), at most
+    ``MAX_CENTRE_EXPONENT + 1``) that are <= max_abs, mirrored to negatives, sorted by (|c|, c):
+    0, -2^-b, 2^-b, ... (float64, CPU). Because 0 is an element, these are 0 and the sums of
+    1..n_powers powers of two. The cap on m bounds the set for any finite max_abs (constants.py).
 
     >>> len(candidate_centres(1, 1.0))
     15
@@ -116,7 +124,7 @@ def candidate_centres(n_powers: int, max_abs: float, b: int = ZERO_BAND_EXPONENT
     if not max_abs >= 2.0 ** -b:
         return torch.zeros(1, dtype=torch.float64)
     mantissa, exponent = math.frexp(max_abs)          # exact ceil(log2(max_abs)), no rounding of log2
-    m = exponent - 1 if mantissa == 0.5 else exponent
+    m = min(exponent - 1 if mantissa == 0.5 else exponent, MAX_CENTRE_EXPONENT + 1)
     elements = torch.tensor([0.0] + [2.0 ** e for e in range(-b, m)], dtype=torch.float64)
     sums = torch.zeros(1, dtype=torch.float64)
     for _ in range(n_powers):                         # one more element per turn (repeats allowed)
@@ -170,6 +178,25 @@ def grow(n_powers: int, delta: float, grow_powers_next: bool, max_powers: int) -
     return n_powers, delta, not grow_powers_next
 
 
+def doublings_until_fit(mu64: torch.Tensor, floored_sigma64: torch.Tensor, sorted_centres: torch.Tensor,
+                        delta: float) -> tuple[int, float]:
+    """After a pass at ``max_powers`` that fitted nothing, the next passes have the same weights and
+    candidates and only double delta: the number of such passes that would fit nothing too (0 when
+    a band of width ``delta`` already holds a centre) and the delta after them, so that a round skips them at once instead
+    of rebuilding its candidates for each. The same float64 test as ``fit_matrix``, for each
+    weight's nearest centre at or above its band's lower end (``sorted_centres``: ascending,
+    float64). Bounded: delta reaches inf after at most about 1100 doublings, and every band then
+    holds every centre."""
+    n_skipped = 0
+    while True:
+        lower, upper = mu64 - delta * floored_sigma64, mu64 + delta * floored_sigma64
+        first = torch.searchsorted(sorted_centres, lower).clamp_(max=sorted_centres.numel() - 1)
+        if bool((sorted_centres[first] >= lower).logical_and_(sorted_centres[first] <= upper).any()):
+            return n_skipped, delta
+        delta *= 2
+        n_skipped += 1
+
+
 # (f) ---------------------------------------------------------------------------- sigma joins
 # A join gets the taken weights' input sigma, the population std of their mu before the snap (a
 # float64 0-dim tensor) and the config; it returns their new sigma, in sigma's dtype.
@@ -219,6 +246,7 @@ def readable_cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: floa
     while n_assigned < n_target:
         max_abs = float(mu64[unassigned].abs().max())                          # (a)
         candidates = candidate_centres(n_powers, max_abs, cfg.b).to(device)
+        pass_start, pass_powers = n_assigned, n_powers
         while n_assigned < n_target and candidates.numel() > 0:
             free = unassigned.nonzero().squeeze(1)                              # network indices
             fits = fit_matrix(candidates, mu64[free], floored_sigma[free], delta,  # (b)
@@ -253,6 +281,12 @@ def readable_cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: floa
         if n_assigned < n_target:                                               # (e)
             n_powers, delta, grow_powers_next = grow(n_powers, delta, grow_powers_next, cfg.max_powers)
             pass_index += 1
+            if n_assigned == pass_start and pass_powers == cfg.max_powers:   # same candidates: skip empty passes
+                free = unassigned.nonzero().squeeze(1)
+                n_skipped, delta = doublings_until_fit(mu64[free], floored_sigma[free], torch.sort(candidates).values,
+                                                       delta)
+                pass_index += n_skipped
+                grow_powers_next ^= bool(n_skipped % 2)
 
     return ClusterResult(mu=new_mu, sigma=new_sigma, fixed_mask=~unassigned, assignment=assignment,
                          centres=torch.tensor(centres, dtype=torch.float64),
@@ -260,4 +294,4 @@ def readable_cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: floa
 
 
 __all__ = ["SIGMA_JOINS", "STEP_COLUMNS", "ClusterConfig", "ClusterResult", "candidate_centres", "check_inputs",
-           "closest_first", "fit_matrix", "greedy_winner", "grow", "readable_cluster_round", "target_count"]
+           "closest_first", "doublings_until_fit", "fit_matrix", "greedy_winner", "grow", "readable_cluster_round", "target_count"]

@@ -15,7 +15,8 @@ A registry (``pwfn_viz.registry.Registry``): each dataset is a function decorate
     (32, 1, 8, 8)
 
 Datasets that read files (``mnist``, ``cifar10``, ``imagefolder``) never download: they read
-``root`` and, when files are missing, raise ``FileNotFoundError`` naming the exact path expected.
+``root`` and, when files are missing, raise ``FileNotFoundError`` naming the exact path expected; a
+damaged or truncated file gives a ``ValueError`` (:class:`pwfn_viz.files.FileError`) naming it.
 No user file is unpickled with the full pickle machinery (see ``_NumpyOnlyUnpickler``).
 """
 
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..files import reading
 from ..registry import Registry
 
 __all__ = [
@@ -246,10 +248,20 @@ def _mnist(root=None, image_size=None, in_chans=None, seed=0) -> DataBundle:
     tf = ImageTransform(1 / 255, MNIST_MEAN, MNIST_STD, image_size, chans)
     parts = []
     for train in (True, False):
-        ds = MNIST(str(root), train=train, download=False)
+        with reading(raw if not legacy else root / "MNIST" / "processed", "MNIST folder (its idx files)"):
+            ds = MNIST(str(root), train=train, download=False)
+            _check_mnist(ds, raw)
         parts.append(TensorImageDataset(ds.data.unsqueeze(1), ds.targets, tf))
     return DataBundle("mnist", parts[0], parts[1], 10, chans, image_size or 28,
                       tuple(str(d) for d in range(10)), MNIST_MEAN, MNIST_STD)
+
+
+def _check_mnist(ds, raw: Path) -> None:
+    """Images and labels of one split agree (a truncated idx file can still parse)."""
+    split = "train" if ds.train else "t10k"
+    if ds.data.ndim != 3 or len(ds.data) != len(ds.targets) or not len(ds.data):
+        raise ValueError(f"{raw}/{split}-*-ubyte: {tuple(ds.data.shape)} images but {len(ds.targets)} labels; "
+                         "a file is damaged or truncated: extract or download MNIST again")
 
 
 # ----------------------------------------------------------------------------- cifar10
@@ -283,17 +295,27 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return getattr(np, name)
 
 
+class RefusedPickle(pickle.UnpicklingError, ValueError):
+    """A CIFAR file holding objects other than numpy arrays: refused, not loaded (names the file)."""
+
+
 def load_numpy_pickle(path: str | Path) -> object:
     """Unpickle ``path`` allowing only numpy arrays, dicts, lists, str, bytes and numbers."""
-    with open(path, "rb") as f:
-        return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    with reading(path, "CIFAR batch (numpy pickle)"), open(path, "rb") as f:
+        try:
+            return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as err:
+            if "refusing to unpickle" in str(err):   # a file holding other objects: not loaded
+                raise RefusedPickle(f"{path}: {err}") from None
+            raise
 
 
 def _cifar_bin(path: Path, label_bytes: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Binary CIFAR records: ``label_bytes`` label bytes (CIFAR-100: coarse, fine) + 3072 pixels;
     the last label byte is the label."""
     rec_len = label_bytes + 3072
-    raw = np.fromfile(path, dtype=np.uint8)
+    with reading(path, "CIFAR binary batch"):
+        raw = np.fromfile(path, dtype=np.uint8)
     if raw.size % rec_len:
         raise ValueError(f"{path}: size {raw.size} is not a multiple of {rec_len} "
                          f"({label_bytes} label byte(s) + 3072 pixel bytes)")

@@ -25,6 +25,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ..files import reading
 from ..registry import Registry
 
 __all__ = ["create_model", "list_models", "load_checkpoint", "register_model", "save_checkpoint"]
@@ -119,16 +120,23 @@ def _read_state_dict(path: Path) -> Mapping[str, object]:
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        with reading(path, "checkpoint"):
+            return load_file(str(path), device="cpu")
     if suffix in _TORCH_SUFFIXES:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"{path} holds objects other than tensors and plain containers, and is not unpickled "
-                f"(torch.load(weights_only=True)). Save weights only: torch.save(model.state_dict(), path) "
-                f"or pwfn_viz.models.factory.save_checkpoint(model, 'model.safetensors'). Details: {str(e)[:300]}"
-            ) from e
+        with reading(path, "checkpoint"):   # a damaged file: one line naming it
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                lines = [ln.split("WeightsUnpickler error:")[-1].strip() for ln in str(e).splitlines()]
+                found = [ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "load key" in ln]
+                details = (found or [ln for ln in lines if ln] or [""])[-1][:300]
+                if "GLOBAL" not in str(e):   # not a pickle of tensors and other objects: a damaged file
+                    raise RuntimeError(details) from None
+                raise ValueError(
+                    f"{path} holds objects other than tensors and plain containers, and is not unpickled "
+                    f"(torch.load(weights_only=True)). Save weights only: torch.save(model.state_dict(), path) "
+                    f"or pwfn_viz.models.factory.save_checkpoint(model, 'model.safetensors'). Details: {details}"
+                ) from e
     raise ValueError(f"{path}: unknown checkpoint type {suffix!r}; use .safetensors or one of {_TORCH_SUFFIXES}")
 
 

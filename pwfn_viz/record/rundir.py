@@ -12,7 +12,10 @@ Layout of a run directory::
     log.txt                  what the run printed
 
 Every file is written to a temporary name and renamed, so a killed run never leaves a half file.
-Nothing is unpickled: tensors are safetensors, tables CSV, metadata JSON.
+Nothing is unpickled: tensors are safetensors, tables CSV, metadata JSON. run.json records its
+format version and the sha256 of every other file (as last committed); reading checks both, and
+every tensor file's names, shapes and finite values (see :mod:`pwfn_viz.record.schema`); a damaged
+file gives a :class:`pwfn_viz.files.FileError` (a ValueError) naming it.
 
 Example:
     >>> run = load_run("runs/digits")                      # doctest: +SKIP
@@ -22,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -31,15 +33,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from ..core.bayes import bayes_tensors
 from ..core.sigma_learning import COLUMNS as SIGMA_LEARNING_COLUMNS
 from ..core.sigma_learning import layers_learned, sigma_learning_table
 from ..core.sigma_learning import verdict as sigma_verdict
 from ..core.sigma_learning import verdict_line as sigma_verdict_line
-
-FORMAT_VERSION = 1
+from ..files import FileError, read_bytes, reading, sha256_bytes, sha256_file
+from .schema import FORMAT_VERSION, read_meta  # noqa: F401  (FORMAT_VERSION: the writers import it from here)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -55,7 +58,8 @@ def _temp_beside(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically; returns its sha256 (hex)."""
     path = Path(path)
     tmp = _temp_beside(path)
     try:
@@ -68,31 +72,89 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return sha256_bytes(data)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: Path, text: str) -> str:
+    """Write ``text`` to ``path`` atomically; returns the file's sha256 (hex)."""
+    return atomic_write_bytes(path, text.encode())
 
 
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> str:
+    """Save ``tensors`` as safetensors at ``path`` atomically; returns the file's sha256 (hex)."""
     path = Path(path)
     tmp = _temp_beside(path)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        digest = sha256_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return digest
 
 
-def atomic_append_csv(path: Path, frame: pd.DataFrame) -> None:
-    """Rewrite ``path`` with ``frame``'s rows appended (atomic; files stay small)."""
-    old = pd.read_csv(path) if Path(path).exists() else None
+def atomic_append_csv(path: Path, frame: pd.DataFrame) -> str:
+    """Rewrite ``path`` with ``frame``'s rows appended (atomic; files stay small); returns the
+    file's sha256 (hex)."""
+    old = read_csv(path) if Path(path).exists() else None
     new = frame if old is None or old.empty else pd.concat([old, frame], ignore_index=True)
     buf = io.StringIO()
     new.to_csv(buf, index=False)
-    atomic_write_text(path, buf.getvalue())
+    return atomic_write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files of a record, checked
+def _checked(path: Path, data: bytes, sha: str | None) -> None:
+    if sha is not None and sha256_bytes(data) != sha:
+        raise FileError(path, f"checksum mismatch: the file changed since run.json recorded it (sha256 "
+                              f"{sha[:12]}... recorded, {sha256_bytes(data)[:12]}... found); the file is damaged")
+
+
+def read_csv(path, sha: str | None = None) -> pd.DataFrame:
+    """A CSV table of a record (``sha``: its recorded sha256, checked when given)."""
+    path = Path(path)
+    data = read_bytes(path, "table")
+    _checked(path, data, sha)
+    if data and not data.endswith(b"\n"):
+        raise FileError(path, "this table is truncated: its last line is incomplete")
+    with reading(path, "CSV table"):
+        table = pd.read_csv(io.BytesIO(data)) if data.strip() else pd.DataFrame()
+    if len(table) and "round" not in table.columns:
+        raise FileError(path, f"this table has no 'round' column (columns: {list(table.columns)[:6]}); the file is damaged")
+    if len(table) and not pd.api.types.is_integer_dtype(table["round"]):
+        raise FileError(path, "its 'round' column holds values that are not round numbers; the file is damaged "
+                              "or truncated")
+    return table
+
+
+def check_snapshot(tensors: dict[str, torch.Tensor], shapes: dict, path, pre: bool = False) -> None:
+    """A FileError naming ``path`` unless every converted tensor of ``shapes`` ({name: shape}) is
+    in ``tensors`` as mu/sigma/fixed (and pre/... when ``pre``) of its shape, mu and sigma finite."""
+    for name, shape in shapes.items():
+        for group in ("mu/", "sigma/", "fixed/", *(("pre/mu/", "pre/sigma/", "pre/fixed/") if pre else ())):
+            t = tensors.get(group + name)
+            if t is None:
+                raise FileError(path, f"tensor {group + name!r} is missing (the record lists {name!r})")
+            if list(t.shape) != list(shape):
+                raise FileError(path, f"tensor {group + name!r} has shape {list(t.shape)}, the record {list(shape)}")
+            if "fixed/" not in group and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise FileError(path, f"tensor {group + name!r} holds NaN or infinite values; the file is damaged")
+
+
+def load_tensors(path, sha: str | None = None, shapes: dict | None = None, pre: bool = False) -> dict[str, torch.Tensor]:
+    """A record's safetensors file, read once: its recorded sha256 checked when given, then (with
+    ``shapes``) its tensors by :func:`check_snapshot`. Any damage is a FileError naming the file."""
+    path = Path(path)
+    data = read_bytes(path, "tensor file")
+    _checked(path, data, sha)
+    with reading(path, "safetensors file"):
+        tensors = load_safetensors(data)
+    if shapes is not None:
+        check_snapshot(tensors, shapes, path, pre)
+    return tensors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,10 +229,12 @@ class Round:
     layers: pd.DataFrame = field(repr=False)
     names: list = field(repr=False, default_factory=list)   # converted tensors in network order
     primary: str = field(repr=False, default="top1")         # the run's primary metric
+    sha: str | None = field(repr=False, default=None)        # the file's recorded sha256
+    shapes: dict | None = field(repr=False, default=None)    # recorded shape of each converted tensor
 
     @cached_property
     def tensors(self) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path))
+        return load_tensors(self.path, self.sha, self.shapes, pre=True)
 
     def _group(self, prefix: str) -> dict[str, torch.Tensor]:
         """Tensors under ``prefix``, by name, in network order (safetensors sorts its keys)."""
@@ -210,17 +274,27 @@ class Run:
 
     def __init__(self, path):
         self.path = Path(path)
-        meta_path = self.path / "run.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{meta_path} does not exist: {self.path} is not a pwfn_viz run "
-                                    "directory (create one with `pwfn-viz run --out DIR`)")
-        self.meta = json.loads(meta_path.read_text())
-        steps = pd.read_csv(self.path / "steps.csv") if (self.path / "steps.csv").exists() else pd.DataFrame()
-        layers = pd.read_csv(self.path / "layers.csv") if (self.path / "layers.csv").exists() else pd.DataFrame()
+        self.meta = read_meta(self.path)
+        self.checksums = self.meta.get("checksums", {})
+        for name in ["start.safetensors", *(round_file(m["round"]) for m in self.meta["rounds"])]:
+            if not (self.path / name).is_file():
+                raise FileError(self.path / name, f"this file of the record is missing (run.json lists it); "
+                                                  f"`pwfn-viz verify {self.path}` checks the whole record")
+        # A round being written when the run stopped may have left rows of its own in the tables;
+        # its tensor file is written first, so their checksums count only without one.
+        interrupted = (self.path / round_file(len(self.meta["rounds"]))).exists()
+        tables = {}
+        for table in ("steps.csv", "layers.csv"):
+            sha = None if interrupted else self.checksums.get(table)
+            tables[table] = read_csv(self.path / table, sha) if (self.path / table).exists() else pd.DataFrame()
+            if sha is not None and not (self.path / table).exists():
+                raise FileError(self.path / table, "this file of the record is missing (run.json lists its checksum)")
+        steps, layers = tables["steps.csv"], tables["layers.csv"]
         self.rounds = [Round(m["round"], m, self.path / round_file(m["round"]),
                              steps[steps["round"] == m["round"]].reset_index(drop=True) if len(steps) else steps,
                              layers[layers["round"] == m["round"]].reset_index(drop=True) if len(layers) else layers,
-                             list(self.meta["tensors"]), self.primary)
+                             list(self.meta["tensors"]), self.primary, self.checksums.get(round_file(m["round"])),
+                             self.meta["tensors"])
                        for m in self.meta["rounds"]]
 
     config = property(lambda self: self.meta["config"])
@@ -237,7 +311,8 @@ class Run:
     @cached_property
     def start(self) -> dict[str, torch.Tensor]:
         """Tensors of the converted network before round 0."""
-        return load_file(str(self.path / "start.safetensors"))
+        return load_tensors(self.path / "start.safetensors", self.checksums.get("start.safetensors"),
+                            self.meta["tensors"])
 
     @property
     def steps(self) -> pd.DataFrame:
@@ -327,6 +402,8 @@ class Run:
             raise ValueError(f"{self.path} recorded your own model ({cls}), which the record cannot rebuild: pass "
                              f"an unconverted instance, e.g. run.model_at(3, model={cls.rsplit('.', 1)[-1]}()) or "
                              "run.plain_model_at(None, model=...)")
+        from ..models.spec import validate_model_spec
+        validate_model_spec({"num_classes": None, "in_chans": None, **spec}, f"{self.path / 'run.json'} model_spec")
         return create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
                             **spec.get("kwargs", {}))
 

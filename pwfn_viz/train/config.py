@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -11,7 +12,12 @@ from ..baselines.wfn import WFN_FRACTIONS, wfn_allowance, wfn_round
 from ..core import bayes
 from ..core.clustering import ClusterConfig, cluster_round
 from ..core.sigma_param import SIGMA_PARAMS
+from ..models.spec import validate_model_spec
 from ..registry import Registry
+
+# Every float field of RunConfig: refused when NaN or infinite (``--epochs nan`` would otherwise mean 0).
+_FLOAT_FIELDS = ("pretrain_epochs", "pretrain_lr", "first_round_epochs", "epochs_per_round", "lr", "momentum",
+                 "weight_decay", "grad_clip", "sigma_init_value", "reg_lambda", "reg_cap", "sigma_lr_mult", "wfn_delta")
 
 PAPER_FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0)
 
@@ -23,6 +29,16 @@ METHODS = Registry("method")
 OPTIMIZERS = Registry("optimizer")
 OPTIMIZERS.register("sgd", torch.optim.SGD)
 OPTIMIZERS.register("adam", torch.optim.Adam)
+
+
+def _valid_device(device: str) -> bool:
+    if device == "auto":
+        return True
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        return False
+    return True
 
 
 @dataclass
@@ -71,15 +87,27 @@ class RunConfig:
     def __post_init__(self):
         if isinstance(self.cluster, dict):
             self.cluster = ClusterConfig(**self.cluster)
+        for name in _FLOAT_FIELDS:   # NaN/inf compare false with everything: refuse them before any other check
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}={value!r} must be a finite number")
         self.fractions = tuple(float(f) for f in self.fractions)
         f = self.fractions
         if not f or any(not 0 < a <= 1 for a in f) or any(b <= a for a, b in zip(f, f[1:])):
             raise ValueError(f"fractions {f} must be increasing values in (0, 1]")
         if f[-1] != 1.0:
             raise ValueError(f"the last fraction is {f[-1]}; it must be 1.0 so that every weight ends on a centre")
-        for name in ("pretrain_epochs", "first_round_epochs", "epochs_per_round", "sigma_lr_mult"):
+        for name in ("pretrain_epochs", "first_round_epochs", "epochs_per_round", "sigma_lr_mult", "sigma_init_value",
+                     "weight_decay", "grad_clip", "reg_lambda", "reg_cap", "momentum", "wfn_delta"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if self.pretrain_lr <= 0:
+            raise ValueError(f"pretrain_lr={self.pretrain_lr!r} must be > 0")
+        validate_model_spec({"name": self.model, "kwargs": self.model_kwargs}, "RunConfig")
+        if not isinstance(self.device, str) or not _valid_device(self.device):
+            raise ValueError(f"device={self.device!r} is not a device: use auto, cpu, cuda, cuda:1, mps ...")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"threads={self.threads!r} must be a whole number >= 0 (0: automatic)")
         for name in ("first_round_steps", "steps_per_round"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):

@@ -30,6 +30,7 @@ import json
 import numbers
 import platform
 import time
+import weakref
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -45,8 +46,11 @@ from ..core.sigma_learning import describe as describe_learning
 from ..core.sigma_learning import overall as sigma_overall
 from ..core.sigma_learning import sigma_learning_table, verdict, verdict_line
 from ..record.rundir import (FORMAT_VERSION, Run, atomic_append_csv, atomic_save_tensors, atomic_write_text,
-                             check_tensors, load_run, metric_label, round_file, snapshot_tensors,
-                             state_dict_from_snapshot)
+                             check_tensors, load_run, load_tensors, metric_label, read_csv, round_file,
+                             snapshot_tensors, state_dict_from_snapshot)
+from ..record.schema import read_meta
+from ..record import strict_json
+from ..record.writer import LOCK_NAME, RunLock, clear_leftovers, is_fresh, make_writable_dir
 from . import distributed
 from .config import METHODS, OPTIMIZERS, RunConfig
 
@@ -54,6 +58,9 @@ from .config import METHODS, OPTIMIZERS, RunConfig
 # when it looks like an accuracy; otherwise Fixer asks for higher_is_better).
 LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "error", "err", "ece", "wer", "cer")
 HIGHER_IS_BETTER = ("top1", "top5", "acc", "accuracy", "f1", "auc", "r2", "psnr", "bleu", "iou", "map")
+# RunConfig fields that say where and how fast a run computes, not what it computes: a resume may
+# change them (another machine, the same data at another path); the record keeps the original's.
+RUNTIME_FIELDS = ("device", "threads", "data_root")
 
 
 def _versions() -> dict:
@@ -96,12 +103,14 @@ def _write_round(out: Path, r: int, model: nn.Module, pre: dict, steps: pd.DataF
                  meta: dict) -> None:
     """Round ``r``'s record: its tensors, then its rows of steps.csv and layers.csv (the layer
     table with the per-layer sigma diagnostic ``learning``), then run.json last (the commit point
-    for resuming: a round is recorded once run.json lists it)."""
-    atomic_save_tensors(out / round_file(r), snapshot_tensors(model, pre))
-    atomic_append_csv(out / "steps.csv", steps)
+    for resuming: a round is recorded once run.json lists it), with the sha256 of each file."""
+    sums = meta.setdefault("checksums", {})
+    sums[round_file(r)] = atomic_save_tensors(out / round_file(r), snapshot_tensors(model, pre))
+    sums["steps.csv"] = atomic_append_csv(out / "steps.csv", steps)
     per_layer = learning[learning["layer"] != "all"].rename(columns={"layer": "name"})
-    atomic_append_csv(out / "layers.csv", layer_table(model).merge(per_layer, on="name", how="left").assign(round=r))
-    atomic_write_text(out / "run.json", json.dumps(meta, indent=1))
+    sums["layers.csv"] = atomic_append_csv(out / "layers.csv", layer_table(model).merge(per_layer, on="name", how="left")
+                                           .assign(round=r))
+    atomic_write_text(out / "run.json", strict_json.dumps(meta, indent=1))
 
 
 def _guess_higher_is_better(primary: str) -> bool:
@@ -125,6 +134,10 @@ class Fixer:
     (``run.model_at(3, model=MyNet())``). ``resume=True`` continues the run recorded in ``out_dir``
     (or starts one when there is none): the last completed round's state is loaded into ``model``
     and ``fixer.fractions`` holds the fractions that remain.
+
+    The Fixer holds the run directory's writer lock (:mod:`pwfn_viz.record.writer`) from its start
+    to its last round, :meth:`close` or garbage collection (``with Fixer(...) as fixer:`` releases
+    it on any exit); a second writer of the same directory is refused with the holder's pid and host.
     """
 
     def __init__(self, model: nn.Module, out_dir, evaluate: Callable[[nn.Module], dict], *,
@@ -138,27 +151,59 @@ class Fixer:
         config = dataclasses.replace(config or RunConfig(), **settings) if settings else (config or RunConfig())
         if model_spec is None:   # your own model: the record must not claim a registered one
             config = dataclasses.replace(config, model=type(model).__name__, dataset=None, pretrained=False)
-        if resume and (self.out / "run.json").exists():
-            self._reopen(config if settings_given else None, primary, higher_is_better)
-        else:
-            self._start(config, primary, higher_is_better, model_spec)
+        self._lock, note = self._take_lock(resume)
+        self._release = weakref.finalize(self, self._lock.release) if self._lock else (lambda: None)
+        try:
+            if resume and (self.out / "run.json").exists():
+                self._reopen(config if settings_given else None, primary, higher_is_better)
+            else:
+                self._start(config, primary, higher_is_better, model_spec)
+        except BaseException:
+            self.close()
+            raise
         self.log = _Log(self.out / "log.txt", verbose) if self.info.is_main else (lambda line: None)
         self.log(self._start_line() if self._new else
                  f"resuming {self.out} after round {self.meta['rounds'][-1]['round'] if self.meta['rounds'] else '(none)'}")
+        if note:
+            self.log(note)
         self._seed_round()
 
+    def close(self) -> None:
+        """Release the run directory's writer lock (done after the last round; safe to call twice)."""
+        self._release()
+
+    def __enter__(self) -> "Fixer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ setting up
+    def _take_lock(self, resume: bool):
+        """Rank 0's writer lock of the directory (created and checked writable first), and a note
+        when a killed writer's lock was taken over; (None, None) on other ranks and for a directory
+        a new run will refuse anyway (not empty, no lock: nothing is created in it)."""
+        out = self.out
+        if not self.info.is_main:
+            return None, None
+        if not (resume and (out / "run.json").exists()) and not is_fresh(out) and not (out / LOCK_NAME).exists():
+            return None, None
+        make_writable_dir(out)
+        lock = RunLock(out)
+        return lock, lock.acquire()
+
     def _start(self, config: RunConfig, primary, higher_is_better, model_spec) -> None:
         out, model, info = self.out, self.model, self.info
-        if out.exists() and any(out.iterdir()):   # every rank checks, before rank 0 writes anything
+        if not is_fresh(out):   # every rank checks, before rank 0 writes anything
             raise FileExistsError(f"{out} exists and is not empty; choose another directory or continue it "
                                   f"with resume=True (`pwfn-viz run --resume {out}`)")
         if bayes.is_converted(model) or any(bayes.is_converted(m) for m in model.modules()):
             raise ValueError("model is already converted; pass the plain (unconverted) model to Fixer")
         if info.enabled:
             torch.distributed.barrier()
-        if info.is_main:
+        if info.is_main:   # what a start killed before its run.json left (under the lock)
             out.mkdir(parents=True, exist_ok=True)
+            clear_leftovers(out)
         self.config = config
         baseline = self._measure(expected=None)
         self.primary = primary or ("top1" if "top1" in baseline else next(iter(baseline)))
@@ -179,22 +224,24 @@ class Fixer:
                      "world_size": info.world_size, "seed": config.seed,
                      "created": datetime.datetime.now().isoformat(timespec="seconds"),
                      "n_params": n_params, "n_converted": sum(t.mu.numel() for t in tensors),
-                     "tensors": {t.name: list(t.mu.shape) for t in tensors}, "baseline": baseline, "rounds": []}
+                     "tensors": {t.name: list(t.mu.shape) for t in tensors}, "baseline": baseline, "rounds": [],
+                     "checksums": {}}
         if info.is_main:
-            atomic_save_tensors(out / "start.safetensors", snapshot_tensors(model))
-            atomic_write_text(out / "run.json", json.dumps(self.meta, indent=1))
+            self.meta["checksums"]["start.safetensors"] = atomic_save_tensors(out / "start.safetensors",
+                                                                              snapshot_tensors(model))
+            atomic_write_text(out / "run.json", strict_json.dumps(self.meta, indent=1))
         self._new = True
 
     def _reopen(self, config: RunConfig | None, primary, higher_is_better) -> None:
         """Resume: the last committed round's state into ``self.model``; drop what came after it."""
-        from safetensors.torch import load_file
         out = self.out
-        self.meta = meta = json.loads((out / "run.json").read_text())
+        self.meta = meta = read_meta(out)   # format version and keys checked
         self.config = RunConfig.from_dict(meta["config"])
         given = json.loads(json.dumps(config.to_dict())) if config is not None else meta["config"]
-        if given != meta["config"]:
-            changed = sorted(k for k, v in given.items() if meta["config"].get(k) != v)
-            raise ValueError(f"{out} was recorded with other settings ({', '.join(changed)}); resume without "
+        changed = sorted(k for k, v in given.items() if k not in RUNTIME_FIELDS and meta["config"].get(k) != v)
+        if changed:
+            shown = ", ".join(f"{k}={given[k]!r} (recorded: {meta['config'].get(k)!r})" for k in changed)
+            raise ValueError(f"{out} was recorded with other settings ({shown}); resume without "
                              "config/settings (the record's are used) or start a new directory")
         self.primary = meta.get("primary_metric", "top1")
         self.higher_is_better = meta.get("higher_is_better", True)
@@ -206,15 +253,17 @@ class Fixer:
             bayes.convert(self.model, "constant", value=0.0)
         check_tensors(self.model, meta["tensors"], f"{out} belongs to another model")
         done = meta["rounds"]
-        snapshot = load_file(str(out / (round_file(done[-1]["round"]) if done else "start.safetensors")))
+        sums = meta.get("checksums", {})
+        last = round_file(done[-1]["round"]) if done else "start.safetensors"
+        snapshot = load_tensors(out / last, sums.get(last), meta["tensors"], pre=bool(done))
         self.model.load_state_dict(state_dict_from_snapshot(snapshot))
-        start = load_file(str(out / "start.safetensors"))
+        start = load_tensors(out / "start.safetensors", sums.get("start.safetensors"), meta["tensors"])
         self.initial_sigma = {name: start[f"sigma/{name}"] for name in meta["tensors"]}
         if self.info.is_main:
             for stale in out.glob(".*.tmp"):   # half-written files of the interrupted round
                 stale.unlink()
             for table in ("steps.csv", "layers.csv"):   # rows of a round written but never committed
-                rows = pd.read_csv(out / table) if (out / table).exists() else None
+                rows = read_csv(out / table) if (out / table).exists() else None
                 if rows is not None and (rows["round"] >= len(done)).any():
                     atomic_write_text(out / table, rows[rows["round"] < len(done)].to_csv(index=False))
         self._new = False
@@ -332,6 +381,7 @@ class Fixer:
         self.log(f"         {describe_learning(metrics, learning)}")
         if self.meta["status"] == "complete":
             self._log_end()
+            self.close()
         self._seed_round()
         return metrics
 

@@ -22,9 +22,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
+import os
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -39,9 +42,11 @@ from ..core.sigma_param import stepping_variable, to_step_gradients
 from ..data.datasets import create_dataset, make_loader
 from ..models.factory import create_model, load_checkpoint
 from ..record.rundir import Run, load_run
+from ..record.writer import LOCK_NAME, RunLock, is_fresh, make_writable_dir
+from ..record.schema import read_meta
 from . import distributed
 from .config import OPTIMIZERS, RunConfig
-from .fixer import Fixer
+from .fixer import RUNTIME_FIELDS, Fixer
 
 
 def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum: float, weight_decay: float,
@@ -158,46 +163,107 @@ def fix_in_rounds(model: nn.Module, train_loader, loss_fn: Callable, evaluate: C
     >>> run = fix_in_rounds(net, loader, nn.functional.mse_loss, my_eval, "runs/mine",
     ...                     primary="mse", steps_per_round=100)                  # doctest: +SKIP
     """
-    fixer = Fixer(model, out_dir, evaluate, config=config, primary=primary, higher_is_better=higher_is_better,
-                  resume=resume, verbose=verbose, **settings)
-    device = next(model.parameters()).device
-    fix_rounds(fixer, lambda r: train_loader, progress=progress, device=device, loss_fn=loss_fn)
+    with Fixer(model, out_dir, evaluate, config=config, primary=primary, higher_is_better=higher_is_better,
+               resume=resume, verbose=verbose, **settings) as fixer:   # the writer lock, released on any exit
+        device = next(model.parameters()).device
+        fix_rounds(fixer, lambda r: train_loader, progress=progress, device=device, loss_fn=loss_fn)
     return fixer.run
 
 
 def _out_dir(config: RunConfig, out_dir, info) -> Path:
-    """A new run's directory: ``out_dir`` or runs/<model>-<dataset>-<timestamp>, rank 0's under torchrun."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(out_dir) if out_dir else Path("runs") / f"{config.model}-{config.dataset}-{stamp}"
-    if info.enabled:   # every rank must use rank 0's path (timestamps differ)
+    """A new run's directory: ``out_dir``, or a new runs/<model>-<dataset>-<time>-<random> created
+    here exclusively (runs started in the same second never share one); rank 0's under torchrun."""
+    if out_dir:
+        out = Path(out_dir)
+    elif info.is_main:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        runs = make_writable_dir("runs")
+        for _ in range(100):
+            out = runs / f"{config.model}-{config.dataset}-{stamp}-{secrets.token_hex(3)}"
+            try:
+                out.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"no new directory name found under {runs.resolve()}; pass --out")
+    else:
+        out = None
+    if info.enabled:   # every rank must use rank 0's path
         import torch.distributed as dist
-        shared = [str(out)]
+        shared = [str(out) if out is not None else None]
         dist.broadcast_object_list(shared, src=0)
         out = Path(shared[0])
     return out
 
 
+def _resume_config(recorded: RunConfig, given: RunConfig | None, out: Path, runtime: dict) -> RunConfig:
+    """The config a resume runs with: the record's, with the fields that do not change the result
+    (``RUNTIME_FIELDS``: device, threads, data_root) from ``runtime`` or ``given``; any other field of
+    ``given`` must equal the record's."""
+    if given is not None:
+        a, b = (json.loads(json.dumps(c.to_dict())) for c in (recorded, given))
+        changed = sorted(k for k in a if k not in RUNTIME_FIELDS and a[k] != b.get(k))
+        if changed:
+            shown = ", ".join(f"{k}={b.get(k)!r} (recorded: {a[k]!r})" for k in changed)
+            raise ValueError(f"resume={out}: {shown} would change the result; a resumed run keeps its recorded "
+                             f"settings (only {', '.join(RUNTIME_FIELDS)} may differ): drop them, or start a new run "
+                             "in another directory")
+        runtime = {**{k: getattr(given, k) for k in RUNTIME_FIELDS}, **runtime}
+    return dataclasses.replace(recorded, **runtime)
+
+
 def run(config: RunConfig | None = None, out_dir=None, *, resume=None, progress: bool = True,
-        verbose: bool = True) -> Run:
+        verbose: bool = True, device: str | None = None, threads: int | None = None,
+        data_root: str | None = None) -> Run:
     """Run (or, with ``resume=DIR``, continue) the whole PWFN pipeline; returns the loaded :class:`Run`.
 
-    ``out_dir`` defaults to ``runs/<model>-<dataset>-<timestamp>``; it must be new or empty. Under
-    ``torchrun`` the work is spread over the processes (see :mod:`pwfn_viz.train.distributed`).
+    ``out_dir`` defaults to a new ``runs/<model>-<dataset>-<time>-<random>``; it must be new or
+    empty, and is created and checked writable before any training. ``device``, ``threads`` and
+    ``data_root`` replace the config's; they are all a resume may change (the record's config is used:
+    ``pwfn_viz.run(resume=DIR, device="cpu")``; a ``config`` given with ``resume`` must otherwise equal
+    the record's). The run holds the directory's writer lock (:mod:`pwfn_viz.record.writer`) from
+    start to end. Under ``torchrun`` the work is spread over the processes (see
+    :mod:`pwfn_viz.train.distributed`).
     """
-    config = config or RunConfig()
+    runtime = {k: v for k, v in (("device", device), ("threads", threads), ("data_root", data_root)) if v is not None}
+    with contextlib.ExitStack() as held:   # the writer lock, released on every way out
+        return _run(held, config, out_dir, resume, progress, verbose, runtime)
+
+
+def _run(held: contextlib.ExitStack, config, out_dir, resume, progress, verbose, runtime) -> Run:
+    main_process = os.environ.get("RANK", "0") == "0"   # rank 0 locks; torch.distributed is not set up yet
     if resume is not None:
-        meta_path = Path(resume) / "run.json"
+        out = Path(resume)
+        if out_dir is not None and Path(out_dir).resolve() != out.resolve():
+            raise ValueError(f"resume={resume} with out_dir={out_dir}: a resumed run continues in its own directory")
+        if main_process and out.is_dir() and ((out / "run.json").exists() or (out / LOCK_NAME).exists()):
+            make_writable_dir(out)
+            held.enter_context(RunLock(out))   # a run still being written: refused, naming its writer
+        meta_path = out / "run.json"
         if not meta_path.exists():
-            raise FileNotFoundError(f"{meta_path} not found: nothing to resume (start with `pwfn-viz run --out {resume}`)")
-        meta = json.loads(meta_path.read_text())
-        config = RunConfig.from_dict(meta["config"])
+            killed = out.is_dir() and is_fresh(out) and any(p.name != LOCK_NAME for p in out.iterdir())
+            how = ("it was stopped before its first record was written; start it again" if killed else "start")
+            raise FileNotFoundError(f"{meta_path} not found: nothing to resume ({how} with `pwfn-viz run --out {resume}`)")
+        meta = read_meta(resume)   # format version and keys checked
+        config = _resume_config(RunConfig.from_dict(meta["config"]), config, out, runtime)
+    else:
+        config = dataclasses.replace(config or RunConfig(), **runtime)
     device = resolve_device(config.device)
     info = distributed.setup(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    out = Path(resume) if resume is not None else _out_dir(config, out_dir, info)
-    if resume is None and out.exists() and any(out.iterdir()):   # before any training (the Fixer checks again)
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or continue it with --resume {out}")
+    if resume is None:
+        out = _out_dir(config, out_dir, info)
+        not_empty = FileExistsError(f"{out} exists and is not empty; choose another --out or continue it with "
+                                    f"--resume {out}")
+        if info.is_main:   # before any training: a file in the way, no permission, another writer
+            if out.is_dir() and not is_fresh(out) and not (out / LOCK_NAME).exists():
+                raise not_empty
+            make_writable_dir(out)
+            held.enter_context(RunLock(out))
+        if not is_fresh(out):   # under the lock (the Fixer checks again)
+            raise not_empty
     if resume is not None and meta.get("status") == "complete":
         if verbose and info.is_main:
             print(f"{out} is already complete ({len(meta['rounds'])} rounds)")
