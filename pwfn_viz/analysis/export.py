@@ -299,11 +299,13 @@ def load_exported(path, model: nn.Module | None = None) -> nn.Module:
     state, meta = read_exported(path)
     if model is None:
         from ..models.factory import create_model
+        from ..models.spec import validate_model_spec
         spec = meta["model_spec"] or {}
         if not spec.get("name"):
             cls = spec.get("class", "YourModel").rsplit(".", 1)[-1]
             raise ValueError(f"{path} holds your own model ({spec.get('class', cls)}), which the export cannot "
                              f"rebuild: pass an unconverted instance, load_exported(path, model={cls}())")
+        validate_model_spec({"num_classes": None, "in_chans": None, **spec}, f"{path} model_spec")
         model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
                              **spec.get("kwargs", {}))
     _check_fits(model, state, path)

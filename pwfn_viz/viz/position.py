@@ -145,11 +145,8 @@ def _attention_of(source, num_heads, model=None):
     from ..analysis import heads
     if isinstance(source, Run):
         if model is None:
-            from ..models.factory import create_model
             source.require("plot_attention_heads", model=model)
-            spec = source.meta["model_spec"]
-            model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
-                                 **spec.get("kwargs", {}))
+            model = source.plain_model_at(None)   # rebuilt from the record's (validated) model spec
         return heads.with_heads(heads.find_heads(model), num_heads)
     if num_heads is None:
         raise ValueError("num_heads is needed when the source is not a Run (a Round or tensors do not know the model)")
