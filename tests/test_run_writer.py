@@ -250,13 +250,14 @@ def test_default_run_names_never_collide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     info = pwfn_viz.train.distributed.current()
     suffixes = iter(["aaaaaa", "aaaaaa", "bbbbbb"])   # a clash of the random part is retried
-    monkeypatch.setattr(loop.secrets, "token_hex", lambda n: next(suffixes))
-    a = loop._out_dir(RunConfig(**TINY), None, info)
-    b = loop._out_dir(RunConfig(**TINY), None, info)
+    with monkeypatch.context() as patched:
+        patched.setattr(loop.secrets, "token_hex", lambda n: next(suffixes))
+        a = loop._out_dir(RunConfig(**TINY), None, info)
+        b = loop._out_dir(RunConfig(**TINY), None, info)
     assert a != b and a.is_dir() and b.is_dir() and b.name.endswith("-bbbbbb")
-    monkeypatch.undo()
     names = {loop._out_dir(RunConfig(**TINY), None, info) for _ in range(20)}   # the same second, 20 names
     assert len(names) == 20
+    assert {p.parent.resolve() for p in names} == {(tmp_path / "runs").resolve()}   # under the test's folder
 
 
 def test_out_checked_before_training(tmp_path, monkeypatch):
