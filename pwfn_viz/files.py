@@ -19,7 +19,7 @@ import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["FileError", "reading", "read_bytes", "sha256_bytes", "sha256_file"]
+__all__ = ["FileError", "reading", "read_bytes", "sha256_bytes"]
 
 
 class FileError(ValueError):
@@ -72,12 +72,3 @@ def read_bytes(path, what: str) -> bytes:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path) -> str:
-    """The hex sha256 of the file's content, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

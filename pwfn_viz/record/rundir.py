@@ -34,14 +34,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 
 from ..core.bayes import bayes_tensors
 from ..core.sigma_learning import COLUMNS as SIGMA_LEARNING_COLUMNS
 from ..core.sigma_learning import layers_learned, sigma_learning_table
 from ..core.sigma_learning import verdict as sigma_verdict
 from ..core.sigma_learning import verdict_line as sigma_verdict_line
-from ..files import FileError, read_bytes, reading, sha256_bytes, sha256_file
+from ..files import FileError, read_bytes, reading, sha256_bytes
 from .schema import FORMAT_VERSION, read_meta  # noqa: F401  (FORMAT_VERSION: the writers import it from here)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -82,17 +82,8 @@ def atomic_write_text(path: Path, text: str) -> str:
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> str:
     """Save ``tensors`` as safetensors at ``path`` atomically; returns the file's sha256 (hex)."""
-    path = Path(path)
-    tmp = _temp_beside(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return digest
+    data = save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    return atomic_write_bytes(path, data)
 
 
 def atomic_append_csv(path: Path, frame: pd.DataFrame) -> str:
