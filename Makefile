@@ -11,7 +11,7 @@ NOTEBOOK_SOURCES := $(wildcard notebooks/*.py)
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -c constraints.txt -e ".[dev,baselines,hf]" && touch $(VENV)/.installed
+	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -c constraints.txt -e ".[dev,baselines,hf,export]" && touch $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(VENV)/bin/pwfn-viz run --preset digits-demo
