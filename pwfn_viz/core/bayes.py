@@ -100,9 +100,21 @@ def _sample_hook(module: nn.Module, args):
     pass's ``FusedNoise`` (its seed) instead of the noise tensor."""
     from .. import kernels
     seeds = None
+    fixed_noise, follows_mu, torch_sampling = getattr(module, "_pwfn_semantics", (False, False, False))
     for i, name in enumerate(module._pwfn_names):
         mu = getattr(module, f"{name}_mu")
         sigma, fixed_value = getattr(module, f"{name}_sigma"), getattr(module, f"{name}_fixed_value")
+        if follows_mu:   # coupled weight decay moves fixed mu: the fixed weight is mu itself
+            fixed_value = mu.detach()
+        if module.training and (fixed_noise or follows_mu or torch_sampling):   # reference semantics: torch only
+            eps = torch.randn_like(mu)
+            scale = sigma.clamp(min=SAMPLING_SIGMA_FLOOR)
+            free_w = mu + scale * eps
+            # fixed weights sampled too, but no task gradient reaches their mu or sigma
+            fixed_w = fixed_value + scale.detach() * eps if fixed_noise else fixed_value
+            module._pwfn_eps[name] = eps.detach()
+            setattr(module, name, torch.where(getattr(module, f"{name}_fixed"), fixed_w, free_w))
+            continue
         if module.training and kernels.fused_sampling_applies(mu, sigma, fixed_value):
             if seeds is None:   # one launch draws the seeds of all the module's tensors
                 seeds = kernels.sampling.draw_seeds(len(module._pwfn_names), mu.device)
@@ -116,8 +128,22 @@ def _sample_hook(module: nn.Module, args):
             module._pwfn_eps[name] = eps.detach()   # the regulariser needs this pass's noise
         else:
             w = mu
-        w = torch.where(getattr(module, f"{name}_fixed"), getattr(module, f"{name}_fixed_value"), w)
+        w = torch.where(getattr(module, f"{name}_fixed"), fixed_value, w)
         setattr(module, name, w)
+
+
+def set_semantics(model: nn.Module, fixed_noise: bool = False, fixed_follows_mu: bool = False,
+                  torch_sampling: bool = False) -> None:
+    """How the converted layers of ``model`` treat fixed weights in training (docs/faithfulness.md):
+    ``fixed_noise`` samples them too (``w = value + sigma * eps``, no task gradient to their mu or
+    sigma), and ``fixed_follows_mu`` makes the fixed value read mu itself, so that an optimiser's
+    own weight decay moves it. All False (the default): a fixed weight is its value exactly.
+    ``torch_sampling`` (implied by either) keeps every pass on the torch path, whose noise covers
+    fixed weights too (``sigma_regulariser(include_fixed=True)`` needs it)."""
+    flags = (bool(fixed_noise), bool(fixed_follows_mu), bool(torch_sampling or fixed_noise or fixed_follows_mu))
+    for m in model.modules():
+        if is_converted(m):
+            m._pwfn_semantics = flags
 
 
 def _detach_hook(module: nn.Module, args, output):
@@ -270,6 +296,8 @@ class BayesTensor:
     @property
     def value(self) -> torch.Tensor:
         """The mean weight the network uses in evaluation (fixed value where fixed)."""
+        if getattr(self.module, "_pwfn_semantics", (False, False, False))[1]:   # fixed weights follow mu
+            return self.mu.detach().clone()
         return torch.where(self.fixed, self.fixed_value, self.mu.detach())
 
     def __repr__(self):
@@ -357,10 +385,14 @@ def _fused_by_device(items) -> dict:
     return groups
 
 
-def sigma_regulariser(model: nn.Module, lam: float = REGULARISER_LAMBDA, cap: float = SIGMA_CAP) -> torch.Tensor:
+def sigma_regulariser(model: nn.Module, lam: float = REGULARISER_LAMBDA, cap: float = SIGMA_CAP, *,
+                      include_fixed: bool = False, include_bias: bool = True) -> torch.Tensor:
     """R = (lam / 2) * sum |eps| * max(0, cap - sigma)^2 over unfixed weights (docs/method.md, section 3),
     with eps the noise of each layer's latest training forward pass. Its gradient on sigma is
     -lam * max(0, cap - sigma) * |eps|: every sigma is pushed up towards ``cap``.
+
+    ``include_fixed`` sums over fixed weights too and ``include_bias=False`` leaves biases out (the
+    authors' code does both; docs/faithfulness.md).
 
     Tensors sampled by the fused kernel (``pwfn_viz.kernels.sampling``) go through
     ``fused_regulariser``: the value from one reduction kernel per tensor, and a gradient that is
@@ -375,10 +407,16 @@ def sigma_regulariser(model: nn.Module, lam: float = REGULARISER_LAMBDA, cap: fl
         if eps is None:
             continue
         found = True
+        if t.attr == "bias" and not include_bias:
+            continue
         if isinstance(eps, kernels.FusedNoise):
+            if include_fixed:
+                raise RuntimeError("include_fixed needs the noise of fixed weights, which the fused sampling kernel "
+                                   "does not keep: call bayes.set_semantics(model, ...) first (it selects the torch path)")
             fused.append((t.sigma, t.fixed, eps))
             continue
-        term = _RegulariserSum.apply(t.sigma, eps, t.fixed, float(cap))
+        mask = torch.zeros_like(t.fixed) if include_fixed else t.fixed
+        term = _RegulariserSum.apply(t.sigma, eps, mask, float(cap))
         total = term if total is None else total + term
     if not found:
         raise RuntimeError("sigma_regulariser needs a training-mode forward pass first "
@@ -387,6 +425,8 @@ def sigma_regulariser(model: nn.Module, lam: float = REGULARISER_LAMBDA, cap: fl
     for items in _fused_by_device(fused).values():
         term = fused_regulariser(*zip(*items), lam, cap)
         out = term if out is None else out + term
+    if out is None:   # every tensor left out (biases only, include_bias=False): a zero with a graph
+        out = sum(t.sigma.sum() * 0.0 for t in bayes_tensors(model))
     return out
 
 
@@ -416,21 +456,24 @@ def masked_weight_decay(model: nn.Module, weight_decay: float) -> torch.Tensor:
 
 
 def param_groups(model: nn.Module, weight_decay: float, sigma_lr: float | None = None,
-                 sigma_param: str = "raw") -> list[dict]:
+                 sigma_param: str = "raw", coupled_decay: bool = False) -> list[dict]:
     """Optimiser groups: converted mu, converted sigma, and everything else (norm layers,
     embeddings, tokens, with ``weight_decay``). Neither mu nor sigma gets the optimiser's decay
     (mu gets ``masked_weight_decay`` instead; sigma is governed by the regulariser).
 
     ``sigma_lr`` gives sigma a learning rate of its own (None: the optimiser's); ``sigma_param``
     ("raw" or "log", see :mod:`pwfn_viz.core.sigma_param`) is the variable the optimiser steps for
-    sigma, read by ``train.loop.optimizer_step``."""
+    sigma, read by ``train.loop.optimizer_step``. ``coupled_decay`` gives mu and sigma the
+    optimiser's decay instead (add no ``masked_weight_decay`` then; docs/faithfulness.md)."""
     from .sigma_param import GROUP_KEY, SIGMA_PARAMS
     SIGMA_PARAMS.get(sigma_param)
     tensors = bayes_tensors(model)
     mus, sigmas = {id(t.mu) for t in tensors}, {id(t.sigma) for t in tensors}
     params = [p for p in model.parameters() if p.requires_grad]
-    sigma_group = {"params": [p for p in params if id(p) in sigmas], "weight_decay": 0.0, GROUP_KEY: sigma_param}
+    # coupled: the optimiser's own decay on mu and sigma of every weight, fixed ones too (the authors' code)
+    bayes_decay = weight_decay if coupled_decay else 0.0
+    sigma_group = {"params": [p for p in params if id(p) in sigmas], "weight_decay": bayes_decay, GROUP_KEY: sigma_param}
     if sigma_lr is not None:
         sigma_group["lr"] = sigma_lr
-    return [{"params": [p for p in params if id(p) in mus], "weight_decay": 0.0}, sigma_group,
+    return [{"params": [p for p in params if id(p) in mus], "weight_decay": bayes_decay}, sigma_group,
             {"params": [p for p in params if id(p) not in mus and id(p) not in sigmas], "weight_decay": weight_decay}]

@@ -49,6 +49,7 @@ class ClusterConfig:
     b: int = ZERO_BAND_EXPONENT           # smallest power of two is 2^-b
     max_powers: int = MAX_POWERS          # centres are sums of up to max_powers powers of two
     delta: float = 1.0                    # starting width of the acceptance band, in sigmas
+    delta_growth: float = 2.0             # the band widens by this factor when a pass runs short
     sigma_floor: float = CLUSTERING_SIGMA_FLOOR
     sigma_join: str = "std_mu"            # new sigma of a snapped weight: a name in SIGMA_JOINS
     sigma_divisor: float = 10.0           # used by sigma_join="divide"
@@ -66,6 +67,10 @@ class ClusterConfig:
                              f"power of two of a centre is 2^-b (paper: b={ZERO_BAND_EXPONENT}, 2^-7)")
         if not 1 <= self.max_powers <= MAX_POWERS:
             raise ValueError(f"max_powers={self.max_powers} must be between 1 and {MAX_POWERS}")
+        if isinstance(self.delta_growth, bool) or not isinstance(self.delta_growth, (int, float)) \
+                or not math.isfinite(self.delta_growth) or self.delta_growth <= 1:
+            raise ValueError(f"delta_growth={self.delta_growth!r} must be a number > 1 (a short round widens its band "
+                             "by this factor; 1 would never widen it)")
         for name in ("delta", "sigma_floor", "sigma_divisor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
@@ -168,20 +173,22 @@ def closest_first(distance: torch.Tensor, abs_mu: torch.Tensor, n_needed: int) -
 
 
 # (e) ------------------------------------------------------------------------ growth of a pass
-def grow(n_powers: int, delta: float, grow_powers_next: bool, max_powers: int) -> tuple[int, float, bool]:
+def grow(n_powers: int, delta: float, grow_powers_next: bool, max_powers: int,
+         growth: float = 2.0) -> tuple[int, float, bool]:
     """Still short after a pass: one more power of two per centre (while below ``max_powers``) and
-    a band twice as wide, in turn. The turns go on at the cap, so delta then doubles every pass."""
+    a band ``growth`` times as wide (twice, by default), in turn. The turns go on at the cap, so
+    delta then grows every pass."""
     if grow_powers_next and n_powers < max_powers:
         n_powers += 1
     else:
-        delta *= 2
+        delta *= growth
     return n_powers, delta, not grow_powers_next
 
 
 def doublings_until_fit(mu64: torch.Tensor, floored_sigma64: torch.Tensor, sorted_centres: torch.Tensor,
-                        delta: float) -> tuple[int, float]:
+                        delta: float, growth: float = 2.0) -> tuple[int, float]:
     """After a pass at ``max_powers`` that fitted nothing, the next passes have the same weights and
-    candidates and only double delta: the number of such passes that would fit nothing too (0 when
+    candidates and only widen delta (by ``growth``): the number of such passes that would fit nothing too (0 when
     a band of width ``delta`` already holds a centre) and the delta after them, so that a round skips them at once instead
     of rebuilding its candidates for each. The same float64 test as ``fit_matrix``, for each
     weight's nearest centre at or above its band's lower end (``sorted_centres``: ascending,
@@ -193,7 +200,7 @@ def doublings_until_fit(mu64: torch.Tensor, floored_sigma64: torch.Tensor, sorte
         first = torch.searchsorted(sorted_centres, lower).clamp_(max=sorted_centres.numel() - 1)
         if bool((sorted_centres[first] >= lower).logical_and_(sorted_centres[first] <= upper).any()):
             return n_skipped, delta
-        delta *= 2
+        delta *= growth
         n_skipped += 1
 
 
@@ -279,12 +286,13 @@ def readable_cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: floa
             centres.append(centre)
             n_assigned += taken.numel()
         if n_assigned < n_target:                                               # (e)
-            n_powers, delta, grow_powers_next = grow(n_powers, delta, grow_powers_next, cfg.max_powers)
+            n_powers, delta, grow_powers_next = grow(n_powers, delta, grow_powers_next, cfg.max_powers,
+                                                     cfg.delta_growth)
             pass_index += 1
             if n_assigned == pass_start and pass_powers == cfg.max_powers:   # same candidates: skip empty passes
                 free = unassigned.nonzero().squeeze(1)
                 n_skipped, delta = doublings_until_fit(mu64[free], floored_sigma[free], torch.sort(candidates).values,
-                                                       delta)
+                                                       delta, cfg.delta_growth)
                 pass_index += n_skipped
                 grow_powers_next ^= bool(n_skipped % 2)
 

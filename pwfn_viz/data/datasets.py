@@ -23,6 +23,7 @@ No user file is unpickled with the full pickle machinery (see ``_NumpyOnlyUnpick
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..files import reading
 from ..registry import Registry
@@ -174,10 +175,48 @@ def create_dataset(name: str = "digits", root: str | Path | None = None, image_s
     return build(root=root, image_size=image_size, in_chans=in_chans, seed=seed, **kwargs)
 
 
-def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """A ``DataLoader`` whose shuffling order depends only on ``seed`` (single process)."""
+def in_memory(dataset: Dataset) -> bool:
+    """True for data already held as tensors (digits, mnist, cifar, synthetic; subsets of them):
+    loader worker processes cost more there than they save."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return isinstance(dataset, TensorImageDataset)
+
+
+def auto_workers(dataset: Dataset, processes_per_node: int = 1, cap: int = 8) -> int:
+    """Loader workers for ``dataset``: 0 for in-memory data, else this process's share of the CPUs
+    it may use (``processes_per_node`` training processes share them), at most ``cap``."""
+    if in_memory(dataset):
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cap, cpus // max(1, processes_per_node) - 1))
+
+
+def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0, *,
+                num_workers: int = 0, pin_memory: bool = False, sampler=None) -> DataLoader:
+    """A ``DataLoader`` whose order depends only on ``seed`` (or on ``sampler``), with
+    ``num_workers`` worker processes kept alive across its epochs and, for a GPU, pinned memory.
+    Augmentation in workers is seeded from the same generator, so a run is repeatable."""
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)
+    workers = dict(num_workers=num_workers, persistent_workers=True, prefetch_factor=4) if num_workers else {}
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+                      generator=gen, pin_memory=pin_memory, **workers)
+
+
+def train_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """A fixed random ``fraction`` of ``dataset`` (the same one for a given seed); all of it at 1.
+
+    >>> len(train_subset(TensorImageDataset(torch.zeros(10, 1, 2, 2), torch.zeros(10, dtype=torch.long)), 0.9))
+    9
+    """
+    if fraction >= 1:
+        return dataset
+    n = len(dataset)
+    keep = int(n * fraction)
+    if keep < 1:
+        raise ValueError(f"train_split={fraction} of {n} training samples keeps none; raise it")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, sorted(order[:keep].tolist()))
 
 
 def _check_chans(name: str, native: int, in_chans: int | None) -> int:
@@ -390,65 +429,6 @@ def _cifar100(root=None, image_size=None, in_chans=None, seed=0) -> DataBundle:
 # ----------------------------------------------------------------------------- imagefolder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def _check_split(folder: Path) -> list[str]:
-    """Class folders holding at least one image; a clear error when there are none."""
-    classes = sorted(d.name for d in folder.iterdir()
-                     if d.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))
-    if not classes:
-        raise ValueError(f"{folder} holds no class folder with images: imagefolder wants "
-                         f"{folder}/<class>/<image>{'|'.join(IMAGE_SUFFIXES)}")
-    return classes
-
-
-class _Grey(torch.nn.Module):
-    """3 -> 1 channel (mean of the normalised channels), for in_chans=1 models."""
-
-    def forward(self, x):
-        return x.mean(0, keepdim=True)
-
-
-@register_dataset("imagefolder")
-def _imagefolder(root=None, image_size=None, in_chans=None, seed=0, model_name: str | None = None) -> DataBundle:
-    """``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` through timm's data pipeline.
-
-    ``timm.data.create_dataset`` reads the folders; ``resolve_data_config`` takes mean, std,
-    interpolation and crop from ``model_name``'s pretrained config (ImageNet defaults otherwise)
-    and ``create_transform`` builds the training (augmented) and evaluation transforms.
-    ``in_chans=1`` averages the normalised channels.
-    """
-    import timm.data
-    import timm.models
-
-    root = _need_root("imagefolder", root, "train/<class>/ and val/<class>/")
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise _missing(root / split, "imagefolder wants root/train/<class>/<image> and root/val/<class>/<image>")
-    classes = _check_split(root / "train")
-    if _check_split(root / "val") != classes:
-        raise ValueError(f"train classes {classes} differ from val classes {_check_split(root / 'val')} under {root}")
-    chans = 3 if in_chans is None else in_chans
-    if chans not in (1, 3):
-        raise ValueError(f"imagefolder supports in_chans 1 or 3, got {in_chans}")
-    size = image_size or 224
-    pretrained = timm.models.get_pretrained_cfg(model_name) if model_name else None
-    cfg = timm.data.resolve_data_config({"input_size": (3, size, size)},
-                                        pretrained_cfg=pretrained.to_dict() if pretrained else None)
-    grey = [_Grey()] if chans == 1 else []
-    from torchvision import transforms
-
-    def tf(training):
-        return transforms.Compose([timm.data.create_transform(**cfg, is_training=training), *grey])
-
-    class_map = {c: i for i, c in enumerate(classes)}
-    train = timm.data.create_dataset("", root=str(root / "train"), class_map=class_map, is_training=True,
-                                     transform=tf(True))
-    test = timm.data.create_dataset("", root=str(root / "val"), class_map=class_map, transform=tf(False))
-    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-    if chans == 1:
-        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    return DataBundle("imagefolder", train, test, len(classes), chans, size, tuple(classes), mean, std)
 
 
 # ----------------------------------------------------------------------------- synthetic

@@ -57,11 +57,31 @@ def list_models(pattern: str = "*", include_timm: bool | None = None) -> list[st
     return own + [n for n in timm.list_models(pattern) if n not in _MODELS]
 
 
+def timm_name(name: str, pretrained_tag: str | None) -> str:
+    """``name.tag`` when a pretrained tag is given and timm knows it (a clear error listing the
+    model's tags when not), else ``name``.
+
+    >>> timm_name("resnet18", "tv_in1k")
+    'resnet18.tv_in1k'
+    """
+    if pretrained_tag is None:
+        return name
+    import timm
+
+    full = f"{name}.{pretrained_tag}"
+    if name in _MODELS or full not in timm.list_pretrained(f"{name}.*"):
+        tags = sorted(n.split(".", 1)[1] for n in timm.list_pretrained(f"{name}.*")) if name not in _MODELS else []
+        raise ValueError(f"pretrained tag {pretrained_tag!r} is not one of {name}'s in timm "
+                         f"{timm.__version__}: {', '.join(tags) or 'it has none'}")
+    return full
+
+
 def create_model(name: str, num_classes: int = 10, in_chans: int = 1, pretrained: bool = False,
-                 checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
-    """Build model ``name`` (own or timm) and optionally load ``checkpoint`` (strict)."""
+                 checkpoint: str | Path | None = None, pretrained_tag: str | None = None, **kwargs) -> nn.Module:
+    """Build model ``name`` (own or timm) and optionally load ``checkpoint`` (strict).
+    ``pretrained_tag`` picks timm's pretrained weights by tag (``resnet18`` + ``tv_in1k``)."""
     if name in _MODELS:
-        if pretrained:
+        if pretrained or pretrained_tag:
             raise ValueError(f"{name!r} has no pretrained weights; train it or pass checkpoint=<file>")
         model = _MODELS.get(name)(num_classes=num_classes, in_chans=in_chans, **kwargs)
     else:
@@ -69,7 +89,7 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 1, pretrained
 
         if not timm.is_model(name):   # the registry's error, with close timm names among the guesses
             raise _MODELS.unknown(name, also=timm.list_models(), n=5)
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+        model = timm.create_model(timm_name(name, pretrained_tag), pretrained=pretrained, num_classes=num_classes,
                                   in_chans=in_chans, **kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

@@ -76,6 +76,8 @@ RUN_KEYS = (
     Key("created", "a date", lambda v: isinstance(v, str), required=False),
     Key("n_params", "an integer", _int, required=False),
     Key("n_converted", "an integer", _int, required=False),
+    Key("warmup", "an object of name -> number (the Bayesian warm-up before round 0)", _mapping_of(_number),
+        required=False),
 )
 
 ROUND_KEYS = (

@@ -85,7 +85,8 @@ def verify_run(run_dir) -> Verdict:
                      "present, readable and finite only")
         sums = {}
     shapes = meta["tensors"]
-    files = ["start.safetensors", *(round_file(m["round"]) for m in rounds)]
+    files = ["start.safetensors", *(["warmup.safetensors"] if "warmup" in meta else []),
+             *(round_file(m["round"]) for m in rounds)]
     tables = ["steps.csv", "layers.csv"] if rounds or any(t in sums for t in ("steps.csv", "layers.csv")) else []
     # a round written when the run stopped, not committed: its tensor file comes first, then its rows
     interrupted = (path / round_file(len(rounds))).exists()
@@ -95,7 +96,7 @@ def verify_run(run_dir) -> Verdict:
             continue
         if sums and name not in sums:
             notes.append(f"{name}: no checksum recorded")
-        _tensor_file(path / name, sums.get(name), shapes, name != "start.safetensors", problems)
+        _tensor_file(path / name, sums.get(name), shapes, name not in ("start.safetensors", "warmup.safetensors"), problems)
     committed = {m["round"] for m in rounds}
     for name in tables:
         if not (path / name).is_file():

@@ -17,7 +17,8 @@ from ..registry import Registry
 
 # Every float field of RunConfig: refused when NaN or infinite (``--epochs nan`` would otherwise mean 0).
 _FLOAT_FIELDS = ("pretrain_epochs", "pretrain_lr", "first_round_epochs", "epochs_per_round", "lr", "momentum",
-                 "weight_decay", "grad_clip", "sigma_init_value", "reg_lambda", "reg_cap", "sigma_lr_mult", "wfn_delta")
+                 "weight_decay", "grad_clip", "sigma_init_value", "reg_lambda", "reg_cap", "sigma_lr_mult", "wfn_delta",
+                 "warmup_epochs")
 
 PAPER_FRACTIONS = (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 1.0)
 
@@ -29,6 +30,37 @@ METHODS = Registry("method")
 OPTIMIZERS = Registry("optimizer")
 OPTIMIZERS.register("sgd", torch.optim.SGD)
 OPTIMIZERS.register("adam", torch.optim.Adam)
+
+# Training semantics by profile (docs/faithfulness.md). "corrected", the default, is the method as
+# the paper describes it, with the authors' code's slips corrected; "reference" reproduces the
+# authors' released training code point by point. Each entry is also a RunConfig field of its own
+# (None there: the profile's value), so one point can be switched without the others.
+PROFILES = Registry("profile")
+PROFILES.register("corrected", dict(
+    fixed_noise=False,        # fixed weights use their value exactly (no noise, no gradient)
+    fixed_sigma_reg=False,    # the sigma regulariser acts on free weights only
+    bias_sigma_reg=True,      # ... of weights and biases
+    decay="masked",           # weight decay: a loss term on free mu (clipped with the loss); none on sigma
+    data_transforms="timm",   # imagefolder: timm's training augmentation and its pretrained eval crop
+    train_split=1.0,          # the fraction of the training set trained on
+    delta_start=None,         # the band's starting width per round: cluster.delta in every round
+    delta_end=None,
+    delta_growth=2.0,         # the band's growth when a pass runs short
+))
+PROFILES.register("reference", dict(
+    fixed_noise=True,         # fixed weights are still sampled: w = value + sigma * eps (no task gradient)
+    fixed_sigma_reg=True,     # the regulariser also pushes fixed weights' sigma up
+    bias_sigma_reg=False,     # ... and never acts on biases' sigma (their code regularises weight_sigma only)
+    decay="coupled",          # SGD's own weight decay on every parameter, after clipping (fixed ones too)
+    data_transforms="reference",   # squash to 256, random 224 crop + flip; eval squash 256 + centre 224
+    train_split=0.9,          # 90 % of the training set
+    delta_start=1.0,          # their command line's defaults: delta from 1 in round 0 to 0.5 in the last
+    delta_end=0.5,
+    delta_growth=2.0,         # their default growth factor 1 can loop for ever; 2 is the corrected method's
+))
+SEMANTIC_FIELDS = tuple(PROFILES.get("corrected"))
+DECAY_MODES = ("masked", "coupled")
+DATA_TRANSFORMS = ("timm", "reference")
 
 
 def _valid_device(device: str) -> bool:
@@ -83,6 +115,22 @@ class RunConfig:
     compile: bool = False                    # torch.compile the training forward
     compile_backend: str = "inductor"
     preset: str | None = None                # the paper preset this config came from (see presets.py)
+    pretrained_tag: str | None = None        # timm pretrained tag, e.g. "tv_in1k" (None: timm's default)
+    warmup_epochs: float = 0                 # Bayesian training of mu and sigma before round 0, recorded
+    warmup_steps: int | None = None          # the same in optimiser steps (replaces warmup_epochs)
+    num_workers: int | None = None           # DataLoader workers; None: from the CPU count for file data
+    # Training semantics: "corrected" (default) or "reference" (the authors' code); see PROFILES.
+    # The fields after it override single points of the profile (None: as the profile says).
+    profile: str = "corrected"
+    fixed_noise: bool | None = None
+    fixed_sigma_reg: bool | None = None
+    bias_sigma_reg: bool | None = None
+    decay: str | None = None
+    data_transforms: str | None = None
+    train_split: float | None = None
+    delta_start: float | None = None
+    delta_end: float | None = None
+    delta_growth: float | None = None
 
     def __post_init__(self):
         if isinstance(self.cluster, dict):
@@ -120,6 +168,74 @@ class RunConfig:
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp={self.amp!r}: use None, 'bf16' or 'fp16'")
         OPTIMIZERS.get(self.optimizer)
+        PROFILES.get(self.profile)
+        self._check_semantics()
+        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool)
+                                              or self.warmup_steps < 0):
+            raise ValueError(f"warmup_steps={self.warmup_steps!r} must be a whole number >= 0 (or None)")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs!r} must be >= 0")
+        if self.num_workers is not None and (not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool)
+                                             or self.num_workers < 0):
+            raise ValueError(f"num_workers={self.num_workers!r} must be a whole number >= 0 (or None: automatic)")
+        if self.pretrained_tag is not None and (not isinstance(self.pretrained_tag, str) or not self.pretrained_tag
+                                                or "." in self.pretrained_tag):
+            raise ValueError(f"pretrained_tag={self.pretrained_tag!r}: give timm's tag alone, e.g. 'tv_in1k' "
+                             "(the model name goes in model)")
+
+    def _check_semantics(self) -> None:
+        s = self.semantics()
+        for name in ("fixed_noise", "fixed_sigma_reg", "bias_sigma_reg"):
+            if not isinstance(s[name], bool):
+                raise ValueError(f"{name}={s[name]!r} must be True or False (or None: the profile's)")
+        if s["decay"] not in DECAY_MODES:
+            raise ValueError(f"decay={s['decay']!r}: use one of {DECAY_MODES} (or None: the profile's)")
+        if s["data_transforms"] not in DATA_TRANSFORMS:
+            raise ValueError(f"data_transforms={s['data_transforms']!r}: use one of {DATA_TRANSFORMS}")
+        split = s["train_split"]
+        if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0 < split <= 1:
+            raise ValueError(f"train_split={split!r} must be a fraction in (0, 1]")
+        for name in ("delta_start", "delta_end"):
+            v = s[name]
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
+                raise ValueError(f"{name}={v!r} must be a positive number (or None)")
+        if (s["delta_start"] is None) != (s["delta_end"] is None):
+            raise ValueError("delta_start and delta_end go together (the band's width in round 0 and in the last "
+                             "round, linear in between); give both or neither")
+        g = s["delta_growth"]
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 1:
+            raise ValueError(f"delta_growth={g!r} must be a number > 1: a round still short after a pass widens "
+                             "its band by this factor (1 would never widen it and could loop for ever)")
+        if s["decay"] == "coupled" and self.sigma_param != "raw":
+            raise ValueError(f"decay='coupled' with sigma_param={self.sigma_param!r}: the optimiser's decay would "
+                             "shrink log sigma, not sigma; use sigma_param='raw' with coupled decay")
+
+    def semantics(self) -> dict:
+        """The training semantics this config runs with: the profile's values (:data:`PROFILES`)
+        with this config's own settings of single points over them.
+
+        >>> RunConfig(profile="reference", decay="masked").semantics()["decay"]
+        'masked'
+        """
+        chosen = dict(PROFILES.get(self.profile))
+        chosen.update({k: getattr(self, k) for k in SEMANTIC_FIELDS if getattr(self, k) is not None})
+        return chosen
+
+    def delta_for_round(self, round_index: int) -> float:
+        """The band's starting width in round ``round_index``: linear from ``delta_start`` to
+        ``delta_end`` over the schedule when set, else ``cluster.delta``."""
+        s = self.semantics()
+        if s["delta_start"] is None:
+            return self.cluster.delta
+        n = len(self.fractions)
+        t = round_index / (n - 1) if n > 1 else 0.0
+        return float(s["delta_start"] + t * (s["delta_end"] - s["delta_start"]))
+
+    def warmup_budget(self, steps_per_epoch: int) -> int:
+        """Optimiser steps of the Bayesian warm-up before round 0 (0: none)."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return max(1, round(self.warmup_epochs * steps_per_epoch)) if self.warmup_epochs > 0 else 0
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "RunConfig":
@@ -164,7 +280,11 @@ class RunConfig:
 
 @METHODS.register("pwfn")
 def _pwfn_round(mu, sigma, fixed, fraction, r, config):
-    return cluster_round(mu, sigma, fraction, config=config.cluster, round_index=r)
+    cluster = config.cluster
+    delta, growth = config.delta_for_round(r), config.semantics()["delta_growth"]
+    if (delta, growth) != (cluster.delta, cluster.delta_growth):
+        cluster = dataclasses.replace(cluster, delta=delta, delta_growth=growth)
+    return cluster_round(mu, sigma, fraction, config=cluster, round_index=r)
 
 
 @METHODS.register("wfn")

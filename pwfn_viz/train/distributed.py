@@ -60,13 +60,16 @@ def current() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def train_loader(dataset, batch_size: int, seed: int, info: DistInfo) -> DataLoader:
-    """Shuffled training batches; under DDP each rank sees its own 1/N of every epoch."""
+def train_loader(dataset, batch_size: int, seed: int, info: DistInfo, *, num_workers: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
+    """Shuffled training batches; under DDP each rank sees its own 1/N of every epoch. Worker
+    processes and pinned memory as :func:`pwfn_viz.data.datasets.make_loader`."""
+    from ..data.datasets import make_loader
     if not info.enabled:
-        from ..data.datasets import make_loader
-        return make_loader(dataset, batch_size, shuffle=True, seed=seed)
+        return make_loader(dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers, pin_memory=pin_memory)
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
-    return DataLoader(dataset, batch_size=max(1, batch_size // info.world_size), sampler=sampler, num_workers=0)
+    return make_loader(dataset, max(1, batch_size // info.world_size), seed=seed, sampler=sampler,
+                       num_workers=num_workers, pin_memory=pin_memory)
 
 
 def eval_shard(dataset, info: DistInfo):

@@ -52,6 +52,7 @@ from ..record.schema import read_meta
 from ..record import strict_json
 from ..record.writer import LOCK_NAME, RunLock, clear_leftovers, is_fresh, make_writable_dir
 from . import distributed
+from . import semantics as training_semantics
 from .config import METHODS, OPTIMIZERS, RunConfig
 
 # Metric names whose lower values are better (any other name is taken as higher-is-better only
@@ -166,6 +167,8 @@ class Fixer:
                  f"resuming {self.out} after round {self.meta['rounds'][-1]['round'] if self.meta['rounds'] else '(none)'}")
         if note:
             self.log(note)
+        if self._new and training_semantics.describe(self.config):
+            self.log(training_semantics.describe(self.config))
         self._seed_round()
 
     def close(self) -> None:
@@ -213,6 +216,7 @@ class Fixer:
         n_params = sum(p.numel() for p in model.parameters())
         bayes.convert(model, config.sigma_init, **({"value": config.sigma_init_value}
                                                    if config.sigma_init == "constant" else {}))
+        training_semantics.prepare(model, config.semantics())
         tensors = bayes.bayes_tensors(model)
         self.initial_sigma = {t.name: t.sigma.detach().clone() for t in tensors}
         device = next(model.parameters()).device
@@ -252,9 +256,10 @@ class Fixer:
         if not any(bayes.is_converted(m) for m in self.model.modules()):
             bayes.convert(self.model, "constant", value=0.0)
         check_tensors(self.model, meta["tensors"], f"{out} belongs to another model")
+        training_semantics.prepare(self.model, self.config.semantics())
         done = meta["rounds"]
         sums = meta.get("checksums", {})
-        last = round_file(done[-1]["round"]) if done else "start.safetensors"
+        last = round_file(done[-1]["round"]) if done else ("warmup.safetensors" if "warmup" in meta else "start.safetensors")
         snapshot = load_tensors(out / last, sums.get(last), meta["tensors"], pre=bool(done))
         self.model.load_state_dict(state_dict_from_snapshot(snapshot))
         start = load_tensors(out / "start.safetensors", sums.get("start.safetensors"), meta["tensors"])
@@ -301,14 +306,16 @@ class Fixer:
             raise ValueError("loss_terms() needs a forward pass in training mode first: model.train(); "
                              "out = model(x); loss = task_loss + fixer.loss_terms()")
         c = self.config
-        return bayes.sigma_regulariser(self.model, c.reg_lambda, c.reg_cap) + bayes.masked_weight_decay(self.model, c.weight_decay)
+        return training_semantics.loss_terms(self.model, c.semantics(), reg_lambda=c.reg_lambda, reg_cap=c.reg_cap,
+                                             weight_decay=c.weight_decay)
 
     def param_groups(self, lr: float | None = None) -> list[dict]:
         """Optimiser groups (mu, sigma at ``lr * sigma_lr_mult``, the rest with weight decay):
         ``torch.optim.SGD(fixer.param_groups(lr=1e-3), lr=1e-3, momentum=0.9)``."""
         c = self.config
-        return bayes.param_groups(self.model, c.weight_decay, sigma_lr=None if lr is None else lr * c.sigma_lr_mult,
-                                  sigma_param=c.sigma_param)
+        return training_semantics.param_groups(self.model, c.semantics(), weight_decay=c.weight_decay,
+                                               sigma_lr=None if lr is None else lr * c.sigma_lr_mult,
+                                               sigma_param=c.sigma_param)
 
     def optimizer(self, lr: float | None = None) -> torch.optim.Optimizer:
         """A fresh optimiser of the config's kind (``optimizer``, ``lr``, ``momentum``) over
@@ -317,6 +324,26 @@ class Fixer:
         lr = c.lr if lr is None else lr
         extra = {"momentum": c.momentum} if c.optimizer == "sgd" else {}
         return OPTIMIZERS[c.optimizer](self.param_groups(lr), lr=lr, weight_decay=0.0, **extra)
+
+    def record_warmup(self, **record) -> dict:
+        """Record the Bayesian warm-up (training of mu and sigma before round 0) like a round: its
+        metrics, its state (``warmup.safetensors``, where a resume starts) and ``record``'s numbers
+        (e.g. ``steps=``, ``train_loss=``) under run.json's "warmup"."""
+        if self.round or "warmup" in self.meta:
+            raise ValueError("the warm-up comes before round 0, once: this run has already "
+                             + ("fixed a round" if self.round else "recorded its warm-up"))
+        metrics = {**self._measure(expected=self.meta["baseline"]), **{k: _as_number(v, k) for k, v in record.items()},
+                   "seconds": round(time.time() - self._t0, 3)}
+        if self.info.is_main:
+            self.meta["checksums"]["warmup.safetensors"] = atomic_save_tensors(self.out / "warmup.safetensors",
+                                                                               snapshot_tensors(self.model))
+        self.meta["warmup"] = metrics
+        if self.info.is_main:
+            atomic_write_text(self.out / "run.json", strict_json.dumps(self.meta, indent=1))
+        shown = ", ".join(f"{metric_label(k)} {_number(v)}" for k, v in metrics.items() if k != "seconds")
+        self.log(f"warm-up: {shown}")
+        self._seed_round()
+        return metrics
 
     # ------------------------------------------------------------------ one round
     def fix(self, fraction: float | None = None, *, allow_untrained: bool = False, **record) -> dict:
@@ -420,9 +447,9 @@ class Fixer:
         self.log(f"done: {metric_label(p)} {_number(meta['baseline'][p])} unquantised -> {_number(final[f'{p}_after'])} "
                  f"with {final['unique']} unique values ({final['entropy_nonzero']:.2f} bits w/o 0); record in {self.out}")
         if self.config.preset:
-            from .presets import PUBLISHED
-            for line in PUBLISHED.get(self.config.preset, []):
-                self.log(f"published ({self.config.preset}): {line}")
+            from .presets import published_lines
+            for line in published_lines(self.config.preset):
+                self.log(line)
         told = verdict(meta["rounds"])
         if told is not None:
             self.log(("" if told["learned"] else "WARNING: ") + verdict_line(told))

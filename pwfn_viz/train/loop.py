@@ -39,12 +39,13 @@ from ..core import bayes
 from ..core.device import resolve_device
 from ..core.metrics import evaluate
 from ..core.sigma_param import stepping_variable, to_step_gradients
-from ..data.datasets import create_dataset, make_loader
-from ..models.factory import create_model, load_checkpoint
+from ..data.datasets import auto_workers, create_dataset, make_loader, train_subset
+from ..models.factory import create_model, load_checkpoint, timm_name
 from ..record.rundir import Run, load_run
 from ..record.writer import LOCK_NAME, RunLock, is_fresh, make_writable_dir
 from ..record.schema import read_meta
 from . import distributed
+from . import semantics as training_semantics
 from .config import OPTIMIZERS, RunConfig
 from .fixer import RUNTIME_FIELDS, Fixer
 
@@ -54,20 +55,22 @@ def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum:
                 reg_cap: float = bayes.REG_CAP, progress: bool = True, desc: str = "train",
                 forward: nn.Module | None = None, autocast=None, scaler=None, channels_last: bool = False,
                 steps: int | None = None, sigma_lr_mult: float = 1.0, sigma_param: str = "raw",
-                loss_fn: Callable | None = None) -> float:
+                loss_fn: Callable | None = None, semantics: dict | None = None) -> float:
     """SGD (or Adam) for ``epochs`` (fractions allowed, at least one step), or exactly ``steps``
     optimiser steps when given, with a fresh optimiser, over ``(x, y)`` batches; returns the mean
     task loss ``loss_fn(output, y)`` (default: cross-entropy of the float logits). Bayesian models
     add the sigma regulariser and the decay that spares fixed weights, and step sigma at
     ``lr * sigma_lr_mult`` in the ``sigma_param`` parameterisation (:mod:`pwfn_viz.core.sigma_param`).
     ``forward`` is the module to call (a DDP or compiled wrapper of ``model``); ``autocast``/``scaler``
-    enable mixed precision."""
+    enable mixed precision. ``semantics`` (``RunConfig.semantics()``; None: the corrected profile's)
+    decide which weights the regulariser and the decay act on (:mod:`pwfn_viz.train.semantics`)."""
     n_steps = steps if steps is not None else (max(1, round(epochs * len(loader))) if epochs > 0 else 0)
     if n_steps == 0:
         return math.nan
     forward = forward or model
-    groups = bayes.param_groups(model, weight_decay, sigma_lr=lr * sigma_lr_mult, sigma_param=sigma_param) \
-        if bayesian else model.parameters()
+    semantics = semantics or RunConfig().semantics()
+    groups = training_semantics.param_groups(model, semantics, weight_decay=weight_decay, sigma_lr=lr * sigma_lr_mult,
+                                             sigma_param=sigma_param) if bayesian else model.parameters()
     extra = {"momentum": momentum} if optimizer == "sgd" else {}
     opt = OPTIMIZERS[optimizer](groups, lr=lr, weight_decay=0.0 if bayesian else weight_decay, **extra)
     model.train()
@@ -85,8 +88,8 @@ def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum:
                 loss = nn.functional.cross_entropy(forward(x).float(), y) if loss_fn is None else loss_fn(forward(x), y)
             total = total + loss.detach().double()   # on the device: no host sync per step
             if bayesian:
-                loss = loss + bayes.sigma_regulariser(model, reg_lambda, reg_cap) \
-                    + bayes.masked_weight_decay(model, weight_decay)
+                loss = loss + training_semantics.loss_terms(model, semantics, reg_lambda=reg_lambda, reg_cap=reg_cap,
+                                                            weight_decay=weight_decay)
             optimizer_step(model, opt, loss, scaler=scaler, grad_clip=grad_clip)
             done += 1
             bar.update()
@@ -142,10 +145,23 @@ def fix_rounds(fixer: Fixer, loader_for_round: Callable[[int], object], *, progr
         train_loss = train_steps(fixer.model, loader, 0, steps=budget, bayesian=True, optimizer=c.optimizer,
                                  lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,
                                  reg_lambda=c.reg_lambda, reg_cap=c.reg_cap, sigma_lr_mult=c.sigma_lr_mult,
-                                 sigma_param=c.sigma_param, progress=progress, desc=f"round {r} train", **train_kw)
+                                 sigma_param=c.sigma_param, semantics=c.semantics(), progress=progress,
+                                 desc=f"round {r} train", **train_kw)
         fixer.fix(fraction, allow_untrained=budget == 0, train_loss=train_loss)
         bar.update()
     bar.close()
+
+
+def warm_up(fixer: Fixer, loader, *, progress: bool = True, **train_kw) -> None:
+    """The optional Bayesian warm-up: ``RunConfig.warmup_budget`` steps of training mu and sigma
+    (the round settings) after conversion and before round 0, recorded by ``fixer.record_warmup``."""
+    c = fixer.config
+    steps = c.warmup_budget(len(loader))
+    loss = train_steps(fixer.model, loader, 0, steps=steps, bayesian=True, optimizer=c.optimizer, lr=c.lr,
+                       momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip, reg_lambda=c.reg_lambda,
+                       reg_cap=c.reg_cap, sigma_lr_mult=c.sigma_lr_mult, sigma_param=c.sigma_param,
+                       semantics=c.semantics(), progress=progress, desc="warm-up", **train_kw)
+    fixer.record_warmup(steps=steps, train_loss=loss)
 
 
 def fix_in_rounds(model: nn.Module, train_loader, loss_fn: Callable, evaluate: Callable[[nn.Module], dict], out_dir,
@@ -271,20 +287,28 @@ def _run(held: contextlib.ExitStack, config, out_dir, resume, progress, verbose,
     main = info.is_main
     torch.manual_seed(config.seed)
 
+    semantics = config.semantics()
     # ImageFolder data takes mean/std/crop from the model's pretrained config (timm's data pipeline)
-    by_model = {"model_name": config.model} if config.dataset == "imagefolder" else {}
+    by_model = ({"model_name": timm_name(config.model, config.pretrained_tag),
+                 "transforms": semantics["data_transforms"]} if config.dataset == "imagefolder" else {})
     data = create_dataset(config.dataset, root=config.data_root, image_size=config.image_size,
                           in_chans=config.in_chans, seed=config.seed, **by_model)
+    data.train = train_subset(data.train, semantics["train_split"], seed=config.seed)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    loading = dict(num_workers=auto_workers(data.train, per_node) if config.num_workers is None else config.num_workers,
+                   pin_memory=device.type == "cuda")
     spec = {"name": config.model, "num_classes": data.num_classes, "in_chans": data.in_chans,
             "kwargs": dict(config.model_kwargs)}
     if config.model in ("digits_mlp",) and "image_size" not in spec["kwargs"]:
         spec["kwargs"]["image_size"] = data.image_size
     model = create_model(spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
-                         pretrained=config.pretrained if resume is None else False, **spec["kwargs"])
+                         pretrained=config.pretrained if resume is None else False,
+                         pretrained_tag=config.pretrained_tag if resume is None and config.pretrained else None,
+                         **spec["kwargs"])
     if device.type == "cpu":  # small models: thread start-up costs more than it saves
         small = sum(p.numel() for p in model.parameters()) < 1_000_000
         torch.set_num_threads(config.threads or (1 if small else torch.get_num_threads()))
-    test_loader = make_loader(distributed.eval_shard(data.test, info), batch_size=max(256, config.batch_size))
+    test_loader = make_loader(distributed.eval_shard(data.test, info), batch_size=max(256, config.batch_size), **loading)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else None
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
@@ -306,13 +330,16 @@ def _run(held: contextlib.ExitStack, config, out_dir, resume, progress, verbose,
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     if resume is None and config.pretrain_epochs > 0:   # deterministic training before conversion
-        loader = distributed.train_loader(data.train, config.batch_size, config.seed, info)
+        loader = distributed.train_loader(data.train, config.batch_size, config.seed, info, **loading)
         train_steps(model, loader, config.pretrain_epochs, bayesian=False, forward=wrapped(), lr=config.pretrain_lr,
                     momentum=config.momentum, weight_decay=config.weight_decay, grad_clip=config.grad_clip,
                     progress=progress and main, desc="pre-train", **train_kw)
     # a new run: baseline, convert, record the start; a resumed one: the last completed round's state
     fixer = Fixer(model, out, evaluate_now, config=config, model_spec=spec, resume=resume is not None, verbose=verbose)
-    fix_rounds(fixer, lambda r: distributed.train_loader(data.train, config.batch_size, config.seed * 1_000_003 + r, info),
-               progress=progress and main, forward=wrapped(), **train_kw)
+    round_loader = lambda r: distributed.train_loader(data.train, config.batch_size,  # noqa: E731
+                                                      config.seed * 1_000_003 + r, info, **loading)
+    if fixer.round == 0 and "warmup" not in fixer.meta and (config.warmup_epochs > 0 or config.warmup_steps):
+        warm_up(fixer, round_loader(-1), progress=progress and main, forward=wrapped(), **train_kw)
+    fix_rounds(fixer, round_loader, progress=progress and main, forward=wrapped(), **train_kw)
     distributed.cleanup(info)
     return load_run(out)
