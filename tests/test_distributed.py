@@ -100,5 +100,5 @@ def test_presets_follow_the_paper_and_print_published_numbers(tmp_path, capsys):
                                 fractions=(0.5, 1.0), threads=1)
     run = pwfn_viz.run(cfg, tmp_path / "preset", progress=False, verbose=True)
     assert run.complete
-    assert "published (resnet18-imagenet): WFN delta 0.0075: 193 unique" in capsys.readouterr().err + \
+    assert "published by WFN, Subia-Waud & Dasmahapatra, ECCV 2022 (value-only predecessor): delta 0.0075: 193 unique" in capsys.readouterr().err + \
         (tmp_path / "preset" / "log.txt").read_text()

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import pwfn_viz
 from pwfn_viz import RunConfig
-from pwfn_viz.cli import _config, build_parser
+from pwfn_viz.cli import run_config
 from pwfn_viz.constants import REGULARISER_LAMBDA, SIGMA_CAP
 from pwfn_viz.core import bayes
 from pwfn_viz.core.clustering import ClusterConfig
@@ -273,6 +273,14 @@ def test_loaders_use_workers_for_file_data_and_none_for_tensors(tmp_path):
     assert len(part) == int(len(digits.train) * 0.9) and train_subset(digits.train, 1.0) is digits.train
 
 
+def test_cli_runs_the_reference_profile_and_records_it(tmp_path):
+    from pwfn_viz.cli import main
+    assert main(["run", "--profile", "reference", "--pretrain-epochs", "0.2", "--first-steps", "2", "--steps", "2",
+                 "--fractions", "0.5,1.0", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    recorded = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
+    assert recorded["profile"] == "reference" and RunConfig.from_dict(recorded).semantics()["decay"] == "coupled"
+
+
 @pytest.mark.slow
 def test_reference_profile_run_with_warmup_records_and_resumes(tmp_path):
     config = RunConfig(profile="reference", pretrain_epochs=1, first_round_steps=3, steps_per_round=3,
@@ -302,8 +310,7 @@ def test_reference_profile_run_with_warmup_records_and_resumes(tmp_path):
 
 # ------------------------------------------------------------------ the command line: given options win
 def config_of(*argv) -> RunConfig:
-    argv = ["run", *argv]
-    return _config(build_parser().parse_args(argv), argv)
+    return run_config(["run", *argv])
 
 
 def test_an_option_given_on_the_command_line_wins_over_the_preset():

@@ -25,7 +25,7 @@ from pwfn_viz.data.datasets import _DATASETS, create_dataset, list_datasets, reg
 from pwfn_viz.models.factory import _MODELS, create_model, list_models, register_model
 from pwfn_viz.core.sigma_param import SIGMA_PARAMS
 from pwfn_viz.registry import Registry, check_choice
-from pwfn_viz.train.config import METHODS, OPTIMIZERS, RunConfig
+from pwfn_viz.train.config import METHODS, OPTIMIZERS, PROFILES, RunConfig
 from pwfn_viz.train.loop import optimizer_step
 from pwfn_viz.train.presets import PRESETS, preset
 
@@ -40,12 +40,14 @@ CLI_CHOICES = {
     ("run", "--sigma-join"): SIGMA_JOINS,
     ("run", "--preset"): PRESETS,
     ("run", "--sigma-param"): SIGMA_PARAMS,
+    ("run", "--profile"): PROFILES,
     ("compare", "--init"): _INITS,
     ("compare", "--scope"): _SCOPES,
 }
-FIXED_CHOICES = {("run", "--amp"), ("analyse", "--which")}   # not names of registered things
+FIXED_CHOICES = {("run", "--amp"), ("analyse", "--which"), ("run", "--decay"), ("run", "--data-transforms"),
+                 ("export", "--format"), ("figures", "--width")}   # not names of registered things
 
-LIST_LABELS = ["models", "datasets", "methods", "optimizers", "presets", "sigma inits", "sigma joins",
+LIST_LABELS = ["models", "datasets", "methods", "optimizers", "presets", "profiles", "sigma inits", "sigma joins",
                "sigma parameterisations", "k-means inits", "k-means scopes"]
 
 
@@ -213,11 +215,10 @@ def test_a_new_entry_is_a_cli_choice_and_listed(capsys, registry, command, flag,
 
 def test_cli_passes_a_registered_method_to_the_config():
     with registered(METHODS, "test_method", METHODS.get("pwfn")):
-        args = cli.build_parser().parse_args(["run", "--method", "test_method"])
-        assert cli._config(args).method == "test_method"
-    config = cli._config(cli.build_parser().parse_args(["run", "--method", "wfn"]))
+        assert cli.run_config(["run", "--method", "test_method"]).method == "test_method"
+    config = cli.run_config(["run", "--method", "wfn"])
     assert config.method == "wfn" and config.optimizer == "adam"
-    assert cli._config(cli.build_parser().parse_args(["run"])) == RunConfig()
+    assert cli.run_config(["run"]) == RunConfig()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -258,7 +259,8 @@ def test_list_prints_every_registry(capsys):
     assert [line.split(":")[0] for line in lines] == LIST_LABELS
     printed = {line.split(":")[0]: line.split(":", 1)[1].strip() for line in lines}
     expected = {"models": list_models(), "datasets": list_datasets(), "methods": METHODS.names(),
-                "optimizers": OPTIMIZERS.names(), "presets": PRESETS.names(), "sigma inits": sorted(SIGMA_INITS),
+                "optimizers": OPTIMIZERS.names(), "presets": PRESETS.names(),
+                "profiles": PROFILES.names(), "sigma inits": sorted(SIGMA_INITS),
                 "sigma joins": sorted(SIGMA_JOINS), "sigma parameterisations": SIGMA_PARAMS.names(),
                 "k-means inits": list_inits(), "k-means scopes": list_scopes()}
     assert printed == {label: ", ".join(names) for label, names in expected.items()}

@@ -139,15 +139,15 @@ def test_widgets_show_the_diagnostic(learned_and_frozen):
 
 def test_cli_sigma_options_and_the_demo_preset():
     parser = cli.build_parser()
-    demo = cli._config(parser.parse_args(["run", "--preset", "digits-demo"]))
+    demo = cli.run_config(["run", "--preset", "digits-demo"])
     assert demo == RunConfig.demo()
     # an epoch budget given explicitly replaces the preset's step budget for those rounds only
-    longer = cli._config(parser.parse_args(["run", "--preset", "digits-demo", "--epochs", "2"]))
+    longer = cli.run_config(["run", "--preset", "digits-demo", "--epochs", "2"])
     assert (longer.steps_per_round, longer.epochs_per_round, longer.first_round_steps) == (None, 2.0, 120)
-    own = cli._config(parser.parse_args(["run", "--sigma-lr-mult", "5", "--steps", "7", "--first-steps", "3",
-                                         "--sigma-param", "log"]))
+    own = cli.run_config(["run", "--sigma-lr-mult", "5", "--steps", "7", "--first-steps", "3",
+                                         "--sigma-param", "log"])
     assert (own.sigma_lr_mult, own.steps_per_round, own.first_round_steps, own.sigma_param) == (5.0, 7, 3, "log")
-    paper = cli._config(parser.parse_args(["run"]))
+    paper = cli.run_config(["run"])
     assert (paper.sigma_lr_mult, paper.sigma_param, paper.steps_per_round) == (1.0, "raw", None)
     assert cli.main(["run", "--sigma-param", "softplus"]) == 2
 
