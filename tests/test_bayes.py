@@ -42,7 +42,7 @@ def test_eval_output_equals_original(name):
     originals = {n for n, p in model.named_parameters()}
     # every conv/linear weight and bias is converted; norm layers, tokens, embeddings are not
     conv_names = {f"{mn}.{a}" if mn else a for mn, m in model.named_modules()
-                  if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) for a in ("weight", "bias")
+                  if isinstance(m, bayes.CONVERTIBLE) for a in ("weight", "bias")
                   if getattr(m, a, None) is not None}
     assert {t.name for t in bayes_tensors(converted)} == conv_names
     remaining = {n for n, _ in converted.named_parameters() if not n.endswith(("_mu", "_sigma"))}

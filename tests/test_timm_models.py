@@ -7,6 +7,7 @@ import torch.nn as nn
 
 import pwfn_viz
 from pwfn_viz import RunConfig
+from pwfn_viz.core import bayes
 from pwfn_viz.core.bayes import bayes_tensors
 from pwfn_viz.data.datasets import make_loader
 
@@ -36,7 +37,7 @@ def test_timm_family_through_the_pipeline(tmp_path, name):
     assert bool(fixed.all()) and run.rounds[-1].metrics["unique"] == torch.unique(mu).numel()
     model = run.model_at(-1)
     expected = {f"{mn}.{a}" for mn, m in model.named_modules()
-                if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) for a in m._pwfn_names}
+                if isinstance(m, bayes.CONVERTIBLE) for a in m._pwfn_names}
     assert {t.name for t in bayes_tensors(model)} == expected == set(run.meta["tensors"])
     if "deit" in name:  # tokens and positional embeddings stay deterministic
         names = {n for n, _ in model.named_parameters()}

@@ -32,7 +32,8 @@ from ..registry import Registry
 
 # The former names of three constants (pwfn_viz.constants holds them), for callers importing them here.
 SIGMA_MIN, REG_LAMBDA, REG_CAP = SAMPLING_SIGMA_FLOOR, REGULARISER_LAMBDA, SIGMA_CAP
-CONVERTIBLE = (nn.Linear, nn.modules.conv._ConvNd)
+# Every convolution and transposed convolution (torch's public classes; LazyConv* are subclasses)
+CONVERTIBLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 # ---------------------------------------------------------------------------------------------
 # Sigma initialisation (docs/method.md, section 2), a registry so that ablations can add their
@@ -156,7 +157,7 @@ def _detach_hook(module: nn.Module, args, output):
 def _convert_module(module: nn.Module, module_name: str, sigma_fn) -> None:
     names = []
     for name in ("weight", "bias"):
-        param = module._parameters.get(name)
+        param = _own(module).get(name)
         if param is None:
             continue
         if isinstance(param, nn.parameter.UninitializedParameter):
@@ -180,6 +181,11 @@ def _convert_module(module: nn.Module, module_name: str, sigma_fn) -> None:
     module.register_forward_hook(_detach_hook)
 
 
+def _own(module: nn.Module) -> dict[str, nn.Parameter]:
+    """``module``'s own parameters by name (not its children's; shared ones under each name)."""
+    return dict(module.named_parameters(recurse=False, remove_duplicate=False))
+
+
 # Modules whose weights are read by a forward that bypasses the pre-hook, or that hold weights in
 # a form the conversion does not handle: left deterministic, and named in convert()'s warning.
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
@@ -188,19 +194,19 @@ _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 def _frozen(module: nn.Module) -> list[str]:
     """The names of ``module``'s weight and bias that are frozen (requires_grad=False)."""
     return [name for name in ("weight", "bias")
-            if module._parameters.get(name) is not None and not module._parameters[name].requires_grad]
+            if _own(module).get(name) is not None and not _own(module)[name].requires_grad]
 
 
 def _check_untied(model: nn.Module, todo: list[tuple[str, nn.Module]]) -> None:
     """A clear ValueError when a tensor to convert is shared with another module (tied weights)."""
     owners: dict[int, list[str]] = {}
     for mname, m in model.named_modules():
-        for pname, p in m._parameters.items():
+        for pname, p in _own(m).items():
             if p is not None:
                 owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
     for mname, m in todo:
         for name in ("weight", "bias"):
-            p = m._parameters.get(name)
+            p = _own(m).get(name)
             if p is not None and len(owners[id(p)]) > 1:
                 tied = owners[id(p)]
                 raise ValueError(
@@ -214,14 +220,14 @@ def _unconverted_report(model: nn.Module, todo: list[tuple[str, nn.Module]], fro
     """One line per module whose weight matrices stay deterministic (recurrent layers, attention
     internals, bilinear layers, frozen layers, embeddings holding most of the weights), or None."""
     converted = {id(m) for _, m in todo}
-    n_converted = sum(p.numel() for _, m in todo for p in m._parameters.values() if p is not None)
+    n_converted = sum(p.numel() for _, m in todo for p in _own(m).values() if p is not None)
     n_embedding = sum(p.numel() for m in model.modules() if isinstance(m, _EMBEDDINGS)
-                      for p in m._parameters.values() if p is not None)
+                      for p in _own(m).values() if p is not None)
     lines = []
     for mname, m in model.named_modules():
         if id(m) in converted:
             continue
-        own = [(pname, p) for pname, p in m._parameters.items() if p is not None]
+        own = [(pname, p) for pname, p in _own(m).items() if p is not None]
         if isinstance(m, _EMBEDDINGS):
             if n_embedding <= n_converted:   # embeddings are expected to stay; say so only when they dominate
                 continue
@@ -265,7 +271,7 @@ def convert(model: nn.Module, sigma_init: str = "pwfn", **init_kwargs) -> nn.Mod
                          f"{', '.join(frozen) or 'none here'})")
     for name, module in todo:
         for attr in ("weight", "bias"):
-            if isinstance(module._parameters.get(attr), nn.parameter.UninitializedParameter):
+            if isinstance(_own(module).get(attr), nn.parameter.UninitializedParameter):
                 raise ValueError(f"{name}.{attr} is not initialised yet (lazy module): run one forward pass "
                                  "before converting")
     _check_untied(model, todo)

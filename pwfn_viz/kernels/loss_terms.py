@@ -1,14 +1,12 @@
 """The loss terms of fused sampling: the sigma regulariser and the masked weight decay over the
-tensors of a whole model, whose gradients are handed to the sampling backward kernel.
+tensors of a whole model.
 
 :func:`fused_regulariser` ``= (lam / 2) * sum |eps| * max(0, cap - sigma)^2`` and
 :func:`fused_weight_decay` ``= (wd / 2) * sum mu^2`` (sums over free, i.e. unfixed, weights;
 docs/method.md, section 3): one reduction kernel per tensor and one sum for the value, no elementwise
-autograd graph. Their backward hands the gradient that reaches them (1, a ``GradScaler``'s scale,
-``1 / accumulation steps``...) to each pass's :class:`~pwfn_viz.kernels.sampling.FusedNoise`, and
-the sampling backward adds ``-lam * G * max(0, cap - sigma) * |eps|`` and ``wd * G * mu`` in its
-own kernel; where it cannot (see :mod:`pwfn_viz.kernels.sampling`, "the hand-over"), the term
-computes its full gradient itself. ``pwfn_viz.core.bayes.sigma_regulariser`` and
+autograd graph. Their backward computes ``-lam * G * max(0, cap - sigma) * |eps|`` (eps
+regenerated from the pass's seed) and ``wd * G * mu`` on free weights, ``G`` being the gradient
+that reaches the term (1, a ``GradScaler``'s scale, ``1 / accumulation steps``...). ``pwfn_viz.core.bayes.sigma_regulariser`` and
 ``masked_weight_decay`` call these for the tensors sampled by the fused kernel.
 """
 from __future__ import annotations
@@ -57,7 +55,7 @@ class _FusedRegulariser(torch.autograd.Function):
     def backward(ctx, grad):
         grads = []
         for i, (sigma, fixed, noise) in enumerate(zip(ctx.saved_tensors, ctx.fixeds, ctx.noises)):
-            if not ctx.needs_input_grad[4 + i] or noise._hand_over("reg", grad, ctx.lam, ctx.cap):
+            if not ctx.needs_input_grad[4 + i]:
                 grads.append(None)
                 continue
             lay = noise.layout
@@ -88,10 +86,12 @@ class _FusedDecay(torch.autograd.Function):
     def backward(ctx, grad):
         grads = []
         for i, (mu, fixed, noise) in enumerate(zip(ctx.saved_tensors, ctx.fixeds, ctx.noises)):
-            if not ctx.needs_input_grad[3 + i] or noise._hand_over("decay", grad, ctx.wd, mu):
+            if not ctx.needs_input_grad[3 + i]:
                 grads.append(None)
-            else:
-                grads.append((mu * (grad * ctx.wd)).masked_fill_(fixed, 0))
+                continue
+            lay = noise.layout   # the gradient in mu's layout, like the sampling backward's
+            out = torch.mul(lay.put(mu), grad * ctx.wd, out=lay.empty(mu.dtype, mu.device))
+            grads.append(out.masked_fill_(lay.put(fixed), 0))
         return (None, None, None, *grads)
 
 
@@ -108,8 +108,7 @@ def _check_terms(name: str, tensors, fixeds, noises) -> None:
 
 def fused_regulariser(sigmas, fixeds, noises, lam: float, cap: float) -> torch.Tensor:
     """``(lam / 2) * sum |eps| * max(0, cap - sigma)^2`` over the free weights of all ``sigmas``
-    (one device), each with its pass's :class:`FusedNoise`; differentiable in the sigmas, with
-    the gradient handed over to the sampling backward where it can be (module docstring)."""
+    (one device), each with its pass's :class:`FusedNoise`; differentiable in the sigmas."""
     sigmas, fixeds, noises = tuple(sigmas), tuple(fixeds), tuple(noises)
     _check_terms("fused_regulariser", sigmas, fixeds, noises)
     return _FusedRegulariser.apply(float(lam), float(cap), noises, fixeds, *sigmas)
@@ -117,8 +116,7 @@ def fused_regulariser(sigmas, fixeds, noises, lam: float, cap: float) -> torch.T
 
 def fused_weight_decay(mus, fixeds, noises, weight_decay: float) -> torch.Tensor:
     """``(wd / 2) * sum mu^2`` over the free weights of all ``mus`` (one device); differentiable
-    in the mus, gradient ``wd * mu`` on free weights, handed over to the sampling backward of
-    each tensor's pass (its :class:`FusedNoise`) where it can be (module docstring)."""
+    in the mus, gradient ``wd * mu`` on free weights."""
     mus, fixeds, noises = tuple(mus), tuple(fixeds), tuple(noises)
     _check_terms("fused_weight_decay", mus, fixeds, noises)
     return _FusedDecay.apply(float(weight_decay), noises, fixeds, *mus)

@@ -1,4 +1,4 @@
-"""Fused reparameterised sampling of a converted tensor, with its loss terms' gradients fused in.
+"""Fused reparameterised sampling of a converted tensor (Triton), and its loss terms.
 
 The torch path (``pwfn_viz.core.bayes._sample_hook``) draws ``eps`` with ``randn_like``, keeps it for
 the regulariser and builds ``w`` from five separate tensor operations; the sigma regulariser and
@@ -14,11 +14,8 @@ the masked weight decay are ordinary autograd expressions. The fused path:
   |eps| * max(0, cap - sigma)^2`` and ``fused_weight_decay`` ``= (wd / 2) * sum mu^2`` (sums over
   free, i.e. unfixed, weights; docs/method.md, section 3) each take the tensors of a whole model: one
   reduction kernel per tensor and one sum, no elementwise autograd graph.
-* backward: recomputes eps from the seed; ``grad_mu = free * (g + d * mu)`` and
-  ``grad_sigma = free * (g * eps * [sigma > sigma_min] - r * max(0, cap - sigma) * |eps|)`` in
-  one kernel, where ``r = lam * G`` and ``d = wd * G`` are handed over by the loss terms'
-  backward, ``G`` being the gradient that reaches the term (a device tensor: 1 for a plain
-  ``loss.backward()``, a ``GradScaler``'s scale, ``1 / accumulation steps``, ...).
+* backward: recomputes eps from the seed; ``grad_mu = free * g`` and
+  ``grad_sigma = free * g * eps * [sigma > sigma_min]`` in one kernel.
 
 The layout rule (every launch on a tensor follows it, so that forward, loss terms and backward
 see the same eps for the same element): the counter ``i`` of an element is its offset in memory
@@ -30,14 +27,12 @@ when it lies that way and copied once into that layout otherwise; outputs (w, th
 allocated in it, so a channels_last parameter gets a channels_last weight and gradients, and no
 pass copies anything. :meth:`FusedNoise.materialise` returns eps in logical (row-major) order.
 
-The hand-over: autograd reaches a loss term's node (it hangs off the loss) before the sampling
-node (it waits for the whole network's backward). When the term's backward finds that the
-sampling backward of the same pass is still to run in the same backward call, it hands ``G``
-over (a reference to the tensor, no copy, no host sync) and returns no gradient of its own;
-several terms of the same kind add up. Otherwise (the sampling backward already ran or is no
-part of this backward call: the terms' own ``.backward()``, ``autograd.grad`` on the terms alone,
-a second backward through a retained graph) it computes its full gradient itself. Either way
-the gradients equal the torch path's for any scaling of the loss and any number of calls.
+The loss terms compute their own gradients with one elementwise kernel each (public autograd
+only: no engine internals), so the gradients equal the torch path's for any scaling of the loss
+and any number of backward calls.
+
+The path is opt-in (``PWFN_BACKEND=triton`` or ``pwfn_viz.kernels.use_backend("triton")``): the
+automatic choice keeps sampling on the torch path, which was measured faster on a GPU.
 
 Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)::
 
@@ -52,7 +47,6 @@ Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``)::
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -129,31 +123,22 @@ class Layout:
         return t if self.holds(t) else self.empty(t.dtype, t.device).copy_(t)
 
 
-def _graph_task_id() -> int:
-    """The id of the backward call running now (-1 outside one, or on a torch without it)."""
-    fn = getattr(torch._C, "_current_graph_task_id", None)
-    return fn() if fn is not None else -1
-
-
 @dataclass
-class _Handover:
-    """A loss term's gradient scale waiting for the sampling backward: ``coef * scale[0]``."""
+class _Armed:
+    """The regulariser's gradient the next sampling backward adds (kernel checks): ``coef * scale[0]``."""
     scale: torch.Tensor      # one-element device tensor
     coef: float
-    task: int | None         # the backward call it belongs to (None: the next one, see arm())
-    extra: object            # "reg": the cap; "decay": the mu tensor
+    cap: float
 
 
 class FusedNoise:
     """The noise of one fused sampling pass of one tensor, ``eps[i] = randn(seed, i)``, held as
-    its seed only, and the loss terms' gradient scales handed over to the pass's backward."""
+    its seed only."""
 
     def __init__(self, seed: torch.Tensor, layout: Layout):
         self.seed, self.layout = seed, layout   # one-element int64 device tensor; see Layout
         self.numel = math.prod(layout.shape)
-        self._node = None            # weak reference to the pass's autograd node
-        self._ran_in = None          # the backward call its backward last ran in
-        self._handover: dict[str, _Handover] = {}
+        self._armed: _Armed | None = None
 
     def materialise(self) -> torch.Tensor:
         """The float32 noise the kernels drew, flat in logical (row-major) order whatever the
@@ -164,51 +149,14 @@ class FusedNoise:
 
     def arm(self, lam: float, cap: float) -> None:
         """Make the pass's next backward add the regulariser's gradient ``-lam * max(0, cap -
-        sigma) * |eps|`` at loss scale 1 (kernel checks; training uses :func:`fused_regulariser`,
-        which follows the loss's scale)."""
+        sigma) * |eps|`` at loss scale 1 inside the sampling kernel (kernel checks; training uses
+        :func:`~pwfn_viz.kernels.loss_terms.fused_regulariser`, which follows the loss's scale)."""
         one = torch.ones(1, dtype=torch.float32, device=self.seed.device)
-        self._handover["reg"] = _Handover(one, float(lam), None, float(cap))
-
-    def _will_run(self, position: int) -> bool:
-        """Is this pass's sampling backward still to run in the current backward call, computing
-        the gradient of input ``position`` (MU or SIGMA)?"""
-        node = self._node() if self._node is not None else None
-        task = _graph_task_id()
-        if node is None or task == -1 or self._ran_in == task or not node.needs_input_grad[position]:
-            return False
-        try:
-            return bool(torch._C._will_engine_execute_node(node))
-        except (AttributeError, RuntimeError):   # a torch without it, or an engine that refuses
-            return False
-
-    def _hand_over(self, kind: str, grad: torch.Tensor, coef: float, extra) -> bool:
-        """Queue ``coef * grad`` for the sampling backward; False where the caller has to compute
-        its gradient itself (see the module docstring)."""
-        if not self._will_run(MU if kind == "decay" else SIGMA):
-            return False
-        task, scale = _graph_task_id(), grad.reshape(1)
-        waiting = self._handover.get(kind)
-        if waiting is None or waiting.task != task:
-            self._handover[kind] = _Handover(scale, float(coef), task, extra)
-            return True
-        same = _same_tensor(waiting.extra, extra) if kind == "decay" else waiting.extra == extra
-        if not same:   # another cap (or mu): the kernel takes one; the caller computes its own
-            return False
-        waiting.scale = waiting.scale.float() * waiting.coef + scale.float() * coef
-        waiting.coef = 1.0
-        return True
-
-    def _take(self, kind: str, task: int) -> _Handover | None:
-        waiting = self._handover.pop(kind, None)
-        return waiting if waiting is not None and waiting.task in (None, task) else None
+        self._armed = _Armed(one, float(lam), float(cap))
 
     def __repr__(self):
-        return f"FusedNoise(numel={self.numel}, waiting={sorted(self._handover)})"
+        return f"FusedNoise(numel={self.numel}, armed={self._armed is not None})"
 
-
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
-                      and a.dtype == b.dtype)
 
 
 def _as_bytes(mask: torch.Tensor) -> torch.Tensor:
@@ -226,7 +174,6 @@ class _FusedSample(torch.autograd.Function):
             float(sigma_min), BLOCK=BLOCK)
         ctx.save_for_backward(sigma, fixed)          # in the layout: backward copies them no more
         ctx.noise, ctx.sigma_min, ctx.mu_dtype = noise, float(sigma_min), mu.dtype
-        noise._node = weakref.ref(ctx)   # ctx is the autograd node; weak: no cycle, no lifetime change
         return out
 
     @staticmethod
@@ -234,10 +181,9 @@ class _FusedSample(torch.autograd.Function):
     def backward(ctx, grad):
         sigma, fixed = ctx.saved_tensors
         need_mu, need_sigma = ctx.needs_input_grad[MU], ctx.needs_input_grad[SIGMA]
-        noise, task = ctx.noise, _graph_task_id()
-        noise._ran_in = task
-        reg, decay = noise._take("reg", task), noise._take("decay", task)
-        reg, decay = reg if need_sigma else None, decay if need_mu else None
+        noise = ctx.noise
+        reg, noise._armed = noise._armed, None
+        reg = reg if need_sigma else None
         if not (need_mu or need_sigma):
             return None, None, None, None, None, None
         lay = noise.layout
@@ -245,19 +191,21 @@ class _FusedSample(torch.autograd.Function):
         grad_mu = lay.empty(ctx.mu_dtype, grad.device) if need_mu else grad
         grad_sigma = lay.empty(sigma.dtype, grad.device) if need_sigma else grad
         _tk().sample_bwd_kernel[_grid(sigma.numel())](
-            grad, lay.put(decay.extra) if decay else grad, sigma, _as_bytes(fixed), noise.seed,
-            reg.scale if reg else grad, decay.scale if decay else grad, grad_mu, grad_sigma, sigma.numel(),
-            ctx.sigma_min, reg.coef if reg else 0.0, reg.extra if reg else 0.0, decay.coef if decay else 0.0,
+            grad, grad, sigma, _as_bytes(fixed), noise.seed,
+            reg.scale if reg else grad, grad, grad_mu, grad_sigma, sigma.numel(),
+            ctx.sigma_min, reg.coef if reg else 0.0, reg.cap if reg else 0.0, 0.0,
             BLOCK=BLOCK, NEED_MU=need_mu, NEED_SIGMA=need_sigma, HAS_REG=reg is not None,
-            HAS_DECAY=decay is not None)
+            HAS_DECAY=False)
         return (grad_mu if need_mu else None, grad_sigma if need_sigma else None, None, None, None, None)
 
 
 def fused_sampling_applies(mu: torch.Tensor, sigma: torch.Tensor, fixed_value: torch.Tensor) -> bool:
-    """Whether the fused kernel serves this tensor: the Triton backend applies to it (see
-    ``pwfn_viz.kernels.use_triton``) and mu, sigma, fixed_value share a float32/16/bf16 dtype."""
-    from .backend import use_triton
-    return (mu.dtype in DTYPES and sigma.dtype == mu.dtype == fixed_value.dtype
+    """Whether the fused kernel serves this tensor: the Triton backend is *forced* and applies to
+    it (see ``pwfn_viz.kernels.use_triton``), and mu, sigma, fixed_value share a float32/16/bf16
+    dtype. Not chosen automatically on a GPU: measured on an H200, the fused step was slower than
+    sampling each module with plain torch operations (BENCHMARKS.md, training step)."""
+    from .backend import forced_backend, use_triton
+    return (forced_backend() == "triton" and mu.dtype in DTYPES and sigma.dtype == mu.dtype == fixed_value.dtype
             and mu.numel() < 2 ** 31 and use_triton(mu))
 
 
