@@ -1,7 +1,15 @@
-"""Compressed export of a fixed network: one codebook plus bit-packed indices, in one safetensors file.
+"""Compressed export of a fixed network: one codebook plus indices, in one safetensors file.
 
 After the last round every converted weight sits on one of a few hundred shared values, so the
-network is stored as
+network is stored as a codebook plus an index per weight, in one of two encodings (byte layout of
+both in docs/export_format.md):
+
+- ``"fixed"`` (format version 1): ``ceil(log2 K)`` bits per index, bit-packed per tensor;
+- ``"ans"`` (format version 2, recommended: on the main job the indices take 40 % less than at
+  fixed width, 1.4 % over the entropy bound): all indices in one entropy-coded stream
+  (:mod:`.export_entropy`).
+
+The fixed-width file holds
 
     codebook            float32 (K,): the distinct values over all converted tensors, sorted (distinct
                         bit patterns: -0.0 and 0.0 stay apart, so decoding is exact)
@@ -9,33 +17,42 @@ network is stored as
                         (at least 1) bits each, packed little-endian (see :func:`pack_bits`)
     state/<key>         everything else of the state_dict (norm layers, ...), stored as is
     metadata            JSON under the key "pwfn_viz": format version, model spec, bits, tensor
-                        names and shapes in network order
+                        names and shapes in network order, sha256 of the tensors (see
+                        :func:`payload_sha256`; checked on loading)
+
+The entropy-coded file holds ``codebook`` and ``state/<key>`` alike, and instead of the indices
+``ans/table`` (the index counts) and ``ans/stream`` (the coded indices of all tensors in the order
+of the metadata's ``order`` list).
 
 ``load_exported(path)`` rebuilds a plain PyTorch model (no pwfn_viz layers) whose outputs equal
 the fixed model's bit for bit. Only safetensors is read: nothing is unpickled.
 
 Example:
-    >>> report = export_run("runs/digits", "digits.safetensors")    # doctest: +SKIP
-    >>> print(report)                                               # doctest: +SKIP
-    >>> model = load_exported("digits.safetensors")                 # doctest: +SKIP
+    >>> report = export_run("runs/digits", "digits.ans.safetensors", encoding="ans")   # doctest: +SKIP
+    >>> print(report)                                                                  # doctest: +SKIP
+    >>> model = load_exported("digits.ans.safetensors")                                # doctest: +SKIP
 
 A run of your own model exports the same way (the record holds every tensor); loading it needs an
 unconverted instance of your architecture: ``load_exported(path, model=MyNet())``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..files import FileError, reading
+from . import export_entropy as ans
 
 EXPORT_FORMAT = "pwfn_viz.analysis.export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2          # the newest version read; fixed-width files are still written as version 1
+VERSIONS = {"fixed": 1, "ans": 2}
 MAX_BITS = 32
 _CHUNK = 1 << 20            # values per packing chunk (a multiple of 8: chunks start on a byte)
 
@@ -114,14 +131,14 @@ def _order_key(bits: torch.Tensor) -> torch.Tensor:
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-def encode_tensors(weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-    """(codebook, packed indices by name, bits): one float32 codebook of the distinct values over
-    all tensors, sorted; distinct means distinct bit patterns (-0.0 and 0.0 are two entries), so
-    decoding is bit-exact.
+def codebook_indices(weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codebook, indices): one float32 codebook of the distinct values over all tensors, sorted,
+    and the index (int64) of every weight of the tensors, flattened and concatenated in order;
+    distinct means distinct bit patterns (-0.0 and 0.0 are two entries), so decoding is bit-exact.
 
-    >>> codebook, packed, bits = encode_tensors({"w": torch.tensor([0.5, -1.0, 0.5])})
-    >>> codebook.tolist(), bits, decode_tensors(codebook, packed, {"w": [3]}, bits)["w"].tolist()
-    ([-1.0, 0.5], 1, [0.5, -1.0, 0.5])
+    >>> codebook, indices = codebook_indices({"a": torch.tensor([0.5, -1.0]), "b": torch.tensor([0.5])})
+    >>> codebook.tolist(), indices.tolist()
+    ([-1.0, 0.5], [1, 0, 1])
     """
     for name, w in weights.items():
         if w.dtype != torch.float32 and not torch.equal(w.float().to(w.dtype), w):
@@ -130,7 +147,18 @@ def encode_tensors(weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict
         raise ValueError("no tensors to encode")
     flat = torch.cat([w.detach().cpu().float().flatten() for w in weights.values()])
     keys, inverse = torch.unique(_order_key(flat.view(torch.int32)), sorted=True, return_inverse=True)
-    codebook = _order_key(keys).view(torch.float32)
+    return _order_key(keys).view(torch.float32), inverse
+
+
+def encode_tensors(weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """(codebook, packed indices by name, bits): the codebook of :func:`codebook_indices` and each
+    tensor's indices at ``bits = ceil(log2 K)`` bits, packed.
+
+    >>> codebook, packed, bits = encode_tensors({"w": torch.tensor([0.5, -1.0, 0.5])})
+    >>> codebook.tolist(), bits, decode_tensors(codebook, packed, {"w": [3]}, bits)["w"].tolist()
+    ([-1.0, 0.5], 1, [0.5, -1.0, 0.5])
+    """
+    codebook, inverse = codebook_indices(weights)
     bits = bits_for(codebook.numel())
     packed, offset = {}, 0
     for name, w in weights.items():
@@ -150,15 +178,57 @@ def decode_tensors(codebook: torch.Tensor, packed: dict[str, torch.Tensor], shap
     return out
 
 
+def encode_tensors_ans(weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bytes, bytes]:
+    """(codebook, table, stream): the codebook of :func:`codebook_indices` and all indices
+    entropy-coded in one stream (:func:`.export_entropy.encode_indices`).
+
+    >>> codebook, table, stream = encode_tensors_ans({"w": torch.tensor([0.5, -1.0, 0.5, 0.5])})
+    >>> decode_tensors_ans(codebook, table, stream, {"w": [2, 2]})["w"].tolist()
+    [[0.5, -1.0], [0.5, 0.5]]
+    """
+    codebook, inverse = codebook_indices(weights)
+    table, stream = ans.encode_indices(inverse.numpy(), codebook.numel())
+    return codebook, table, stream
+
+
+def decode_tensors_ans(codebook: torch.Tensor, table: bytes, stream: bytes, shapes: dict) -> dict:
+    """Inverse of :func:`encode_tensors_ans`: float32 tensors of the given shapes, by name, cut
+    from the decoded stream in the order of ``shapes``."""
+    sizes = [int(torch.Size(s).numel()) for s in shapes.values()]
+    idx = torch.from_numpy(ans.decode_indices(table, stream, codebook.numel(), sum(sizes)).astype(np.int64))
+    values = codebook[idx]
+    return {name: part.view(shape) for (name, shape), part in zip(shapes.items(), values.split(sizes))}
+
+
+def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 (hex) of the tensors' bytes (C order, little-endian), concatenated in the order of
+    their names sorted by code point: what the export's metadata ``sha256`` holds, so that a
+    damaged file is told apart from a different network.
+
+    >>> tensors = {"b": torch.tensor([1], dtype=torch.uint8), "a": torch.tensor([2, 3], dtype=torch.uint8)}
+    >>> payload_sha256(tensors) == hashlib.sha256(bytes([2, 3, 1])).hexdigest()
+    True
+    """
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(tensors[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+
+
 # ---------------------------------------------------------------------------------------------
 # Export
 @dataclass
 class ExportReport:
-    """Sizes of an export, in bytes. ``compressed_bytes`` = codebook + packed indices;
-    ``rest_bytes`` = the unquantised remaining state (stored as is); ``fp32_bytes`` = the converted
-    tensors at 4 bytes per weight. ``ratio`` = fp32_bytes / compressed_bytes (quantised tensors);
-    ``model_ratio`` = (fp32_bytes + rest_bytes) / (compressed_bytes + rest_bytes) (whole state).
-    ``file_bytes`` is the file on disk (adds the safetensors header and metadata)."""
+    """Sizes of an export, in bytes. ``compressed_bytes`` = codebook + indices (for ``"ans"`` the
+    frequency table plus the coded stream); ``rest_bytes`` = the unquantised remaining state
+    (stored as is); ``fp32_bytes`` = the converted tensors at 4 bytes per weight. ``ratio`` =
+    fp32_bytes / compressed_bytes (quantised tensors); ``model_ratio`` = (fp32_bytes + rest_bytes) /
+    (compressed_bytes + rest_bytes) (whole state). ``file_bytes`` is the file on disk (adds the
+    safetensors header and metadata). ``entropy_bound`` = N * H / 8, H the entropy of the indices."""
     path: Path
     round_index: int
     n_tensors: int
@@ -170,18 +240,25 @@ class ExportReport:
     rest_bytes: int
     fp32_bytes: int
     file_bytes: int
+    encoding: str = "fixed"
+    entropy_bound: float = 0.0
 
     compressed_bytes = property(lambda self: self.codebook_bytes + self.index_bytes)
     ratio = property(lambda self: self.fp32_bytes / self.compressed_bytes)
     model_ratio = property(lambda self: (self.fp32_bytes + self.rest_bytes) / (self.compressed_bytes + self.rest_bytes))
 
     def __str__(self):
+        how = (f"{self.bits} bits per weight" if self.encoding == "fixed" else
+               f"entropy-coded, {8 * self.index_bytes / self.n_weights:.3f} bits per weight "
+               f"(fixed width: {self.bits})")
+        bound = (f"; entropy bound {self.entropy_bound:,.0f} (indices {self.index_bytes / self.entropy_bound - 1:+.2%})"
+                 if self.entropy_bound else "")
         return "\n".join([
             f"exported round {self.round_index} to {self.path} ({self.file_bytes:,} bytes on disk)",
             f"  {self.n_tensors} quantised tensors, {self.n_weights:,} weights, codebook {self.codebook_size} "
-            f"values -> {self.bits} bits per weight",
+            f"values -> {how}",
             f"  compressed: {self.compressed_bytes:,} bytes (codebook {self.codebook_bytes:,} + indices "
-            f"{self.index_bytes:,}) vs fp32 {self.fp32_bytes:,}: ratio {self.ratio:.2f}x",
+            f"{self.index_bytes:,}{bound}) vs fp32 {self.fp32_bytes:,}: ratio {self.ratio:.2f}x",
             f"  unquantised rest: {self.rest_bytes:,} bytes; whole model {self.compressed_bytes + self.rest_bytes:,} "
             f"vs {self.fp32_bytes + self.rest_bytes:,}: ratio {self.model_ratio:.2f}x"])
 
@@ -201,40 +278,62 @@ def _fixed_round(run, round_index: int):
     return rnd
 
 
-def export_run(run_or_path, out_path, round_index: int = -1, model: nn.Module | None = None) -> ExportReport:
-    """Write the network of round ``round_index`` (default the last) of a finished run as a
-    codebook plus bit-packed indices (see the module docstring); returns the sizes. ``model`` (an
-    unconverted instance of the architecture, optional) is checked to fit the export before writing,
-    so that ``load_exported(path, model=...)`` will load it."""
-    from ..record.rundir import Run, atomic_save_tensors, load_run
+def fixed_weights(run_or_path, round_index: int = -1):
+    """(run, round, converted weights by name, the rest of the state_dict as ``state/<key>``) of a
+    finished run's round in which every weight is fixed."""
+    from ..record.rundir import Run, load_run
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
     rnd = _fixed_round(run, round_index)
-    weights = rnd.mu
-    rest = {k: v for k, v in rnd.tensors.items() if k.startswith("state/")}
+    return run, rnd, rnd.mu, {k: v for k, v in rnd.tensors.items() if k.startswith("state/")}
+
+
+def export_run(run_or_path, out_path, round_index: int = -1, model: nn.Module | None = None,
+               encoding: str = "fixed") -> ExportReport:
+    """Write the network of round ``round_index`` (default the last) of a finished run as a
+    codebook plus indices (see the module docstring): ``encoding`` "fixed" (bit-packed, format
+    version 1) or "ans" (entropy-coded, version 2); returns the sizes. ``model`` (an unconverted
+    instance of the architecture, optional) is checked to fit the export before writing, so that
+    ``load_exported(path, model=...)`` will load it."""
+    from ..record.rundir import atomic_save_tensors
+    if encoding not in VERSIONS:
+        raise ValueError(f"encoding must be one of {sorted(VERSIONS)}, got {encoding!r}")
+    run, rnd, weights, rest = fixed_weights(run_or_path, round_index)
     if model is not None:
         _check_fits(model, {**{k[len("state/"):]: v for k, v in rest.items()}, **weights}, run.path)
-    codebook, packed, bits = encode_tensors(weights)
-    tensors = {"codebook": codebook, **{f"indices/{name}": p for name, p in packed.items()}}
+    if encoding == "fixed":
+        codebook, packed, bits = encode_tensors(weights)
+        tensors = {"codebook": codebook, **{f"indices/{name}": p for name, p in packed.items()}}
+        index_bytes = sum(p.numel() for p in packed.values())
+    else:
+        codebook, table, stream = encode_tensors_ans(weights)
+        bits = bits_for(codebook.numel())
+        tensors = {"codebook": codebook, "ans/table": _bytes_tensor(table), "ans/stream": _bytes_tensor(stream)}
+        index_bytes = len(table) + len(stream)
     tensors.update(rest)
-    meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "model_spec": run.meta["model_spec"],
+    n = sum(w.numel() for w in weights.values())
+    meta = {"format": EXPORT_FORMAT, "format_version": VERSIONS[encoding], "model_spec": run.meta["model_spec"],
             "bits": bits, "codebook_size": codebook.numel(), "round": rnd.index,
-            "tensors": {name: list(w.shape) for name, w in weights.items()}}
+            "tensors": {name: list(w.shape) for name, w in weights.items()}, "sha256": payload_sha256(tensors)}
+    if encoding == "ans":
+        meta.update(encoding="ans", order=list(weights), n_weights=n,
+                    coder={"library": "constriction", "coder": "AnsCoder", "state_bits": 64, "word_bits": 32,
+                           "precision": ans.PRECISION})
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(out, tensors, metadata={"pwfn_viz": json.dumps(meta)})
-    n = sum(w.numel() for w in weights.values())
+    counts = np.bincount(codebook_indices(weights)[1].numpy(), minlength=codebook.numel())
     return ExportReport(path=out, round_index=rnd.index, n_tensors=len(weights), n_weights=n,
                         codebook_size=codebook.numel(), bits=bits, codebook_bytes=codebook.numel() * 4,
-                        index_bytes=sum(tensors[f"indices/{k}"].numel() for k in weights),
-                        rest_bytes=sum(v.numel() * v.element_size() for v in rest.values()),
-                        fp32_bytes=4 * n, file_bytes=os.path.getsize(out))
+                        index_bytes=index_bytes, rest_bytes=sum(v.numel() * v.element_size() for v in rest.values()),
+                        fp32_bytes=4 * n, file_bytes=os.path.getsize(out), encoding=encoding,
+                        entropy_bound=ans.entropy_bound_bytes(counts))
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading
 def read_exported(path) -> tuple[dict[str, torch.Tensor], dict]:
     """The decoded state_dict of an export (weights in float32 from the codebook, the rest as
-    stored) and its metadata."""
+    stored) and its metadata. Every problem with the file is a :class:`FileError` naming it."""
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
@@ -249,20 +348,30 @@ def read_exported(path) -> tuple[dict[str, torch.Tensor], dict]:
         if isinstance(version, int) and version > EXPORT_VERSION:
             raise ValueError(f"{path} has export format version {version}, newer than this pwfn_viz reads "
                              f"({EXPORT_VERSION}): upgrade pwfn_viz (pip install -U pwfn_viz)")
-        if version != EXPORT_VERSION:
+        if version not in VERSIONS.values():
             raise ValueError(f"{path} has export format version {version}; this pwfn_viz "
-                             f"reads version {EXPORT_VERSION}")
+                             f"reads versions {sorted(VERSIONS.values())}")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     _check_export_meta(meta, path)
-    missing = [k for k in ["codebook", *(f"indices/{n}" for n in meta["tensors"])] if k not in tensors]
+    if "sha256" in meta and payload_sha256(tensors) != meta["sha256"]:
+        raise FileError(path, "the export is damaged: its tensors do not match the sha256 in its metadata "
+                              "(re-export it with `pwfn-viz export`)")
+    entropy = version == VERSIONS["ans"]
+    needed = ["codebook", *(["ans/table", "ans/stream"] if entropy else [f"indices/{n}" for n in meta["tensors"]])]
+    missing = [k for k in needed if k not in tensors]
     if missing:
-        raise ValueError(f"{path} is damaged: {missing[:5]} missing")
-    packed = {n: tensors[f"indices/{n}"] for n in meta["tensors"]}
+        raise FileError(path, f"the export is damaged: {missing[:5]} missing")
     state = {k[len("state/"):]: v for k, v in tensors.items() if k.startswith("state/")}
     if not bool(torch.isfinite(tensors["codebook"]).all()):
         raise FileError(path, "the codebook holds NaN or infinite values; the export is damaged")
     try:
-        state.update(decode_tensors(tensors["codebook"], packed, meta["tensors"], meta["bits"]))
+        if entropy:
+            shapes = {name: meta["tensors"][name] for name in meta["order"]}
+            state.update(decode_tensors_ans(tensors["codebook"], tensors["ans/table"].numpy().tobytes(),
+                                            tensors["ans/stream"].numpy().tobytes(), shapes))
+        else:
+            packed = {n: tensors[f"indices/{n}"] for n in meta["tensors"]}
+            state.update(decode_tensors(tensors["codebook"], packed, meta["tensors"], meta["bits"]))
     except (ValueError, RuntimeError, IndexError) as err:
         raise FileError(path, f"the export is damaged: {err}") from None
     return state, meta
@@ -275,6 +384,11 @@ def _check_export_meta(meta: dict, path) -> None:
               "tensors": (lambda v: isinstance(v, dict) and all(shape(s) for s in v.values()),
                           "an object of tensor name -> shape"),
               "model_spec": (lambda v: v is None or isinstance(v, dict), "an object")}
+    if meta.get("format_version") == VERSIONS["ans"]:
+        names = set(meta["tensors"]) if isinstance(meta.get("tensors"), dict) else set()
+        checks["order"] = (lambda v: isinstance(v, list) and len(v) == len(names) and set(v) == names,
+                           "the list of the tensors' names")
+        checks["sha256"] = (lambda v: isinstance(v, str), "a hex string")
     problems = [f"key {k!r} is missing" if k not in meta else f"key {k!r} should be {kind}"
                 for k, (ok, kind) in checks.items() if k not in meta or not ok(meta[k])]
     if problems:
