@@ -280,6 +280,13 @@ def test_a_nan_codebook_is_named(good, tmp_path):
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     tensors["codebook"][0] = float("nan")
     save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(FileError, match=re.escape(str(path)) + ": the export is damaged"):
+        load_exported(path)   # the checksum catches it first
+    # written that way with a matching checksum (a faulty writer): the codebook check names it
+    from pwfn_viz.analysis.export import payload_sha256
+    meta = json.loads(metadata["pwfn_viz"])
+    meta["sha256"] = payload_sha256(tensors)
+    save_file(tensors, str(path), metadata={**metadata, "pwfn_viz": json.dumps(meta)})
     with pytest.raises(FileError, match=re.escape(str(path)) + ": the codebook holds NaN"):
         load_exported(path)
 
