@@ -312,3 +312,28 @@ def test_sigma_inits_are_a_registry():
             bayes.register_sigma_init("tenth_of_abs_mu")(tenth)
     finally:
         bayes.SIGMA_INITS.unregister("tenth_of_abs_mu")
+
+
+@pytest.mark.parametrize("n_fixed", [0, 5])
+@pytest.mark.parametrize("sampled_fixed", [False, True])
+def test_written_out_sampling_equals_autograd_of_the_formula(n_fixed, sampled_fixed):
+    """bayes._Sample against autograd through the plain expression: sigma below the floor, at it,
+    negative, fixed entries (exact, or sampled with no gradient)."""
+    g = torch.Generator().manual_seed(3)
+    mu = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    sigma = (torch.rand(4, 6, generator=g, dtype=torch.float64) * 0.1)
+    sigma.view(-1)[:3] = torch.tensor([-0.5, 0.0, SIGMA_MIN], dtype=torch.float64)
+    eps = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    fixed = torch.zeros(4, 6, dtype=torch.bool)
+    fixed.view(-1)[-n_fixed:] = n_fixed > 0
+    base = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    upstream = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    a = [t.clone().requires_grad_() for t in (mu, sigma)]
+    w = bayes._Sample.apply(a[0], a[1], eps, bayes._free_mask(fixed, mu.dtype), None if sampled_fixed else base)
+    (w * upstream).sum().backward()
+    b = [t.clone().requires_grad_() for t in (mu, sigma)]
+    free_w = b[0] + b[1].clamp(min=SIGMA_MIN) * eps
+    ref = torch.where(fixed, free_w.detach(), free_w) if sampled_fixed else torch.where(fixed, base, free_w)
+    (ref * upstream).sum().backward()
+    assert torch.allclose(w, ref.detach(), rtol=0, atol=1e-15)
+    assert torch.equal(a[0].grad, b[0].grad) and torch.allclose(a[1].grad, b[1].grad, rtol=0, atol=1e-15)

@@ -437,7 +437,7 @@ class Fixer:
         """A fresh start for the next round: no noise of the last pass, its own torch seed."""
         for m in self.model.modules():
             if bayes.is_converted(m):
-                m._pwfn_eps = {}
+                m._pwfn_eps, m._pwfn_free = {}, {}
         torch.manual_seed(self.config.seed * 1_000_003 + self.round * 7919 + self.info.rank)
         self._t0 = time.time()
 
