@@ -35,13 +35,17 @@ import os
 import tempfile
 import pwfn_viz
 from pwfn_viz import RunConfig
+from pwfn_viz.analysis.tables import config_summary, layer_table, steps_table
 
 FAST = os.environ.get("PWFN_FAST", "1") != "0"   # PWFN_FAST=0: the full demo configuration
 if FAST:
     config = RunConfig.demo(pretrain_epochs=15, first_round_steps=60, steps_per_round=60)
 else:
     config = RunConfig.demo()
-config
+config_summary(config)
+
+# %% [markdown]
+# That is the configuration in brief; `config` itself holds every field (print it to see them all).
 
 # %% [markdown]
 # ## Run all ten rounds
@@ -55,10 +59,11 @@ run = pwfn_viz.run(config, out_dir=f"{out_dir}/digits")
 
 # %% [markdown]
 # ## The per-round table
-# The same numbers, as a DataFrame (a `Run` also renders itself as a table in JupyterLab).
+# The same numbers, as a DataFrame (a `Run` also renders itself as a table in JupyterLab). `run.table()` has
+# every recorded column; here the few that tell the story, rounded.
 
 # %%
-run.table()[["fraction", "top1_before", "top1_after", "unique", "unique_nonzero", "entropy", "entropy_nonzero"]]
+run.table()[["fraction", "top1_before", "top1_after", "unique", "entropy"]].round(2)
 
 # %%
 from pwfn_viz.viz import plot_timeline
@@ -74,7 +79,7 @@ fig = plot_timeline(run)
 
 # %%
 print(run.sigma_verdict_line())
-run.sigma_learning()
+run.sigma_learning().round(2)
 
 # %% [markdown]
 # ## Replay without re-training
@@ -91,17 +96,20 @@ print(name, tuple(last.mu[name].shape), "fixed:", last.fixed[name].float().mean(
 
 # %% [markdown]
 # The greedy steps of the first round: which centre won, under which order `P` and band `delta`, and
-# how many weights it took (with statistics of their `mu` and `sigma` before the snap).
+# how many weights it took (with statistics of their `mu` and `sigma` before the snap; `steps_table` gives sigma
+# as the method uses it, `max(sigma, 2^-30)`).
 
 # %%
-replayed.rounds[0].steps.head(10)
+steps = steps_table(replayed, 0, ["pass_index", "step", "P", "delta", "centre", "n_fit", "n_taken", "sigma_mean"])
+steps.head(10).round(4)
 
 # %% [markdown]
 # The per-layer table after the final round: every weight is fixed, and each layer uses only a handful
-# of values.
+# of values. `layer_table` shows sigma as the method uses it, `max(sigma, 2^-30)` (the raw parameter, which the
+# record summarises, can be pushed to zero or below by training).
 
 # %%
-last.layers[["name", "shape", "unique", "entropy", "fraction_fixed", "sigma_median"]]
+layer_table(last, columns=["name", "shape", "unique", "entropy", "sigma_median"], digits=3)
 
 # %% [markdown]
 # Rebuild the network after any round and evaluate it: the accuracy matches the record.

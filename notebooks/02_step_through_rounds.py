@@ -46,6 +46,7 @@ import os
 import tempfile
 
 import pwfn_viz
+from pwfn_viz.analysis.tables import config_summary
 from pwfn_viz.widgets import CompareExplorer, RoundExplorer, UncertaintyExplorer, WhatIf, weight_trajectory
 
 FAST = os.environ.get("PWFN_FAST", "1") != "0"
@@ -58,8 +59,15 @@ else:
     else:
         config = pwfn_viz.RunConfig.demo()
     run = pwfn_viz.run(config, out_dir=f"{tempfile.mkdtemp(prefix='pwfn-rounds-')}/digits", progress=False)
+config_summary(run)
+
+# %% [markdown]
+# The run round by round: the share of weights fixed, test accuracy before and after each snap, the codebook
+# size and its entropy (`run.table()` has every recorded column), and whether sigma has learned.
+
+# %%
 print(run.sigma_verdict_line())
-run
+run.table()[["fraction", "top1_before", "top1_after", "unique", "entropy"]].round(2)
 
 # %% [markdown]
 # ## Round by round

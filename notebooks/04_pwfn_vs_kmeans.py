@@ -57,6 +57,7 @@ from pwfn_viz import RunConfig
 from pwfn_viz.analysis.frontier import summarise
 from pwfn_viz.viz.compare_plots import plot_codebooks, plot_moves_vs_sigma
 from pwfn_viz.viz.frontier_plots import plot_accuracy_entropy
+from pwfn_viz.viz.verdicts import budget_winners, describe_winners, head_to_head
 from pwfn_viz.widgets import CompareExplorer
 
 FAST = os.environ.get("PWFN_FAST", "1") != "0"   # PWFN_FAST=0: the full demo configuration
@@ -90,7 +91,18 @@ print(run.sigma_verdict_line())
 
 # %%
 result = pwfn_viz.compare(run, seed=0)
-result.table
+result.table[["method", "k", "top1", "unique", "entropy", "weight_error", "moved_gt_1sigma"]].round(3)
+
+# %% [markdown]
+# ### Who wins in this run?
+# Each line compares one k-means row with PWFN, written from the table above (not typed in advance), so it stays
+# true whatever this run produced. Read the budget with it: a method that is more accurate with *more* values or
+# bits has bought its accuracy; one that is more accurate with fewer has won outright. On 360 test images one
+# image is 0.28 points.
+
+# %%
+for other in result.table["method"].iloc[1:]:
+    print(head_to_head(result.table, other))
 
 # %% [markdown]
 # The search for the entropy budget: every `k` evaluated and the entropy (bits) of the quantised
@@ -114,10 +126,8 @@ result.layers.pivot(index="layer", columns="method", values="weight_error")[resu
 
 # %%
 fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True, layout="constrained")
-plot_codebooks(result, ["pwfn", "kmeans@unique"], ax=axes[0])
-plot_codebooks(result, ["pwfn", "kmeans@entropy"], ax=axes[1])
-axes[0].set_title("same number of unique values")
-axes[1].set_title("same entropy");
+plot_codebooks(result, ["pwfn", "kmeans@unique"], ax=axes[0], title="same number of unique values")
+plot_codebooks(result, ["pwfn", "kmeans@entropy"], ax=axes[1], title="same entropy");
 
 # %% [markdown]
 # ## How far each weight moved, in units of its sigma
@@ -131,15 +141,13 @@ axes[1].set_title("same entropy");
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True, layout="constrained")
-plot_moves_vs_sigma(result, ["pwfn", "kmeans@unique"], ax=axes[0])
-plot_moves_vs_sigma(result, ["pwfn", "kmeans@unique+ft"], ax=axes[1])
-axes[0].set_title("k-means, same unique values")
-axes[1].set_title("... after fine-tuning");
+plot_moves_vs_sigma(result, ["pwfn", "kmeans@unique"], ax=axes[0], title="k-means, same unique values")
+plot_moves_vs_sigma(result, ["pwfn", "kmeans@unique+ft"], ax=axes[1], title="... after fine-tuning");
 
 # %%
 moved = result.table.set_index("method")[["moved_gt_1sigma", "moved_gt_2sigma", "moved_gt_3sigma"]]
 ax = moved.plot.bar(figsize=(7, 3.5), rot=20, ylabel="fraction of weights")
-ax.set_title("weights moved more than 1, 2, 3 sigma");
+ax.set_title(r"weights moved more than 1, 2, 3 $\sigma$");
 
 # %% [markdown]
 # ## Any k, interactively
@@ -169,7 +177,7 @@ explorer.comparison.table[["method", "k", "top1", "unique", "entropy", "weight_e
 # ```
 
 # %% [markdown]
-# ## Accuracy against entropy: does learned sigma help?
+# ## Accuracy against budget: where does each method win?
 # One run is one point. `pwfn-viz frontier` repeats the comparison over several budgets and seeds, all from the
 # same pre-trained network per seed, and writes one row per (method, budget, seed) to `frontier.csv`:
 #
@@ -199,21 +207,33 @@ else:
           "(it writes results/frontier/frontier.csv) and point PWFN_FRONTIER_CSV at that file.")
 
 # %% [markdown]
+# ### PWFN against fine-tuned k-means, budget by budget
+# The curve of the two methods alone: PWFN at each budget, and fine-tuned k-means given PWFN's unique count (and,
+# separately, its entropy) at that budget. The table and the sentences under it are computed from the recorded
+# rows: a difference within one standard deviation over the seeds is called a tie, not a win.
+
+# %%
+if frontier is not None:
+    both = ["pwfn", "kmeans@unique+ft", "kmeans@entropy+ft"]
+    fig = plot_accuracy_entropy(frontier, methods=both)
+    summary = summarise(frontier)
+    for other in both[1:]:
+        winners = budget_winners(summary, "pwfn", other)
+        display(winners.round(2))
+        print("\n".join(describe_winners(winners)))
+
+# %% [markdown]
 # ## Reading the curve
 #
-# Three seeds, four PWFN budgets (the full write-up, with the table, is `docs/results/sigma_ablation.md`):
+# The sentences above say who wins where; some context for reading them (the full write-up is
+# `docs/results/sigma_ablation.md`):
 #
-# - **Learned sigma beats the initialisation formula at every budget.** At the paper's budget (P4) both keep
-#   the unquantised accuracy, but learned sigma needs about one bit less entropy (4.2 against 5.1 bits); at P2
-#   it is 0.7 points more accurate and 0.6 bits cheaper; at P1 and P1-b5 about 2 points more accurate, within
-#   a seed spread of 2-3.5 points, so suggestive rather than established.
-# - **PWFN is not on the front here.** Whole-network k-means with its centroids fine-tuned for as many steps
-#   as PWFN trained matches it near 4 bits and beats it by about 2 points at 2.6-3.3 bits. Its values are
-#   free real numbers; PWFN's are (sums of) powers of two, which is what the method buys for hardware. PWFN's
-#   filled point at P1-b5 is "on the front" only because nothing else was measured at so low an entropy.
-# - **PWFN loses its accuracy in the last round**, where the final 1 % of weights (those with the smallest
-#   learned sigma) is snapped with no training afterwards; the per-round tables of the runs show it.
-# - **Post-training palettization breaks at 2 bits** (83 % with a spread of 11 points); DKM, which trains,
-#   does not.
-# - The digits task is nearly lossless for every method that retrains down to about 3 bits, so most
-#   differences are a handful of the 360 test images: a harder task is needed for stronger claims.
+# - **Budgets differ in kind.** PWFN's shared values are zero and sums of a few powers of two, cheap in hardware;
+#   k-means' are free real numbers, which is what it spends its accuracy on. At the same unique count k-means
+#   also has more entropy than PWFN (compare the two entropy columns).
+# - **Learned against frozen sigma**: compare the `pwfn` and `pwfn-frozen` rows of the first table at each
+#   budget; the sigma diagnostic beside them says whether sigma moved away from its initialisation at all.
+# - **Where PWFN loses accuracy**: the per-round tables of the runs show whether it happens in the last round,
+#   where the final weights (those with the smallest learned sigma) are snapped with no training afterwards.
+# - The digits task is nearly lossless for every method that retrains down to about 3 bits, so most differences
+#   are a handful of the 360 test images: a harder task is needed for stronger claims.

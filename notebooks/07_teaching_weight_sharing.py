@@ -26,7 +26,7 @@
 # 3. powers of two (shared values that are cheap in hardware),
 # 4. PWFN: powers of two, where each weight's **uncertainty** decides how far it may move.
 #
-# At the end there are three exercises, with solutions hidden in collapsed cells.
+# At the end there are three exercises; each answer stays hidden until you press its **Show the answer** button.
 
 # %%
 import os
@@ -39,7 +39,8 @@ from pwfn_viz.baselines.kmeans import kmeans_1d
 from pwfn_viz.core.metrics import codebook_stats
 from pwfn_viz.viz import plot_greedy_steps, plot_sigma_vs_mu
 from pwfn_viz.analysis.tables import power_of_two_terms, round_from_cluster
-from pwfn_viz.viz.teaching import plot_number_line, snap_to_codebook
+from pwfn_viz.viz.teaching import greedy_assign, plot_number_line, snap_to_codebook
+from pwfn_viz.widgets.teaching import DeltaExplorer, reveal
 
 FAST = os.environ.get("PWFN_FAST", "1") != "0"   # PWFN_FAST=0: the full-length run
 mu = torch.tensor([0.62, 0.27, 0.249, -0.13, 0.1245, 0.004, -0.35, 0.502, -0.02, 0.09, -0.26, 0.75],
@@ -102,7 +103,26 @@ fig = plot_number_line(mu, pow2_values, codebook=pow2, title="nearest power of t
 # almost anywhere.
 
 # %%
-fig = plot_number_line(mu, sigma=sigma, codebook=pow2, title="each weight and its allowance mu +- sigma")
+fig = plot_number_line(mu, sigma=sigma, codebook=pow2, title=r"each weight and its allowance $\mu \pm \sigma$")
+
+# %% [markdown]
+# ### Drag delta
+# How far may a weight travel? `delta` scales every allowance at once. Drag the slider: the bars widen, and each
+# weight takes the centre that one **greedy pass** at that `delta` gives it (the power of two that fits the most
+# still-unassigned weights wins them all, then the next). Weights with no arrow fit no power of two yet. Notice
+# that at large `delta` a weight does not go to its *nearest* centre but to the most popular one it fits.
+
+# %%
+explorer = DeltaExplorer(mu, sigma, pow2)
+explorer
+
+# %% [markdown]
+# The slider's answer is a plain function, `greedy_assign(mu, sigma, centres, delta)`, so the same numbers can be
+# printed for a few values of `delta`:
+
+# %%
+pd.DataFrame({f"delta = {d:g}": greedy_assign(mu, sigma, pow2, d).numpy() for d in (0.5, 1, 4, 16)},
+             index=[f"w{i}" for i in range(len(mu))]).T
 
 # %% [markdown]
 # One **round** fixes a fraction of the weights, greedily: among the powers of two, the centre that fits the
@@ -156,34 +176,47 @@ moves
 # that is what keeps the accuracy while the codebook shrinks.
 #
 # ## Exercises
-# Each exercise has a solution in the collapsed cell below it (click the dots to expand it).
+# Try each one in a new cell first. The cell under it holds the answer, hidden: press **Show the answer** to run it
+# and see the result (the cell's code is collapsed too; click the dots to read it).
 #
 # **Exercise 1.** Start with a narrower band: `cluster_round(mu, sigma, 1.0, config=ClusterConfig(delta=0.5))`.
 # How many passes (`pass_index`) does the round need now, and how many distinct centres does it use?
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
-narrow = cluster_round(mu, sigma, 1.0, config=ClusterConfig(delta=0.5))
-print("passes:", narrow.steps["pass_index"].nunique(), "(delta = 1:", full.steps["pass_index"].nunique(), ")")
-print("distinct centres:", len(set(narrow.centres.tolist())), "(delta = 1:", len(set(full.centres.tolist())), ")")
+def exercise_1():
+    narrow = cluster_round(mu, sigma, 1.0, config=ClusterConfig(delta=0.5))
+    print("passes:", narrow.steps["pass_index"].nunique(), "(delta = 1:", full.steps["pass_index"].nunique(), ")")
+    print("distinct centres:", len(set(narrow.centres.tolist())), "(delta = 1:", len(set(full.centres.tolist())), ")")
+
+
+reveal(exercise_1)
 
 # %% [markdown]
 # **Exercise 2.** Which candidate centres of order `P <= 2` does a weight with `mu = 0.3`, `sigma = 0.1` fit at
 # `delta = 1`? And at `delta = 0.25`?
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
-candidates = candidate_centres(2, 1.0)
-for delta in (1.0, 0.25):
-    fits = candidates[(candidates - 0.3).abs() <= delta * 0.1]
-    print(f"delta = {delta}:", sorted(fits.tolist()))
+def exercise_2():
+    candidates = candidate_centres(2, 1.0)
+    for delta in (1.0, 0.25):
+        fits = candidates[(candidates - 0.3).abs() <= delta * 0.1]
+        print(f"delta = {delta}:", sorted(fits.tolist()))
+
+
+reveal(exercise_2)
 
 # %% [markdown]
 # **Exercise 3.** Give k-means as many values as PWFN used (`len(set(full.mu.tolist()))`). Which method moves
 # more weights further than one sigma?
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
-k = len(set(full.mu.tolist()))
-km_same = kmeans_1d(mu, k, seed=0)
-km_same_values = torch.as_tensor(km_same.centres)[torch.as_tensor(km_same.labels)]
-beyond = {"k-means": int(((km_same_values - mu).abs() > sigma).sum()),
-          "PWFN": int(((full.mu - mu).abs() > sigma).sum())}
-print(f"k = {k}; weights moved more than one sigma:", beyond)
+def exercise_3():
+    k = len(set(full.mu.tolist()))
+    km_same = kmeans_1d(mu, k, seed=0)
+    km_same_values = torch.as_tensor(km_same.centres)[torch.as_tensor(km_same.labels)]
+    beyond = {"k-means": int(((km_same_values - mu).abs() > sigma).sum()),
+              "PWFN": int(((full.mu - mu).abs() > sigma).sum())}
+    print(f"k = {k}; weights moved more than one sigma:", beyond)
+
+
+reveal(exercise_3)

@@ -5,7 +5,7 @@
     pwfn-viz run --resume runs/digits_cnn-digits-20261126-120000
     pwfn-viz show runs/digits_cnn-digits-20261126-120000
     pwfn-viz analyse runs/digits_cnn-digits-20261126-120000 --out figures/   # noise + calibration
-    pwfn-viz export runs/digits_cnn-digits-20261126-120000                   # codebook + packed indices
+    pwfn-viz export runs/digits_cnn-digits-20261126-120000 --format entropy  # codebook + entropy-coded indices
     pwfn-viz figures runs/digits_cnn-digits-20261126-120000 --out figures/   # every plot, png/pdf/svg
     pwfn-viz verify runs/digits_cnn-digits-20261126-120000                   # is the record whole? (exit 1 if not)
     pwfn-viz list                                 # every name an option picks from
@@ -29,9 +29,9 @@ from .core.sigma_param import SIGMA_PARAMS
 from .data.datasets import _DATASETS
 from .models.factory import _MODELS, list_models
 from .registry import Registry
-from .train.config import METHODS, OPTIMIZERS
+from .train.config import DATA_TRANSFORMS, DECAY_MODES, METHODS, OPTIMIZERS, PROFILES
 from .train.config import PAPER_FRACTIONS, RunConfig
-from .train.presets import PRESETS
+from .train.presets import PRESETS, preset
 
 
 def _as_registry(kind: str, entries) -> Registry:
@@ -49,7 +49,7 @@ def registries() -> dict[str, Registry]:
     """Every registry a name is picked from, under the label ``pwfn-viz list`` prints (models:
     the own ones; timm's are listed by pattern)."""
     return {"models": _MODELS, "datasets": _DATASETS, "methods": METHODS, "optimizers": OPTIMIZERS,
-            "presets": PRESETS, "sigma inits": _as_registry("sigma init", SIGMA_INITS),
+            "presets": PRESETS, "profiles": PROFILES, "sigma inits": _as_registry("sigma init", SIGMA_INITS),
             "sigma joins": _as_registry("sigma join", SIGMA_JOINS), "sigma parameterisations": SIGMA_PARAMS,
             "k-means inits": _INITS,
             "k-means scopes": _SCOPES}
@@ -159,6 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run with its recorded settings (only --device, --threads, "
                         "--data-root and --quiet may be given with it)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--pretrained-tag", default=None, help="timm pretrained tag, e.g. tv_in1k (presets pin theirs)")
+    r.add_argument("--warmup-epochs", type=float, default=None, help="Bayesian warm-up (mu and sigma) before round 0")
+    r.add_argument("--warmup-steps", type=int, default=None, help="the warm-up in optimiser steps")
+    r.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: from the CPU count "
+                   "for file datasets, 0 for in-memory ones)")
+    sem = r.add_argument_group("training semantics", "the corrected method (default) or the authors' code; see "
+                               "docs/faithfulness.md. Each point below overrides the profile's")
+    _add_choice(sem, "--profile", PROFILES, default=None, help="corrected (default) or reference")
+    sem.add_argument("--fixed-noise", action=argparse.BooleanOptionalAction, default=None,
+                     help="sample fixed weights too (reference: on)")
+    sem.add_argument("--fixed-sigma-reg", action=argparse.BooleanOptionalAction, default=None,
+                     help="the sigma regulariser acts on fixed weights too (reference: on)")
+    sem.add_argument("--bias-sigma-reg", action=argparse.BooleanOptionalAction, default=None,
+                     help="the sigma regulariser acts on biases (reference: off)")
+    sem.add_argument("--decay", choices=DECAY_MODES, default=None,
+                     help="masked: loss-term decay of free mu; coupled: the optimiser's decay of every parameter")
+    sem.add_argument("--data-transforms", choices=DATA_TRANSFORMS, default=None, help="imagefolder transforms")
+    sem.add_argument("--train-split", type=float, default=None, help="fraction of the training set used")
+    sem.add_argument("--delta-start", type=float, default=None, help="band width in round 0 (with --delta-end)")
+    sem.add_argument("--delta-end", type=float, default=None, help="band width in the last round, linear between")
+    sem.add_argument("--delta-growth", type=float, default=None, help="band growth when a pass runs short (> 1)")
 
     s = sub.add_parser("show", help="print the per-round table of a run directory")
     s.add_argument("run_dir")
@@ -193,9 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", default=None, metavar="DIR", help="write reliability/noise figures (png, pdf) to DIR")
     an.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    ex = sub.add_parser("export", help="write the fixed network as a codebook plus bit-packed indices (safetensors)")
+    ex = sub.add_parser("export", help="write the fixed network as a codebook plus indices (safetensors or ONNX) "
+                                       "and print the size table")
     ex.add_argument("run_dir")
-    ex.add_argument("--out", default=None, metavar="FILE", help="output file (default RUN_DIR/export.safetensors)")
+    ex.add_argument("--format", choices=["safetensors", "entropy", "onnx"], default="safetensors",
+                    help="safetensors: bit-packed indices (default); entropy: entropy-coded indices, the smallest "
+                         "(recommended); onnx: uint8/uint16 indices decoded by Gather nodes, for onnxruntime")
+    ex.add_argument("--out", default=None, metavar="FILE",
+                    help="output file (default RUN_DIR/export.safetensors, export.ans.safetensors or export.onnx)")
+    ex.add_argument("--no-compressors", action="store_true",
+                    help="leave zstd and brotli out of the size table (slow past a few million weights)")
     ex.add_argument("--round", type=int, default=-1,
                     help="round to export (default -1: the last; every weight must be fixed)")
 
@@ -205,10 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--formats", type=_formats, default=("png", "pdf", "svg"),
                     help="comma-separated file formats (default png,pdf,svg)")
     fg.add_argument("--no-compare", action="store_true", help="skip the PWFN against k-means figures")
-    fg.add_argument("--rounds", type=_rounds, default=None,
-                    help="rounds for the per-round figures, e.g. 0,-1 (default: all)")
+    fg.add_argument("--rounds", type=lambda t: "all" if t.strip() == "all" else _rounds(t), default=None,
+                    help="rounds for the per-round figures, e.g. 0,-1, or all (default: the first and the last)")
     fg.add_argument("--layer", default=None, help="tensor of the channel heatmap (default the largest convolution)")
     fg.add_argument("--dpi", type=int, default=200, help="resolution of the PNG files")
+    fg.add_argument("--venue", default=None, metavar="NAME",
+                    help="size figures and fonts for a venue: neurips, iclr, icml, cvpr, ieee or aaai "
+                         "(pwfn_viz.viz.style.VENUES; default: the package's screen size)")
+    fg.add_argument("--width", default="text", choices=("text", "column"),
+                    help="with --venue: the full text width or one column (default text)")
+    fg.add_argument("--quiet", action="store_true", help="print nothing: no progress bar, no summary")
 
     fr = sub.add_parser("frontier", help="accuracy against entropy over budgets and seeds: learned against frozen "
                                          "sigma, k-means and coremltools palettization (the digits-demo preset)")
@@ -227,27 +261,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(a) -> RunConfig:
-    fields = dict(model=a.model, dataset=a.dataset, data_root=a.data_root, image_size=a.image_size,
-                  in_chans=a.in_chans, pretrained=a.pretrained, checkpoint=a.checkpoint,
-                  pretrain_epochs=a.pretrain_epochs, pretrain_lr=a.pretrain_lr, fractions=a.fractions,
-                  first_round_epochs=a.first_epochs, epochs_per_round=a.epochs, first_round_steps=a.first_steps,
-                  steps_per_round=a.steps, sigma_lr_mult=a.sigma_lr_mult, sigma_param=a.sigma_param,
-                  optimizer=a.optimizer, lr=a.lr,
-                  momentum=a.momentum, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
-                  batch_size=a.batch_size, sigma_init=a.sigma_init, seed=a.seed, device=a.device,
-                  threads=a.threads, wfn_delta=a.wfn_delta,
-                  cluster=ClusterConfig(sigma_join=a.sigma_join, zero_fix=not a.no_zero_fix))
-    fields.update(amp=a.amp, channels_last=a.channels_last or None, compile=a.compile or None)
-    given = {k: v for k, v in fields.items() if v is not None}   # unset options keep the method's defaults
-    if a.preset:  # the preset's fields win over the parser's defaults, options given explicitly over both
-        explicit = {k: v for k, v in given.items() if v != getattr(RunConfig(), k, None)}
-        # an epoch budget given on the command line replaces the preset's step budget for that round
-        for epochs, steps in (("first_round_epochs", "first_round_steps"), ("epochs_per_round", "steps_per_round")):
-            if epochs in explicit and steps not in explicit:
-                explicit[steps] = None
-        return RunConfig.from_preset(a.preset, **explicit)
-    return RunConfig.wfn(**given) if a.method == "wfn" else RunConfig(method=a.method, **given)
+# run's options that are not RunConfig fields of the same name
+_NOT_FIELDS = {"command", "out", "resume", "quiet", "preset", "method", "sigma_join", "no_zero_fix"}
+_RENAMED = {"first_epochs": "first_round_epochs", "epochs": "epochs_per_round", "first_steps": "first_round_steps",
+            "steps": "steps_per_round"}
+# What the WFN baseline sets for itself (RunConfig.wfn); a preset's values of these are PWFN's
+_WFN_OWN = ("fractions", "optimizer", "lr", "sigma_init", "sigma_init_value", "reg_lambda")
+
+
+def _given(argv) -> dict:
+    """The ``run`` options given on the command line, by name, whatever their value (an option
+    given equal to its default counts as given)."""
+    parser = build_parser()
+    run_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    for action in run_parser._actions:
+        action.default = argparse.SUPPRESS
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if k != "command"}
+
+
+def _config(a, argv) -> RunConfig:
+    """The run's config: the method's defaults, then the preset's fields, then every option given on
+    the command line (always the last word, even when it equals a default)."""
+    given = _given(argv)
+    explicit = {_RENAMED.get(k, k): v for k, v in given.items() if k not in _NOT_FIELDS}
+    if "sigma_join" in given or "no_zero_fix" in given:
+        explicit["cluster"] = ClusterConfig(sigma_join=a.sigma_join, zero_fix=not a.no_zero_fix)
+    # an epoch budget given on the command line replaces the (preset's) step budget of those rounds
+    for epochs, steps in (("first_round_epochs", "first_round_steps"), ("epochs_per_round", "steps_per_round")):
+        if epochs in explicit and steps not in explicit:
+            explicit[steps] = None
+    base = dict(preset(a.preset), preset=a.preset) if a.preset else {}
+    if a.method == "wfn":   # WFN on a preset: the preset's model and data, WFN's own training settings
+        return RunConfig.wfn(**{k: v for k, v in base.items() if k not in _WFN_OWN}, **explicit)
+    return RunConfig(**{**base, "method": a.method, **explicit})
+
+
+def run_config(argv) -> RunConfig:
+    """The RunConfig that ``pwfn-viz <argv>`` would run (``argv`` starts with "run").
+
+    >>> run_config(["run", "--preset", "digits-demo", "--epochs", "3"]).epochs_per_round
+    3.0
+    """
+    return _config(build_parser().parse_args(argv), argv)
 
 
 # What `run --resume` may change: where and how fast the run computes, not what it computes.
@@ -257,11 +312,7 @@ _RESUME_RUNTIME = ("device", "threads", "data_root")
 def _resume_options(argv, args) -> dict:
     """The options given with ``run --resume`` (argparse's defaults aside): device, threads and
     data_root for ``run``; a ValueError naming any option that would change the result."""
-    parser = build_parser()
-    run_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
-    for action in run_parser._actions:
-        action.default = argparse.SUPPRESS
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if k not in ("command", "resume", "quiet")}
+    given = {k: v for k, v in _given(argv).items() if k not in ("resume", "quiet")}
     if "out" in given and os.path.abspath(given.pop("out")) != os.path.abspath(args.resume):
         raise ValueError(f"--out with --resume {args.resume}: a resumed run continues in its own directory; drop --out")
     refused = ["--" + k.replace("_", "-") for k in given if k not in _RESUME_RUNTIME]
@@ -316,7 +367,7 @@ def main(argv=None) -> int:
         if args.command == "run":
             from .train.loop import run
             runtime = _resume_options(argv, args) if args.resume else {}
-            result = run(None if args.resume else _config(args), args.out, resume=args.resume, **runtime,
+            result = run(None if args.resume else _config(args, argv), args.out, resume=args.resume, **runtime,
                          progress=not args.quiet)
             if int(os.environ.get("RANK", "0")) == 0:   # under torchrun only rank 0 prints
                 columns = ["fraction", f"{result.primary}_before", f"{result.primary}_after", "unique",
@@ -360,15 +411,27 @@ def main(argv=None) -> int:
                     print(f"wrote {path}")
         elif args.command == "export":
             from pathlib import Path
-            from .analysis.export import export_run
+            from .analysis.export import export_run, fixed_weights
+            from .analysis.export_sizes import format_size_table, size_table
             if args.out:
                 _writable_file(args.out, "--out")
-            print(export_run(args.run_dir, args.out or Path(args.run_dir) / "export.safetensors", args.round))
+            name = {"safetensors": "export.safetensors", "entropy": "export.ans.safetensors", "onnx": "export.onnx"}
+            out = args.out or Path(args.run_dir) / name[args.format]
+            if args.format == "onnx":
+                from .analysis.onnx_export import export_onnx
+                print(export_onnx(args.run_dir, out, args.round))
+            else:
+                encoding = "ans" if args.format == "entropy" else "fixed"
+                print(export_run(args.run_dir, out, args.round, encoding=encoding))
+            weights = fixed_weights(args.run_dir, args.round)[2]
+            print(format_size_table(size_table(weights, compressors=not args.no_compressors)))
         elif args.command == "figures":
             from .viz.figures import write_figures
             paths = write_figures(args.run_dir, args.out, args.formats, rounds=args.rounds, layer=args.layer,
-                                  comparison=not args.no_compare, dpi=args.dpi)
-            print(f"wrote {len(paths)} files to {args.out}")
+                                  comparison=not args.no_compare, dpi=args.dpi, progress=not args.quiet,
+                                  venue=args.venue, width=args.width)
+            if not args.quiet:
+                print(f"wrote {len(paths)} files to {args.out}")
         elif args.command == "frontier":
             from .analysis.frontier import FrontierConfig, run_frontier, summarise
             from .viz.frontier_plots import plot_accuracy_entropy

@@ -94,7 +94,8 @@ def test_sigma_vs_mu_draws_every_weight_each_centre_and_its_band(run, round_inde
     fixed = rnd.flat("post")[2]
     new = fixed & ~pre_fixed
     just = [c for c in scatters if c.get_label().startswith("fixed by this snap")][0]
-    expected = np.stack([pre_mu[new].numpy(), pre_sigma[new].clamp(min=0).numpy()], 1)   # raw sigma < 0 drawn at 0
+    # sigma as the method uses it, max(sigma, 2^-30): never the raw parameter (which may be <= 0)
+    expected = np.stack([pre_mu[new].numpy(), pre_sigma[new].clamp(min=2.0 ** -30).numpy()], 1)
     got = np.asarray(just.get_offsets())
     assert got.shape == expected.shape
     np.testing.assert_allclose(np.sort(got, axis=0), np.sort(expected, axis=0))
@@ -373,7 +374,7 @@ def test_greedy_steps_panels(run):
     assert [p.get_height() for p in counts.patches] == steps["n_taken"].tolist()
     lines = {line.get_label(): line for ax in fig.axes for line in ax.lines}
     np.testing.assert_array_equal(lines["order P"].get_ydata(), steps["P"])
-    np.testing.assert_allclose(lines["delta"].get_ydata(), steps["delta"])
+    np.testing.assert_allclose(lines[r"$\delta$"].get_ydata(), steps["delta"])
     np.testing.assert_array_equal(lines["cumulative taken"].get_ydata(), steps["n_taken"].cumsum())
     assert all(ax.get_ylabel() for ax in fig.axes) and growth.get_xlabel() == "greedy step"
     _, axes = plt.subplots(1, 3)

@@ -31,7 +31,8 @@ __all__ = ["SIGMA_FLOOR", "WHICH", "resolve_round", "check_layer", "sigma_tensor
            "channel_sigma", "kernel_pattern", "pooled_kernel_pattern", "position_spread",
            "position_spread_table", "find_attention", "split_qkv",
            "split_proj", "attention_head_table", "fraction_fixed_table", "weight_status", "value_counts",
-           "power_of_two_terms", "round_from_cluster", "largest_conv"]
+           "power_of_two_terms", "round_from_cluster", "largest_conv", "layer_table", "steps_table",
+           "config_summary", "SIGMA_STATS"]
 
 SIGMA_FLOOR = SAMPLING_SIGMA_FLOOR   # the smallest sigma the method uses (docs/method.md, section 1)
 #: which sigma a position plot shows
@@ -294,6 +295,104 @@ def fraction_fixed_table(run: Run) -> pd.DataFrame:
     table = pd.DataFrame(rows).T
     table.index.name, table.columns.name = "round", "layer"
     return table
+
+
+#: the per-layer table's sigma statistics and the :func:`sigma_summary` column each is recomputed from
+SIGMA_STATS = {"sigma_mean": "mean", "sigma_median": "median", "sigma_q05": "q05", "sigma_q25": "q25",
+               "sigma_q75": "q75", "sigma_q95": "q95"}
+
+
+def layer_table(source, round_index: int | None = None, columns=None, digits: int | None = None) -> pd.DataFrame:
+    """The per-layer table of a round (its ``layers.csv``, written after the snap) with every
+    sigma statistic (:data:`SIGMA_STATS`) recomputed from the sigma the method uses,
+    ``max(sigma, 2^-30)``: the record summarises the raw parameter, which training may push to zero
+    or below, so its quantiles can read negative. ``columns`` picks columns (``name`` first);
+    ``digits`` rounds the numbers (significant digits for the sigma columns).
+
+        >>> layer_table(run, -1, ["name", "unique", "sigma_median"], digits=3)   # doctest: +SKIP
+    """
+    rnd = resolve_round(source, round_index)
+    if not len(rnd.layers):
+        raise ValueError(f"round {rnd.index} recorded no per-layer table (layers.csv missing)")
+    table = rnd.layers.reset_index(drop=True).copy()
+    stats = sigma_summary(sigma_tensors(rnd, which="post"))
+    for column, key in SIGMA_STATS.items():
+        if column in table:
+            table[column] = table["name"].map(stats[key]).to_numpy(float)
+    if columns is not None:
+        missing = [c for c in columns if c not in table]
+        if missing:
+            raise ValueError(f"no column(s) {missing}; the table has {list(table.columns)}")
+        table = table[list(columns)]
+    if digits is not None:
+        table = table.copy()
+        for column in table.select_dtypes("number").columns:
+            if column in SIGMA_STATS:
+                table[column] = table[column].map(lambda v: float(f"{v:.{digits}g}"))
+            elif column != "round":
+                table[column] = table[column].round(digits)
+    return table
+
+
+def steps_table(source, round_index: int | None = None, columns=None) -> pd.DataFrame:
+    """The greedy steps of a round (``Round.steps``) with ``sigma_mean`` / ``sigma_std`` of the
+    weights each step took recomputed from ``max(sigma, 2^-30)`` (the record uses the raw pre-snap
+    parameter). A step's weights are known exactly when its centre won no other step of the round:
+    the weights fixed at that value after the snap (a step also takes the weights fixed earlier that
+    sit on its centre, and counts them in its statistics). A centre that won in several passes shares its weights
+    between them; those steps keep the recorded mean, raised to the floor (the clamped mean can
+    only be larger), and the recorded spread. ``columns`` picks columns."""
+    rnd = resolve_round(source, round_index)
+    steps = rnd.steps.reset_index(drop=True).copy()
+    if len(steps) and {"sigma_mean", "centre", "n_taken"} <= set(steps.columns):
+        _, sigma, _ = rnd.flat("pre")
+        post_mu, _, post_fixed = rnd.flat("post")
+        sigma, post_mu, post_fixed = sigma.double().clamp(min=SIGMA_FLOOR), post_mu.double(), post_fixed.bool()
+        taken = steps[steps["n_taken"] > 0]
+        unique = taken["centre"].map(taken["centre"].value_counts()) == 1
+        for i in taken.index:
+            if unique[i]:
+                chosen = sigma[post_fixed & (post_mu == float(steps.at[i, "centre"]))]
+                if chosen.numel():
+                    steps.at[i, "sigma_mean"] = chosen.mean().item()
+                    steps.at[i, "sigma_std"] = chosen.std(correction=0).item()
+                    continue
+            steps.at[i, "sigma_mean"] = max(float(steps.at[i, "sigma_mean"]), SIGMA_FLOOR)
+    return steps if columns is None else steps[list(columns)]
+
+
+def config_summary(source) -> pd.DataFrame:
+    """The settings that decide a run, one row each (``setting``, ``value``): model and data, the
+    rounds' fractions, training per round, sigma's initialisation and learning rate, and the
+    clustering. ``source``: a Run (adds the unquantised accuracy) or a RunConfig.
+
+        >>> from pwfn_viz import RunConfig
+        >>> config_summary(RunConfig.demo()).loc["rounds", "value"]
+        '10: 20, 40, 60, 70, 80, 90, 95, 97.5, 99, 100 %'
+    """
+    import dataclasses
+    config = source.config if isinstance(source, Run) else dataclasses.asdict(source)
+    cluster = config.get("cluster") or {}
+    fractions = config.get("fractions") or ()
+    steps = config.get("steps_per_round")
+    training = (f"{config.get('first_round_steps') or steps} steps, then {steps} a round" if steps
+                else f"{config.get('first_round_epochs')} epochs, then {config.get('epochs_per_round')} a round")
+    rows = {
+        "model / data": f"{config.get('model')} on {config.get('dataset')}",
+        "rounds": f"{len(fractions)}: " + ", ".join(f"{100 * f:g}" for f in fractions) + " %",
+        "pre-training": f"{config.get('pretrain_epochs')} epochs" if not config.get("pretrained") else "pretrained",
+        "training between snaps": training,
+        "optimiser": f"{config.get('optimizer')}, lr {config.get('lr'):g}, batch {config.get('batch_size')}",
+        "sigma": (f"init {config.get('sigma_init')}, lr x {config.get('sigma_lr_mult'):g}, "
+                  f"regulariser {config.get('reg_lambda'):.3g} up to {config.get('reg_cap'):g}"),
+        "clustering": (f"delta {cluster.get('delta', 1.0):g}, up to {cluster.get('max_powers')} powers of two, "
+                       f"zero band 2^-{cluster.get('b')}"),
+        "seed": config.get("seed"),
+    }
+    if isinstance(source, Run):
+        metric = source.primary
+        rows[f"unquantised {metric}"] = f"{source.baseline.get(metric, float('nan')):.2f}"
+    return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name="setting"))
 
 
 # ----------------------------------------------------------------------------- values and centres

@@ -12,14 +12,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .style import SYMBOL, legend_outside, new_axes, styled
+
 COLORS = {"mean weights": "#0072B2", "learned sigma samples": "#D55E00", "learned ensemble": "#D55E00",
           "isotropic samples": "#009E73", "isotropic ensemble": "#009E73"}   # Okabe-Ito
 
 
-def _axes(ax, figsize):
-    return (ax.figure, ax) if ax is not None else plt.subplots(figsize=figsize, layout="constrained")
-
-
+@styled
 def plot_reliability(result, ax=None, keys=("mean weights", "learned ensemble")):
     """Reliability diagram: accuracy per confidence bin (bars, one group per entry of ``keys``)
     against the diagonal of perfect calibration; the legend gives each ECE.
@@ -31,7 +30,7 @@ def plot_reliability(result, ax=None, keys=("mean weights", "learned ensemble"))
         raise ValueError(f"no reliability diagram for this result: {' '.join(result.notes)}")
     tables = {"predictions": result} if isinstance(result, pd.DataFrame) else \
         {k: result.reliability[k] for k in keys}
-    fig, ax = _axes(ax, (4.2, 4))
+    fig, ax = new_axes(ax, (4.2, 4))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="perfect calibration")
     for i, (key, t) in enumerate(tables.items()):
         width = (t["bin_upper"] - t["bin_lower"]).to_numpy() / len(tables)
@@ -46,19 +45,20 @@ def plot_reliability(result, ax=None, keys=("mean weights", "learned ensemble"))
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="best", fontsize="small")
+    legend_outside(ax, where="top", ncols=1, fontsize="small")
     return fig
 
 
+@styled
 def plot_noise_accuracy(result, ax=None):
     """Test top-1 (or the primary metric of a run of your own model) of every weight sample, learned
     sigma against isotropic noise of the same total variance (box plot with the samples as points),
     the two ensembles (diamonds; classification only) and the mean-weight network (dotted line)."""
     from ..record.rundir import metric_label
-    fig, ax = _axes(ax, (4.2, 3.6))
+    fig, ax = new_axes(ax, (4.2, 3.6))
     s, p = result.samples, getattr(result, "primary", "top1")
     data = [s[f"learned_{p}"].to_numpy(), s[f"isotropic_{p}"].to_numpy()]
-    labels = ["learned sigma", "isotropic"]
+    labels = [f"learned {SYMBOL['sigma']}", "isotropic"]
     box = ax.boxplot(data, positions=[0, 1], widths=0.5, patch_artist=True, showfliers=False)
     for patch, key in zip(box["boxes"], ("learned sigma samples", "isotropic samples")):
         patch.set(facecolor=COLORS[key], alpha=0.35)
@@ -74,7 +74,7 @@ def plot_noise_accuracy(result, ax=None):
     ax.set_xticks([0, 1], labels)
     ax.set_ylabel("test top-1 (%)" if p == "top1" else f"test {metric_label(p)}")
     ax.set_title(f"{result.n_samples} weight samples, equal total variance", fontsize="medium")
-    ax.legend(loc="best", fontsize="small")
+    legend_outside(ax, fontsize="small")
     return fig
 
 

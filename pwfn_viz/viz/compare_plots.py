@@ -9,9 +9,11 @@ optional ``ax``, draws, and returns the Figure.
 """
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+from ..constants import SAMPLING_SIGMA_FLOOR
+from .style import SYMBOL, legend_outside, new_axes, styled
 
 __all__ = ["plot_codebooks", "plot_moves_vs_sigma"]
 
@@ -27,14 +29,11 @@ def _methods(comparison, methods):
     return methods
 
 
-def _axes(ax, figsize):
-    return (ax.figure, ax) if ax is not None else plt.subplots(figsize=figsize, layout="constrained")
-
-
-def plot_codebooks(comparison, methods=None, ax=None, log: bool = True):
+@styled
+def plot_codebooks(comparison, methods=None, ax=None, log: bool = True, title: str | None = None):
     """Every shared value (x) and how many weights use it (y, log scale by default), one stem
     series per method: the codebooks that PWFN and k-means chose for the same budget."""
-    fig, ax = _axes(ax, (7, 3.5))
+    fig, ax = new_axes(ax, (7, 3.5))
     for i, method in enumerate(_methods(comparison, methods)):
         values, counts = torch.unique(comparison.weights[method], return_counts=True)
         colour = COLOURS[i % len(COLOURS)]
@@ -44,19 +43,24 @@ def plot_codebooks(comparison, methods=None, ax=None, log: bool = True):
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("shared value")
-    ax.set_ylabel("weights using it")
-    ax.legend(fontsize="small")
+    ax.set_ylabel("weights using it" + (" (log)" if log else ""))
+    if title:
+        ax.set_title(title)
+    legend_outside(ax, fontsize="small")
     return fig
 
 
-def plot_moves_vs_sigma(comparison, methods=None, ax=None, max_points: int = 4000, seed: int = 0):
+@styled
+def plot_moves_vs_sigma(comparison, methods=None, ax=None, max_points: int = 4000, seed: int = 0,
+                        title: str | None = None):
     """|w_final - w_start| against each weight's learned PWFN sigma (log-log), one colour per
     method, with the lines |change| = 1, 2, 3 sigma.  Points above a line moved more than that
     many sigma.  At most ``max_points`` random weights per method are drawn (the same ones for
     every method); weights that did not move at all cannot be shown on a log scale and are
-    counted in the legend instead."""
-    fig, ax = _axes(ax, (5, 4.5))
-    sigma = comparison.sigma.numpy()
+    counted in the legend instead. Sigma is the value the method uses, ``max(sigma, 2^-30)``.
+    ``title`` heads the legend above the plot."""
+    fig, ax = new_axes(ax, (5, 4.5))
+    sigma = np.maximum(comparison.sigma.double().numpy(), SAMPLING_SIGMA_FLOOR)
     rng = np.random.default_rng(seed)
     pick = rng.choice(sigma.size, size=min(max_points, sigma.size), replace=False)
     for i, method in enumerate(_methods(comparison, methods)):
@@ -64,15 +68,19 @@ def plot_moves_vs_sigma(comparison, methods=None, ax=None, max_points: int = 400
         beyond = float(np.mean(moved > sigma))
         shown = pick[moved[pick] > 0]
         still = int(np.sum(moved == 0))
-        label = f"{method}: {beyond:.0%} > 1 sigma" + (f", {still} unmoved" if still else "")
+        label = f"{method}: {beyond:.0%} > 1{SYMBOL['sigma']}" + (f", {still} unmoved" if still else "")
         ax.scatter(sigma[shown], moved[shown], s=4, alpha=0.35, color=COLOURS[i % len(COLOURS)],
                    label=label, edgecolors="none")
     span = np.array([sigma[pick].min(), sigma[pick].max()])
-    for s, style in zip((1, 2, 3), ("-", "--", ":")):
-        ax.plot(span, s * span, style, color="grey", lw=0.8, label=f"{s} sigma")
+    for s, style in zip((1, 2, 3), ("-", "--", ":")):   # labelled where they end, not in the legend
+        ax.plot(span, s * span, style, color="grey", lw=0.8, gid=f"{s} sigma")
+        ax.annotate(f"{s}{SYMBOL['sigma']}", (span[1], s * span[1]), xytext=(2, 0), textcoords="offset points",
+                    fontsize="x-small", color="grey", va="center")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("learned sigma of the weight (PWFN)")
-    ax.set_ylabel("|final weight - start weight|")
-    ax.legend(fontsize="small", markerscale=3)
+    ax.set_xlabel(f"learned {SYMBOL['sigma']} of the weight (PWFN)")
+    ax.set_ylabel(r"$|w_\mathrm{final} - w_\mathrm{start}|$")
+    if title:
+        ax.set_title(title)
+    legend_outside(ax, where="top", ncols=1, fontsize="small", markerscale=3)
     return fig

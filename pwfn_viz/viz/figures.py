@@ -4,8 +4,11 @@
     >>> from pwfn_viz.viz.figures import write_figures
     >>> paths = write_figures(pwfn_viz.load_run("runs/digits"), "figures/")     # doctest: +SKIP
 
-or, on the command line, ``pwfn-viz figures RUN_DIR --out figures/``. The figures (one file per
-format each; ``NN`` is a round index):
+or, on the command line, ``pwfn-viz figures RUN_DIR --out figures/ --venue neurips``. With a
+``venue`` (:data:`~pwfn_viz.viz.style.VENUES`) every figure is as wide as the venue's text (or,
+``width="column"``, one column) and its text has its print size (7-8 pt). The figures (one file
+per format each; ``NN`` is a round index; by default the first and the last round, ``rounds="all"``
+for every one):
 
 ========================  =====================================================================
 timeline                  top-1 before/after each snap, unique values, entropy per round
@@ -32,14 +35,22 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.backend_bases import FigureCanvasBase
+from tqdm.auto import tqdm
 
 from . import plots, position, uncertainty
 from ..analysis import tables
-from .style import style
+from .style import finish, get_venue, scaled_figsize, style
 
-__all__ = ["write_figures", "FORMATS"]
+__all__ = ["write_figures", "FORMATS", "default_rounds"]
 
 FORMATS = ("png", "pdf", "svg")
+
+
+def default_rounds(n_rounds: int) -> list[int]:
+    """The rounds that get per-round figures by default: the first (the largest snap, decided by
+    sigma learned before any fixing) and the last (the final codebook). Ten rounds of four figures
+    in three formats are 120 files nobody reads; ``rounds="all"`` asks for them."""
+    return sorted({0, n_rounds - 1}) if n_rounds else []
 
 
 def _run_figures(run, layer):
@@ -48,12 +59,12 @@ def _run_figures(run, layer):
     has_conv = any(t.dim() == 4 for t in sigma.values())
     out = [("timeline", lambda: plots.plot_timeline(run)),
            ("fraction_fixed", lambda: position.plot_fraction_fixed(run)),
-           ("sigma_by_layer", lambda: position.plot_sigma_by_layer(sigma))]
+           ("sigma_by_layer", lambda: position.plot_sigma_by_layer(sigma, which="learned"))]
     if layer is not None or has_conv:
         chosen = tables.check_layer(sigma, layer) if layer is not None else tables.largest_conv(sigma)
-        out.append(("sigma_channels", lambda: position.plot_channel_heatmap(sigma, chosen)))
+        out.append(("sigma_channels", lambda: position.plot_channel_heatmap(sigma, chosen, which="learned")))
     if has_conv and any(t.dim() >= 3 and t[0, 0].numel() > 1 for t in sigma.values()):
-        out.append(("kernel_pattern", lambda: position.plot_kernel_pattern(sigma)))
+        out.append(("kernel_pattern", lambda: position.plot_kernel_pattern(sigma, which="learned")))
     if (run.meta.get("model_spec") or {}).get("name") and position._attention_of(run, None):   # a registered model
         out.append(("attention_heads", lambda: position.plot_attention_heads(run)))
     return out
@@ -73,19 +84,17 @@ def _comparison_figures(comparison):
     pwfn = comparison.table["method"].iloc[0]
 
     def codebooks():
-        fig, axes = plt.subplots(len(methods), 1, figsize=(7, 2.8 * len(methods)), sharex=True,
+        fig, axes = plt.subplots(len(methods), 1, figsize=scaled_figsize((7, 2.8 * len(methods))), sharex=True,
                                  layout="constrained", squeeze=False)
         for ax, m in zip(axes[:, 0], methods):
-            plot_codebooks(comparison, [pwfn, m], ax=ax)
-            ax.set_title(f"{pwfn} against {m}")
+            plot_codebooks(comparison, [pwfn, m], ax=ax, title=f"{pwfn} against {m}")
         return fig
 
     def moves():
-        fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4.5), sharey=True,
+        fig, axes = plt.subplots(1, len(methods), figsize=scaled_figsize((5 * len(methods), 4.5)), sharey=True,
                                  layout="constrained", squeeze=False)
         for ax, m in zip(axes[0], methods):
-            plot_moves_vs_sigma(comparison, [pwfn, m], ax=ax)
-            ax.set_title(f"{pwfn} against {m}")
+            plot_moves_vs_sigma(comparison, [pwfn, m], ax=ax, title=f"{pwfn} against {m}")
         return fig
     return [("codebooks_vs_kmeans", codebooks), ("moves_vs_sigma", moves)]
 
@@ -99,13 +108,26 @@ def _rasterize_dense(fig, above: int = 2000):
                 coll.set_rasterized(True)
 
 
+def _save_all(fig, paths, dpi) -> None:
+    """Save ``fig`` to each of ``paths``, laying it out once: the first save runs the constrained
+    layout, the others keep its result instead of running it again inside their own draw (which
+    made a three-format export lay every figure out three times)."""
+    for i, path in enumerate(paths):
+        fig.savefig(path, dpi=dpi)
+        if i == 0 and fig.get_layout_engine() is not None:
+            fig.set_layout_engine("none")
+
+
 def write_figures(run, out_dir, formats=FORMATS, *, rounds=None, layer: str | None = None,
-                  comparison=True, only=None, dpi: int = 200, progress: bool = False) -> list[Path]:
+                  comparison=True, only=None, dpi: int = 200, progress: bool = False, venue=None,
+                  width="text") -> list[Path]:
     """Write every figure of ``run`` (a Run or a run directory) into ``out_dir`` as
     ``<stem>.<format>`` for each of ``formats``; returns the paths written, in order.
 
-    ``rounds``: round indices for the per-round figures (default: every round); ``layer``: the
-    tensor of the channel heatmap (default: the largest convolution); ``comparison``: True runs
+    ``rounds``: round indices for the per-round figures (default :func:`default_rounds`: the first
+    and the last; "all" for every round); ``venue``/``width``: size and fonts for a paper
+    (:func:`~pwfn_viz.viz.style.style`); ``progress``: a progress bar, one step per figure; ``layer``:
+    the tensor of the channel heatmap (default: the largest convolution); ``comparison``: True runs
     ``pwfn_viz.compare(run, finetune=False)`` (skipped for a run of your own model, which the
     record cannot rebuild), False skips the comparison figures, a
     :class:`~pwfn_viz.analysis.compare.Comparison` is used as it is; ``only``: write just these stems
@@ -118,7 +140,15 @@ def write_figures(run, out_dir, formats=FORMATS, *, rounds=None, layer: str | No
     if bad or not formats:
         raise ValueError(f"unknown format(s) {bad or formats}; use some of {FORMATS}")
     tables.resolve_round(run)    # a clear error for a run without rounds
-    picked = [tables.resolve_round(run, i) for i in (rounds if rounds is not None else range(len(run.rounds)))]
+    if venue is not None:
+        get_venue(venue).width(width)   # a bad venue or width fails now, not after the comparison
+    if rounds is None:
+        rounds = default_rounds(len(run.rounds))
+    elif isinstance(rounds, str):
+        if rounds != "all":
+            raise ValueError(f"rounds={rounds!r}: give round indices or 'all'")
+        rounds = range(len(run.rounds))
+    picked = [tables.resolve_round(run, i) for i in rounds]
     jobs = _run_figures(run, layer)
     for rnd in picked:
         jobs += _round_figures(rnd)
@@ -140,17 +170,18 @@ def write_figures(run, out_dir, formats=FORMATS, *, rounds=None, layer: str | No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    with style():
-        for stem, make in jobs:
+    bar = tqdm(jobs, desc="figures", unit="figure", disable=not progress, leave=False)
+    with style(venue=venue, width=width):
+        for stem, make in bar:
+            bar.set_postfix_str(stem, refresh=False)
             fig = make()
-            _rasterize_dense(fig)
             try:
-                for fmt in formats:
-                    path = out / f"{stem}.{fmt}"
-                    fig.savefig(path, dpi=dpi)
-                    written.append(path)
+                if venue is not None:
+                    finish(fig)   # composed figures (the comparison) are not styled plot functions
+                _rasterize_dense(fig)
+                paths = [out / f"{stem}.{fmt}" for fmt in formats]
+                _save_all(fig, paths, dpi)
+                written += paths
             finally:
                 plt.close(fig)
-            if progress:
-                print(f"wrote {stem}.{{{','.join(formats)}}}")
     return written

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pandas as pd
 
 from ..analysis.frontier import summarise
-from .style import PALETTE, new_axes, styled
+from .style import PALETTE, legend_outside, new_axes, styled
 
 __all__ = ["plot_accuracy_entropy"]
 
 MARKERS = "os^Dv<>p"
-LABELS = {"pwfn": "PWFN, learned sigma", "pwfn-frozen": "PWFN, sigma frozen at init",
+LABELS = {"pwfn": r"PWFN, learned $\sigma$", "pwfn-frozen": r"PWFN, $\sigma$ frozen at init",
           "kmeans@unique+ft": "k-means at PWFN's unique count, fine-tuned",
           "kmeans@entropy+ft": "k-means at PWFN's entropy, fine-tuned",
           "kmeans@unique": "k-means at PWFN's unique count", "kmeans@entropy": "k-means at PWFN's entropy",
@@ -48,5 +48,5 @@ def plot_accuracy_entropy(table: pd.DataFrame, methods=None, ax=None, annotate: 
     seeds = int(summary["seeds"].max()) if len(summary) else 0
     ax.set_xlabel("entropy of the network's weight values (bits, zero included)")
     ax.set_ylabel(f"test top-1 (%), mean of {seeds} seed{'s' if seeds != 1 else ''}")
-    ax.legend(fontsize="x-small", loc="lower right")
+    legend_outside(ax, where="top", ncols=2, fontsize="x-small")
     return fig

@@ -18,13 +18,42 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .style import COLOURS, ROLE, new_axes, order_colour, styled
+from matplotlib.ticker import MaxNLocator
+
+from .style import COLOURS, ROLE, SYMBOL, legend_outside, new_axes, order_colour, scaled_figsize, styled
 from ..analysis.tables import check_layer, power_of_two_terms, resolve_round, value_counts
 
 __all__ = ["plot_timeline", "plot_greedy_steps", "plot_step_centres", "plot_step_counts", "plot_step_growth",
            "plot_value_histograms", "plot_round_codebook"]
 
 PALETTE = {k: ROLE[k] for k in ("before", "after", "unique", "entropy")}   # kept for older imports
+
+
+def wants_log(counts, spread: float = 30.0) -> bool:
+    """Whether positive ``counts`` span more than ``spread`` times and reach 100 (see :func:`count_scale`)."""
+    c = np.asarray(counts, dtype=float)
+    c = c[np.isfinite(c) & (c > 0)]
+    return bool(c.size > 0 and c.max() >= 100 and c.max() / c.min() > spread)
+
+
+def count_scale(ax, counts, axis: str = "y", *, spread: float = 30.0) -> str:
+    """Put a count axis on a log scale only when the counts span more than ``spread`` times and
+    reach 100; otherwise a linear axis from zero with integer ticks (a log axis would make 1 and 2
+    look as far apart as 100 and 200). Returns the scale chosen.
+
+        >>> import matplotlib.pyplot as plt
+        >>> count_scale(plt.figure().add_subplot(), [1, 2, 2, 1])
+        'linear'
+    """
+    log = wants_log(counts, spread)
+    set_scale = ax.set_yscale if axis == "y" else ax.set_xscale
+    if log:
+        set_scale("log")
+        return "log"
+    set_scale("linear")
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(0, None)
+    (ax.yaxis if axis == "y" else ax.xaxis).set_major_locator(MaxNLocator(integer=True))
+    return "linear"
 
 
 def _table(run_or_table) -> pd.DataFrame:
@@ -65,8 +94,8 @@ def plot_timeline(run, ax=None, baseline: float | None = None, *, entropy: bool 
     ax.set_ylabel(f"test {label} (%)" if metric in ("top1", "top5") else f"test {label}")
     right = ax.twinx()
     right.plot(x, table["unique"], "^-", color=ROLE["unique"], alpha=0.8, label="unique values")
-    right.set_yscale("log")
-    right.set_ylabel("unique values", color=ROLE["unique"])
+    scale = count_scale(right, table["unique"])
+    right.set_ylabel("unique values" + (" (log)" if scale == "log" else ""), color=ROLE["unique"])
     handles, labels = [], []
     for a in (ax, right):
         h, lab = a.get_legend_handles_labels()
@@ -78,7 +107,7 @@ def plot_timeline(run, ax=None, baseline: float | None = None, *, entropy: bool 
         outer.set_ylabel("entropy (bits)", color=ROLE["entropy"])
         h, lab = outer.get_legend_handles_labels()
         handles, labels = handles + h, labels + lab
-    ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncols=3, fontsize="x-small")
+    legend_outside(ax, handles, labels, where="top", fontsize="x-small")
     return fig
 
 
@@ -108,36 +137,38 @@ def plot_step_centres(source, round_index: int | None = None, ax=None):
     _pass_boundaries(ax, steps)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("greedy step")
-    ax.set_ylabel("centre")
+    ax.set_ylabel("centre $c$")
     ax.set_title(f"round {rnd.index}: centres in the order chosen")
-    ax.legend(fontsize="x-small", ncols=4)
+    legend_outside(ax, fontsize="x-small")
     return fig
 
 
 def _twin_legend(ax, right, loc: str) -> None:
-    """One legend on ``ax`` for the lines of ``ax`` and of its twin axis ``right``."""
+    """One legend for the lines of ``ax`` and of its twin axis ``right``, outside both (``loc``:
+    "top"; "right" would cover the twin axis' labels)."""
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = right.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize="x-small", loc=loc)
+    legend_outside(ax, h1 + h2, l1 + l2, where=loc, fontsize="x-small")
 
 
 @styled
 def plot_step_counts(source, round_index: int | None = None, ax=None):
     """Weights each step took (bars) and fitted (dots: more than taken when the round's target
-    capped it), log scale, with the cumulative number taken on a right axis."""
+    capped it), with the cumulative number taken on a right axis. The count axis is logarithmic only
+    when the counts span orders of magnitude (:func:`count_scale`)."""
     rnd, steps = _steps(source, round_index)
     fig, ax = new_axes(ax, (6.4, 2.6))
     ax.bar(steps["step"], steps["n_taken"], width=0.8, color=COLOURS["sky"], label="taken")
     ax.plot(steps["step"], steps["n_fit"], "o", ms=2.5, color=COLOURS["blue"], label="fitting")
     _pass_boundaries(ax, steps)
-    ax.set_yscale("log")
+    scale = count_scale(ax, np.concatenate([steps["n_taken"].to_numpy(), steps["n_fit"].to_numpy()]))
     ax.set_xlabel("greedy step")
-    ax.set_ylabel("weights")
+    ax.set_ylabel("weights" + (" (log)" if scale == "log" else ""))
     right = ax.twinx()
     right.plot(steps["step"], steps["n_taken"].cumsum(), "-", color=COLOURS["vermillion"], label="cumulative taken")
     right.set_ylabel("cumulative taken", color=COLOURS["vermillion"])
     right.set_ylim(0, None)
-    _twin_legend(ax, right, loc="upper right")
+    _twin_legend(ax, right, loc="top")
     return fig
 
 
@@ -153,11 +184,11 @@ def plot_step_growth(source, round_index: int | None = None, ax=None):
     ax.set_xlabel("greedy step")
     ax.set_ylabel("order P", color=COLOURS["green"])
     right = ax.twinx()
-    right.step(steps["step"], steps["delta"], where="mid", color=COLOURS["purple"], ls="--", label="delta")
+    right.step(steps["step"], steps["delta"], where="mid", color=COLOURS["purple"], ls="--", label=SYMBOL["delta"])
     right.set_yscale("log", base=2)
-    right.set_ylabel("delta", color=COLOURS["purple"])
+    right.set_ylabel(f"band width {SYMBOL['delta']}", color=COLOURS["purple"])
     _pass_boundaries(ax, steps)
-    _twin_legend(ax, right, loc="upper left")
+    _twin_legend(ax, right, loc="top")
     return fig
 
 
@@ -167,7 +198,7 @@ def plot_greedy_steps(source, round_index: int | None = None, ax=None):
     chosen (:func:`plot_step_centres`), weights taken (:func:`plot_step_counts`), P and delta
     growth (:func:`plot_step_growth`). ``ax``: None or a sequence of three Axes."""
     if ax is None:
-        fig, ax = plt.subplots(3, 1, figsize=(6.4, 6.6), sharex=True, layout="constrained",
+        fig, ax = plt.subplots(3, 1, figsize=scaled_figsize((6.4, 6.6)), sharex=True, layout="constrained",
                                height_ratios=(1.2, 1, 0.8))
     elif len(ax) != 3:
         raise ValueError(f"plot_greedy_steps draws three panels; pass three Axes, got {len(ax)}")
@@ -199,10 +230,10 @@ def plot_value_histograms(source, round_index: int | None = None, ax=None, *, la
     ax.hist(pre, bins=edges, histtype="stepfilled", color=ROLE["pre"], alpha=0.35, label="before the snap")
     ax.hist(post, bins=edges, histtype="step", color=ROLE["post"], lw=1.0, label="after the snap")
     ax.set_yscale("log")
-    ax.set_xlabel("weight value (mu)")
-    ax.set_ylabel("weights per bin")
+    ax.set_xlabel(f"weight value {SYMBOL['mu']}")
+    ax.set_ylabel("weights per bin (log)")
     ax.set_title(f"round {rnd.index}" + (f", {layer}" if layer else ""))
-    ax.legend(fontsize="x-small")
+    legend_outside(ax, where="top", fontsize="x-small")
     return fig
 
 
@@ -210,22 +241,26 @@ def plot_value_histograms(source, round_index: int | None = None, ax=None, *, la
 def plot_round_codebook(source, round_index: int | None = None, ax=None, *, layer: str | None = None,
                         b: int = 7):
     """The shared values of the fixed weights after the round's snap and how many weights use
-    each (stems, log scale), coloured by how many powers of two (>= 2^-b) the value needs."""
+    each (stems; a log axis when the counts span orders of magnitude, see :func:`count_scale`),
+    coloured by how many powers of two (>= 2^-b) the value needs."""
     rnd = resolve_round(source, round_index)
     fixed = _values({k: v.double() for k, v in rnd.fixed.items()}, layer).bool()
     values, counts = value_counts(_values(rnd.mu, layer)[fixed])
     order = power_of_two_terms(torch.from_numpy(values), b=b).numpy()
     fig, ax = new_axes(ax, (6.4, 3.4))
+    base = 0.8 if wants_log(counts) else 0.0
     for p in sorted(set(order)):
         sel = order == p
         colour = order_colour(p) if p >= 0 else COLOURS["grey"]
-        ax.vlines(values[sel], 0.8, counts[sel], color=colour, lw=1, alpha=0.7)
+        ax.vlines(values[sel], base, counts[sel], color=colour, lw=1, alpha=0.7)
         ax.plot(values[sel], counts[sel], "o", ms=3, color=colour,
                 label=("zero" if p == 0 else f"{p} power{'s' if p > 1 else ''} of two") if p >= 0 else "other")
-    ax.set_yscale("log")
+    scale = count_scale(ax, counts)
+    if scale == "linear":
+        ax.set_ylim(0, counts.max() * 1.08 if counts.size else 1)
     ax.set_xlabel("shared value")
-    ax.set_ylabel("weights using it")
+    ax.set_ylabel("weights using it" + (" (log)" if scale == "log" else ""))
     ax.set_title(f"round {rnd.index}: {values.size} values, {int(counts.sum()):,} fixed weights"
                  + (f" ({layer})" if layer else ""))
-    ax.legend(fontsize="x-small")
+    legend_outside(ax, fontsize="x-small")
     return fig

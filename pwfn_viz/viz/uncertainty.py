@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from matplotlib.collections import PolyCollection
 
-from ..constants import ZERO_BAND_EXPONENT
-from .style import DENSITY_CMAP, ROLE, new_axes, order_colour, styled
+from ..constants import SAMPLING_SIGMA_FLOOR, ZERO_BAND_EXPONENT
+from .style import DENSITY_CMAP, ROLE, SYMBOL, legend_outside, new_axes, order_colour, styled
 from ..analysis.tables import check_layer, resolve_round, weight_status
 
 __all__ = ["plot_sigma_vs_mu", "STATUS_LABELS"]
@@ -52,12 +52,13 @@ def plot_sigma_vs_mu(source, round_index: int | None = None, ax=None, *, layer: 
     all weights and at most ``sample`` random weights per status (seeded) are drawn on top.
     ``zero_band`` shades ``|mu| < zero_band`` (zero_fix: those weights fit the zero centre
     whatever their sigma) when a step chose zero; None turns it off. ``layer`` restricts the
-    points to one tensor (the centres stay the network's: clustering is global). A raw sigma
-    below zero (the method floors it when used) is drawn at zero.
+    points to one tensor (the centres stay the network's: clustering is global). Sigma is drawn
+    as the method uses it, ``max(sigma, 2^-30)`` (:data:`~pwfn_viz.constants.SAMPLING_SIGMA_FLOOR`):
+    a raw parameter at or below zero sits on the floor, never below the axis.
     """
     rnd = resolve_round(source, round_index)
     mu, sigma = _pre_values(rnd, layer)
-    sigma = np.maximum(sigma, 0.0)
+    sigma = np.maximum(sigma, SAMPLING_SIGMA_FLOOR)
     status = weight_status(rnd, layer)
     fig, ax = new_axes(ax, (7.6, 4.2))
     rng = np.random.default_rng(seed)
@@ -93,21 +94,21 @@ def plot_sigma_vs_mu(source, round_index: int | None = None, ax=None, *, layer: 
             wedges = [[(ci - di * top, top), (ci, 0.0), (ci + di * top, top)] for ci, di in zip(c, delta)]
             look = dict(facecolors=colours, edgecolors="none", alpha=0.1) if mode == "fill" else \
                 dict(facecolors="none", edgecolors=colours, alpha=0.35, linewidths=0.5)
-            ax.add_collection(PolyCollection(wedges, closed=False, zorder=1, label="band |mu - c| <= delta * sigma",
-                                             **look))
+            ax.add_collection(PolyCollection(wedges, closed=False, zorder=1,
+                                             label=r"band $|\mu - c| \leq \delta\,\sigma$", **look))
         ax.vlines(c, 0, top, colors=colours, lw=0.6, alpha=0.7, zorder=2, label=f"centres ({len(c)} steps)")
         if zero_band and (c == 0).any():
             ax.axvspan(-zero_band, zero_band, color=order_colour(0), alpha=0.12, lw=0, zorder=1,
-                       label=f"zero_fix: |mu| < $2^{{{np.log2(zero_band):g}}}$")
+                       label=f"zero_fix: $|\\mu| < 2^{{{np.log2(zero_band):g}}}$")
         for p in sorted(set(steps["P"].to_numpy(int))):   # legend entries for the orders
             ax.plot([], [], color=order_colour(p), lw=1.5, label=f"P = {p}")
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(0, top)
-    ax.set_xlabel("mu (before the snap)")
-    ax.set_ylabel("sigma (before the snap)")
+    ax.set_xlabel(f"{SYMBOL['mu']} (before the snap)")
+    ax.set_ylabel(f"{SYMBOL['sigma']} (before the snap)")
     where = f", {layer}" if layer else ""
     ax.set_title(f"round {rnd.index}: {rnd.fraction:.0%} fixed{where}")
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=2)
+    legend_outside(ax, fontsize="x-small", markerscale=2)
     return fig
 
 
