@@ -10,6 +10,12 @@ allocated minus allocated before the first round).
     python -m benchmarks.bench_clustering                 # N = 100k and 1M, CPU
     python -m benchmarks.bench_clustering --quick         # N = 5k, about half a minute
     python -m benchmarks.bench_clustering --n 1000000 --device cuda --dense-budget 300
+    python -m benchmarks.bench_clustering --one-thread    # CPU, one thread: N = 100k, 200k, 1M, 10M
+
+``--one-thread`` times ``cluster_round`` on one CPU thread per round and per greedy step, in this
+process, against the torch path (what CUDA tensors take, and what CPU tensors took before their
+round moved to numpy, :mod:`pwfn_viz.core.clustering_cpu`), the two run alternately on the same
+inputs and checked to agree bit for bit; above ``--before-max-n`` weights only ``cluster_round`` runs.
 
 The dense baseline is the package's readable round (``readable_cluster_round`` in
 ``pwfn_viz.core.clustering_readable``): the same result from a K x N "fits" matrix built at every
@@ -252,7 +258,8 @@ def compare(n: int, device: str, seed: int, dense_budget: float, dense_mem_gb: f
 
 def print_report(rows: list[dict], device: str) -> None:
     mib = 2 ** 20
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (torch.cuda.get_device_name() if device == "cuda" else
+            f"CPU, project on 1 thread (cluster_round's default), dense on {torch.get_num_threads()} threads")
     mem_kind = "peak CUDA allocated" if device == "cuda" else "peak RSS growth (project: live memory, separate run)"
     print(f"\nclustering round benchmark, device: {name}; memory = {mem_kind}; schedule {SCHEDULE}")
     header = (f"{'N':>10} | {'rounds':>6} | {'project s':>9} | {'dense s':>9} | {'ratio':>7} | "
@@ -296,11 +303,116 @@ def bench_outliers(magnitudes=(1e10, 1e30), n: int = 3) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- one thread: old and new, per greedy step
+
+def _schedule(round_fn, mu: torch.Tensor, sigma: torch.Tensor) -> tuple[list[float], float, list]:
+    """The ten rounds, each fed the last one's output: wall seconds per round, the process's CPU
+    seconds for the whole schedule (on a loaded machine, what the wall time would be on an idle
+    one, roughly) and the results."""
+    seconds, results = [], []
+    cpu_start = time.process_time()
+    for r, fraction in enumerate(SCHEDULE):
+        start = time.perf_counter()
+        res = round_fn(mu, sigma, fraction, round_index=r)
+        seconds.append(time.perf_counter() - start)
+        results.append(res)
+        mu, sigma = res.mu, res.sigma
+    return seconds, time.process_time() - cpu_start, results
+
+
+def _same_round(a, b) -> bool:
+    """Bit for bit (floats by their bit patterns: -0.0 is not 0.0): mu, sigma, fixed mask,
+    assignment, centres and every column of the step table, dtypes included."""
+    def bits(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            return t
+        return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+    def same_column(x: np.ndarray, y: np.ndarray) -> bool:
+        return x.dtype == y.dtype and np.array_equal(x.view(f"u{x.itemsize}") if x.dtype.kind == "f" else x,
+                                                     y.view(f"u{y.itemsize}") if y.dtype.kind == "f" else y)
+
+    return (all(getattr(a, f).dtype == getattr(b, f).dtype and torch.equal(bits(getattr(a, f)), bits(getattr(b, f)))
+                for f in ("mu", "sigma", "fixed_mask", "assignment", "centres"))
+            and list(a.steps.columns) == list(b.steps.columns) and len(a.steps) == len(b.steps)
+            and all(same_column(a.steps[c].to_numpy(), b.steps[c].to_numpy()) for c in a.steps.columns))
+
+
+def one_thread(ns: list[int], repeats: int, before_max_n: int, seed: int = 0) -> list[dict]:
+    """For each N: the schedule on one thread, best of ``repeats`` runs (one run above 1M
+    weights), for ``cluster_round`` and, up to ``before_max_n`` weights, the torch path ("before":
+    the CPU round before numpy; run alternately, so that both see the same machine load)."""
+    from pwfn_viz import kernels
+    from pwfn_viz.core import clustering
+    torch.set_num_threads(1)   # the torch path follows torch's setting; cluster_round uses 1 thread by default
+
+    def torch_path(mu, sigma, fraction, *, config=None, round_index=0):
+        with kernels.use_backend("torch"):
+            return clustering._device_round(mu.detach(), sigma.detach(), clustering.target_count(fraction, mu.numel()),
+                                            config or clustering.ClusterConfig(), round_index, None)
+    implementations = {"current": clustering.cluster_round, "before": torch_path}
+    warm_mu, warm_sigma = synthetic_weights(2000, seed + 1)
+    for fn in implementations.values():
+        _schedule(fn, warm_mu, warm_sigma)
+    rows = []
+    for n in ns:
+        mu, sigma = synthetic_weights(n, seed)
+        names = [name for name in implementations if name == "current" or n <= before_max_n]
+        best: dict[str, list[float]] = {}
+        best_cpu: dict[str, float] = {}
+        first_results: dict[str, list] = {}
+        load_before = os.getloadavg()[0]
+        for _ in range(repeats if n <= 1_000_000 else 1):
+            for name in names:
+                seconds, cpu_seconds, results = _schedule(implementations[name], mu, sigma)
+                first_results.setdefault(name, results)
+                if name not in best or sum(seconds) < sum(best[name]):
+                    best[name] = seconds
+                best_cpu[name] = min(best_cpu.get(name, math.inf), cpu_seconds)
+                del results
+        load_after = os.getloadavg()[0]
+        n_steps = sum(len(res.steps) for res in first_results["current"])
+        identical = (all(_same_round(a, b) for a, b in zip(first_results["current"], first_results["before"]))
+                     if "before" in first_results else None)
+        for name in names:
+            total = sum(best[name])
+            rows.append(dict(n=n, implementation=name, seconds=total, cpu_seconds=best_cpu[name],
+                             per_round=best[name], steps=n_steps, ms_per_step=1e3 * total / n_steps,
+                             identical=identical, load=(load_before, load_after)))
+        del first_results
+    return rows
+
+
+def print_one_thread(rows: list[dict]) -> None:
+    print(f"\nclustering schedule {SCHEDULE} on one CPU thread ({os.cpu_count()} cores, torch {torch.__version__}); "
+          "best of the runs; 'ms / step': the schedule's seconds over its greedy steps; 'CPU s': the process's "
+          "CPU time for the schedule")
+    header = (f"{'N':>10} | {'implementation':<14} | {'schedule s':>10} | {'CPU s':>7} | {'s / round':>9} | "
+              f"{'steps':>5} | {'ms / step':>9} | {'before / current':>16} | bitwise equal | load average")
+    print(header + "\n" + "-" * len(header))
+    current = {r["n"]: r["seconds"] for r in rows if r["implementation"] == "current"}
+    for r in rows:
+        ratio = "" if r["implementation"] == "current" else f"{r['seconds'] / current[r['n']]:.1f}x"
+        same = "-" if r["identical"] is None else ("yes" if r["identical"] else "NO")
+        print(f"{r['n']:>10} | {r['implementation']:<14} | {r['seconds']:>10.3f} | {r['cpu_seconds']:>7.3f} | "
+              f"{r['seconds'] / 10:>9.3f} | "
+              f"{r['steps']:>5} | {r['ms_per_step']:>9.3f} | {ratio:>16} | {same:<13} | "
+              f"{r['load'][0]:.2f} -> {r['load'][1]:.2f}")
+    for r in rows:
+        print(f"N={r['n']} {r['implementation']}, s per round: " + " ".join(f"{x:.3f}" for x in r["per_round"]))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--outliers", action="store_true",
                     help="only time one round with a 1e10 and a 1e30 weight (bounded candidate set)")
-    ap.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--n", type=int, nargs="+", default=None,
+                    help="sizes (default: 100k and 1M; with --one-thread 100k, 200k, 1M and 10M)")
+    ap.add_argument("--one-thread", action="store_true",
+                    help="CPU, one thread: seconds per round and per greedy step, current code against the code before")
+    ap.add_argument("--repeats", type=int, default=3, help="--one-thread: best of this many runs (one above 1M)")
+    ap.add_argument("--before-max-n", type=int, default=1_000_000,
+                    help="--one-thread: run the code before only up to this N (it is slow at 10M)")
     ap.add_argument("--quick", action="store_true", help="N = 5000 only, dense budget 60 s")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dense-budget", type=float, default=600.0,
@@ -315,6 +427,11 @@ def main(argv=None) -> None:
     if args.outliers:
         bench_outliers()
         return None
+    if args.one_thread:
+        print_one_thread(one_thread(args.n or [100_000, 200_000, 1_000_000, 10_000_000], args.repeats,
+                                    args.before_max_n, args.seed))
+        return None
+    args.n = args.n or [100_000, 1_000_000]
     if args.worker:
         return worker(args.worker, args.n[0], args.device, args.seed, args.mem_limit_gb)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -38,6 +38,7 @@ class RefConfig:
     b: int = 7
     max_powers: int = 4
     delta: float = 1.0
+    delta_growth: float = 2.0
     sigma_floor: float = 2.0 ** -20
     sigma_join: str = "std_mu"  # or "keep", "divide"
     sigma_divisor: float = 10.0
@@ -142,11 +143,11 @@ def _finish(mu, sigma, cfg, m, s_raw, assignment, centres, steps, taken_per_step
 
 
 def _grow(n_powers: int, delta: float, toggle: str, cfg: RefConfig) -> tuple[int, float, str]:
-    """Still short after a pass: alternate P += 1 (while P < max_powers) and delta *= 2."""
+    """Still short after a pass: alternate P += 1 (while P < max_powers) and delta *= delta_growth."""
     if toggle == "P" and n_powers < cfg.max_powers:
         n_powers += 1
     else:
-        delta *= 2.0
+        delta *= cfg.delta_growth
     return n_powers, delta, "delta" if toggle == "P" else "P"
 
 

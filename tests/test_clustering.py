@@ -2,6 +2,11 @@
 (``pwfn_viz.core.clustering_readable``), and both against the brute-force twin in
 tests/clustering_reference.py, which shares no code with the package.
 
+On the CPU ``cluster_round`` runs its numpy path (``pwfn_viz.core.clustering_cpu``); the torch
+path it replaced there is the one devices still take. Wherever the fast round is checked against
+the readable one it is also checked against the torch path, run on the CPU: bit for bit, the
+statistics and every joined sigma included.
+
 Fast and readable: the fixed mask, the assignment, the centres, the snapped mu and the step
 table's round / pass_index / step / P / delta / centre / n_fit / n_taken columns bitwise; sigma
 bitwise for the joins that do not average (keep, divide). The std_mu join's sigma and the step
@@ -31,7 +36,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clustering_reference import RefConfig, brute_force_cluster, ref_target_count, reference_candidates
-from pwfn_viz.core.clustering import ClusterConfig, candidate_centres, cluster_round, target_count
+from pwfn_viz import kernels
+from pwfn_viz.core import clustering, clustering_cpu
+from pwfn_viz.core.clustering import ClusterConfig, candidate_centres, cluster_round, mu_order, target_count
 from pwfn_viz.core.clustering_readable import SIGMA_JOINS, readable_cluster_round
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,11 +159,45 @@ def assert_fast_equals_readable(fast, readable, sigma_join: str):
         f"step tables differ:\nfast\n{fast.steps[exact].head(12)}\nreadable\n{readable.steps[exact].head(12)}")
 
 
+def torch_path_round(mu, sigma, fraction, config: ClusterConfig | None = None, round_index=0, order=None):
+    """The round through the torch path (what CUDA tensors take; on the CPU, the implementation
+    the numpy path replaced, unchanged), on CPU tensors."""
+    with kernels.use_backend("torch"):
+        return clustering._device_round(mu.detach(), sigma.detach(), target_count(fraction, mu.numel()),
+                                        config or ClusterConfig(), round_index, order)
+
+
+def _bits(values) -> np.ndarray:
+    """A float array's bit patterns (so that -0.0 and 0.0 differ), other arrays as they are."""
+    values = np.ascontiguousarray(values)
+    return values.view(f"u{values.itemsize}") if values.dtype.kind == "f" else values
+
+
+def assert_bitwise_equal(got, want, label=""):
+    """Every field and every step-table column equal bit for bit, dtypes included."""
+    for name in ("mu", "sigma", "fixed_mask", "assignment", "centres"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and a.shape == b.shape, f"[{label}] {name}: {a.dtype} vs {b.dtype}"
+        if a.is_floating_point():   # compare bit patterns
+            as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+            a, b = a.view(as_int), b.view(as_int)
+        same = torch.equal(a, b)
+        assert same, f"[{label}] {name} differs in {int((a != b).sum())} entries (or in the sign of a zero)"
+    assert list(got.steps.columns) == list(want.steps.columns) and len(got.steps) == len(want.steps), label
+    for column in got.steps.columns:
+        a, b = got.steps[column].to_numpy(), want.steps[column].to_numpy()
+        assert a.dtype == b.dtype and np.array_equal(_bits(a), _bits(b)), (
+            f"[{label}] steps[{column!r}]: {a[:8]} vs {b[:8]}")
+
+
 def run_all(mu, sigma, fraction, config: dict, round_index=0):
-    """The fast round equals the readable one, and both equal the brute force."""
+    """The fast round equals the readable one, and both equal the brute force; on the CPU the
+    fast round also equals the torch path bit for bit."""
     want = brute_force_cluster(mu, sigma, fraction, RefConfig(**config), round_index=round_index)
     got = cluster_round(mu, sigma, fraction, config=ClusterConfig(**config), round_index=round_index)
     readable = readable_cluster_round(mu, sigma, fraction, config=ClusterConfig(**config), round_index=round_index)
+    assert_bitwise_equal(got, torch_path_round(mu, sigma, fraction, ClusterConfig(**config), round_index),
+                         "numpy path vs torch path")
     assert_fast_equals_readable(got, readable, config.get("sigma_join", "std_mu"))
     assert_same_round(got, readable, mu, sigma, "fast vs readable")
     assert_same_round(readable, want, mu, sigma, "readable vs brute force")
@@ -208,7 +249,8 @@ def test_other_dtypes_match_references(dtype):
 
 
 @pytest.mark.parametrize("config", [{}, {"zero_fix": False}, {"max_powers": 2, "delta": 0.5},
-                                    {"b": 4, "sigma_join": "divide", "sigma_divisor": 4.0}])
+                                    {"b": 4, "sigma_join": "divide", "sigma_divisor": 4.0},
+                                    {"delta_growth": 1.5, "delta": 0.25}, {"delta_growth": 3.0, "zero_fix": False}])
 def test_other_configs_match_references(config):
     mu, sigma = trained_like(400, seed=11, dtype=torch.float64)
     for fraction in (0.2, 0.9, 1.0):
@@ -244,6 +286,7 @@ def test_sigma_joins_are_a_registry_both_rounds_use():
         fast = cluster_round(mu, sigma, 0.9, config=config)
         readable = readable_cluster_round(mu, sigma, 0.9, config=config)
         assert_fast_equals_readable(fast, readable, "halve")
+        assert_bitwise_equal(fast, torch_path_round(mu, sigma, 0.9, config), "halve: numpy path vs torch path")
         fixed = fast.fixed_mask
         assert torch.equal(fast.sigma[fixed], sigma[fixed] / 2) and torch.equal(fast.sigma[~fixed], sigma[~fixed])
     finally:
@@ -428,6 +471,7 @@ def _configs():
         "delta": st.sampled_from([1.0, 0.5, 2.0, 0.75]),
         "b": st.sampled_from([7, 7, 4, 10]),
         "sigma_join": st.sampled_from(BUILT_IN_JOINS),
+        "delta_growth": st.sampled_from([2.0, 2.0, 1.5, 3.0]),
     })
 
 
@@ -554,6 +598,7 @@ def test_reused_order_gives_the_same_round_and_a_stale_one_raises():
         assert not torch.equal(other_ties.int(), order)
         for supplied in (order, order.long(), other_ties):
             got = cluster_round(mu, sigma, fraction, config=cfg, order=supplied)
+            assert_bitwise_equal(got, torch_path_round(mu, sigma, fraction, cfg, order=supplied), "order supplied")
             for field in ("mu", "sigma", "fixed_mask", "assignment", "centres"):
                 assert torch.equal(getattr(got, field), getattr(want, field)), field
             stats = ["mu_mean", "mu_std", "sigma_mean", "sigma_std"]
@@ -572,3 +617,163 @@ def test_reused_order_gives_the_same_round_and_a_stale_one_raises():
         cluster_round(mu, sigma, 0.5, order=order[:-1])
     with pytest.raises(ValueError, match="integer tensor of mu's shape"):
         cluster_round(mu, sigma, 0.5, order=order.float())
+
+
+# ---------------------------------------------------------------- the CPU path: bitwise, sort, band runs, threads
+
+def test_schedule_on_many_weights_equals_the_torch_path_bitwise():
+    """The ten rounds on 60k trained-like weights, each fed the previous round's output (steps of
+    thousands of weights, passes up to four powers of two), and capped rounds full of ties: the
+    numpy path and the torch path agree bit for bit, statistics included."""
+    mu, sigma = trained_like(60_000, seed=21)
+    for r, fraction in enumerate(SCHEDULE):
+        got = cluster_round(mu, sigma, fraction, round_index=r)
+        assert_bitwise_equal(got, torch_path_round(mu, sigma, fraction, round_index=r), f"round {r}")
+        mu, sigma = got.mu, got.sigma
+    assert int(got.steps["P"].max()) == 4 and int(got.steps["n_taken"].max()) > 1000
+    g = torch.Generator().manual_seed(4)
+    tied = (torch.randint(-8, 9, (20_000,), generator=g) / 64).float()   # on and between centres
+    tied_sigma = torch.randint(0, 4, (20_000,), generator=g).float() / 128   # band ends on centres; 0 floored
+    for fraction, config in [(0.37, ClusterConfig()), (0.81, ClusterConfig(zero_fix=False, delta=2.0)),
+                             (0.5, ClusterConfig(b=3, sigma_join="divide"))]:
+        got = cluster_round(tied, tied_sigma, fraction, config=config)
+        assert (got.steps["n_fit"] > got.steps["n_taken"]).iloc[-1]   # the cap bit
+        assert_bitwise_equal(got, torch_path_round(tied, tied_sigma, fraction, config), f"ties {fraction}")
+
+
+_SORT_VALUES = st.floats(width=32, allow_nan=False) | st.sampled_from(
+    [0.0, -0.0, 1e-45, -1e-45, 2.0 ** -7, -(2.0 ** -7), 3.4e38, -3.4e38, float("inf"), float("-inf")])
+
+
+@given(values=st.lists(_SORT_VALUES, min_size=1, max_size=300))
+@hyp_settings(100)
+def test_stable_order_is_torchs_stable_argsort(values):
+    """The sort of int64 keys orders as a stable argsort: ties (-0.0 with 0.0 too) in index order."""
+    for dtype in (np.float32, np.float64):
+        x = np.array(values, dtype)
+        want = torch.argsort(torch.from_numpy(x), stable=True).numpy()
+        assert np.array_equal(clustering_cpu.stable_order(x), want), dtype
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        t = torch.tensor(values).clamp(-60000.0, 60000.0).to(dtype)   # finite in every dtype
+        assert torch.equal(mu_order(t).long(), torch.argsort(t, stable=True)), dtype
+
+
+@given(n_powers=st.integers(1, 4), b=st.sampled_from([0, 3, 7, 12]),
+       max_abs=st.sampled_from([1e-3, 0.3, 1.0, 4.8, 1000.0]) | st.floats(1e-4, 50.0),
+       delta=st.sampled_from([1.0, 0.5, 3.0, 2.0 ** 40, 1e300]), seed=st.integers(0, 2 ** 16),
+       storage=st.sampled_from([np.float32, np.float64]))
+@hyp_settings(120)
+def test_band_runs_are_the_binary_searches(n_powers, b, max_abs, delta, seed, storage):
+    """The lookup table on the 2^-b grid gives each band's run of candidates exactly as two
+    binary searches of its float64 ends, and the coverage counts as the K x N test, for weights
+    on, next to and between candidates, band ends exactly on candidates, zero and overflowing
+    widths; so does the binary search the round keeps for candidate sets too wide for a table."""
+    candidates = np.sort(candidate_centres(n_powers, max_abs, b).numpy())
+    rng = np.random.default_rng(seed)
+    n = 400
+    near = rng.choice(candidates, n)
+    step = 2.0 ** -(b + 1)
+    mu = near + rng.choice([0.0, step, -step, 1e-9, -1e-9, 3 * step], n)
+    mu[: n // 4] = rng.uniform(-2 * max_abs, 2 * max_abs, n // 4)
+    sigma = np.abs(mu - rng.choice(candidates, n)) / delta       # an end on (or next to) a candidate
+    sigma[rng.random(n) < 0.2] = 0.0
+    sigma[rng.random(n) < 0.1] = 1e10
+    mu, sigma = mu.astype(storage), sigma.astype(storage)
+    with np.errstate(over="ignore"):   # widths overflowing to inf are part of the test
+        lower = mu.astype(np.float64) - delta * sigma.astype(np.float64)
+        upper = mu.astype(np.float64) + delta * sigma.astype(np.float64)
+    want_first = np.searchsorted(candidates, lower, side="left")
+    want_stop = np.searchsorted(candidates, upper, side="right")
+    want_coverage = ((lower[:, None] <= candidates) & (candidates <= upper[:, None])).sum(0)
+    for table_limit in (clustering_cpu.MAX_GRID_TABLE, 0):   # 0: the binary search
+        limit, clustering_cpu.MAX_GRID_TABLE = clustering_cpu.MAX_GRID_TABLE, table_limit
+        try:
+            first, stop, coverage = clustering_cpu._band_runs(mu, sigma, delta, candidates, b)
+        finally:
+            clustering_cpu.MAX_GRID_TABLE = limit
+        assert np.array_equal(first, want_first) and np.array_equal(stop, want_stop), table_limit
+        assert np.array_equal(coverage, want_coverage), table_limit
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_weights_on_large_centres_with_tiny_sigma_fit_their_window(dtype):
+    """A weight sitting on a large centre (here 100 = 64 + 32 + 4, and 2^20 + 2^10) with its sigma
+    at the floor fits only that centre, by less than the spacing of floats there: the window of
+    sorted mu searched for the centre's weights must still hold it (rounded to nearest, its ends
+    fell on the centre and the window came out empty)."""
+    mu = torch.tensor([100.0, -100.0, 0.3, 1.0, 96.0], dtype=dtype)
+    sigma = torch.tensor([0.0, 1e-12, 0.01, 0.0, 0.0], dtype=dtype)
+    if dtype != torch.float16:
+        mu = torch.cat([mu, torch.tensor([2.0 ** 20 + 2.0 ** 10], dtype=dtype)])
+        sigma = torch.cat([sigma, torch.zeros(1, dtype=dtype)])
+    for config in ({}, {"delta": 1e-3, "sigma_floor": 1e-12}, {"zero_fix": False, "max_powers": 3}):
+        for fraction in (0.5, 1.0):
+            run_all(mu, sigma, fraction, config)
+
+
+def test_histogram_is_bincount():
+    """The interleaved count equals np.bincount, below and above the size where it interleaves,
+    for nearly sorted ranks and random ones."""
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 4095, 4096, 4111, 70_001):
+        for values in (np.sort(rng.integers(0, 600, n)).astype(np.int16), rng.integers(0, 600, n).astype(np.int32)):
+            assert np.array_equal(clustering_cpu._histogram(values, 601), np.bincount(values, minlength=601)), n
+
+
+def test_threads_default_to_one_for_the_call_and_are_restored():
+    """cluster_round runs on ``threads`` torch threads (1 unless told otherwise; None: the
+    caller's), seen here from inside a sigma join, and restores the caller's setting after,
+    also when it raises."""
+    seen = []
+
+    @SIGMA_JOINS.register("record_threads")
+    def record_threads(taken_sigma, std_mu, config):
+        seen.append(torch.get_num_threads())
+        return taken_sigma
+
+    before = torch.get_num_threads()
+    mu, sigma = trained_like(300, seed=1)
+    config = ClusterConfig(sigma_join="record_threads")
+    try:
+        for outer, threads, inside in [(2, 1, 1), (2, None, 2), (1, 2, 2), (1, 1, 1)]:
+            torch.set_num_threads(outer)
+            seen.clear()
+            cluster_round(mu, sigma, 0.5, config=config, **({} if threads == 1 else {"threads": threads}))
+            assert seen and set(seen) == {inside}, (outer, threads, seen)
+            assert torch.get_num_threads() == outer
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match="finite"):
+            cluster_round(torch.tensor([float("nan")]), torch.tensor([0.1]), 1.0)
+        assert torch.get_num_threads() == 2
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(ValueError, match="threads"):
+                cluster_round(mu, sigma, 0.5, threads=bad)
+        assert torch.get_num_threads() == 2
+    finally:
+        SIGMA_JOINS.unregister("record_threads")
+        torch.set_num_threads(before)
+
+
+def test_results_do_not_depend_on_the_callers_thread_count():
+    """With the default one thread a round is the same, bit for bit, whatever the caller set;
+    with two threads the decisions are the same and the statistics of steps larger than torch's
+    parallel grain (32768 weights) equal to float64 rounding."""
+    mu, sigma = trained_like(150_000, seed=9)
+    before = torch.get_num_threads()
+    try:
+        by_caller = {}
+        for outer in (1, 2):
+            torch.set_num_threads(outer)
+            by_caller[outer] = cluster_round(mu, sigma, 0.95)
+        assert_bitwise_equal(by_caller[2], by_caller[1], "caller 2 threads vs 1")
+        assert int(by_caller[1].steps["n_taken"].max()) > 32768
+        two = cluster_round(mu, sigma, 0.95, threads=2)
+    finally:
+        torch.set_num_threads(before)
+    one = by_caller[1]
+    for name in ("mu", "fixed_mask", "assignment", "centres"):
+        assert torch.equal(getattr(two, name), getattr(one, name)), name
+    stats = ["mu_mean", "mu_std", "sigma_mean", "sigma_std"]
+    assert two.steps.drop(columns=stats).equals(one.steps.drop(columns=stats))
+    np.testing.assert_allclose(two.steps[stats], one.steps[stats], rtol=1e-12)
+    torch.testing.assert_close(two.sigma, one.sigma, rtol=1e-6, atol=0)

@@ -8,7 +8,9 @@ exactly the same round (the tests hold the two equal) without its K x N matrix.
 Memory stays O(N + K): coverage counts come from sorted band ends with ``searchsorted``, the
 winner's fitting weights from a contiguous window of the mu-sorted order, and the counts are
 updated incrementally when weights are taken. On a GPU the heavy parts are Triton kernels
-(:mod:`pwfn_viz.kernels.clustering`).
+(:mod:`pwfn_viz.kernels.clustering`). On the CPU, where torch's fixed cost per operation would
+dominate a greedy step, the same round runs in numpy (:mod:`pwfn_viz.core.clustering_cpu`); the
+torch code below is then what CUDA tensors, and the Triton interpreter, take.
 
 Example:
     >>> import torch
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
+from .clustering_cpu import cpu_cluster_round, stable_order, torch_threads, window_ends
 from .clustering_readable import (SIGMA_JOINS, STEP_COLUMNS, ClusterConfig, ClusterResult, candidate_centres,
                                   check_inputs, doublings_until_fit, grow, target_count)
 
@@ -159,12 +163,12 @@ def _start_pass(sorted_mu, sorted_sigma, n_powers: int, delta: float, cfg: Clust
         band_mu, band_sigma = sorted_mu[band[0]:band[1]].double(), sorted_sigma[band[0]:band[1]].double()
         counts[0] += _outside_zero(band_mu, band_sigma, delta).sum()
     # Each candidate's fitting weights lie in a window of the sorted mu: no band reaches
-    # further than 2*delta*max(sigma) (widened for rounding). Window ends are rounded to the
-    # stored dtype, to nearest, so no stored value inside a window falls outside it.
-    reach = 2 * delta * sigma_max
-    lo, hi = host_candidates - reach, host_candidates + reach
-    lo[0], hi[0] = min(lo[0].item(), -zero_band), max(hi[0].item(), zero_band)   # the zero band
-    windows = torch.searchsorted(sorted_mu, _to_device(torch.stack([lo, hi], 1), device, storage_dtype))
+    # further than 2*delta*max(sigma). The window ends are rounded outward (window_ends).
+    lower, upper = window_ends(host_candidates.numpy(), 2 * delta * sigma_max, zero_band,
+                               torch.empty(0, dtype=storage_dtype).numpy().dtype)
+    ends = _to_device(torch.from_numpy(np.stack([lower, upper])), device)
+    windows = torch.stack([torch.searchsorted(sorted_mu, ends[0]),
+                           torch.searchsorted(sorted_mu, ends[1], right=True)], 1)
     device_constants = _to_device(torch.cat([torch.tensor([delta, cfg.sigma_divisor], dtype=torch.float64),
                                              host_candidates]), device)
     return _Pass(host_candidates.tolist(), counts, sorted_candidates, value_rank, _to_host(windows), band,
@@ -174,7 +178,11 @@ def _start_pass(sorted_mu, sorted_sigma, n_powers: int, delta: float, cfg: Clust
 def mu_order(mu: torch.Tensor) -> torch.Tensor:
     """The order a round sorts the weights in (``cluster_round(..., order=)`` reuses it): a stable
     argsort of ``mu``, int32 when N < 2^31 (4 bytes per weight fewer)."""
-    order = torch.argsort(mu.detach(), stable=True)
+    mu = mu.detach()
+    if mu.device.type == "cpu":   # the same permutation, sorted faster (clustering_cpu.stable_order)
+        order = torch.from_numpy(stable_order(mu.to(torch.promote_types(mu.dtype, torch.float32)).numpy()))
+    else:
+        order = torch.argsort(mu, stable=True)
     return order.to(torch.int32) if mu.numel() < 2 ** 31 else order
 
 
@@ -242,7 +250,7 @@ def _snap(round_state: _Round, pass_state: _Pass, sorted_unassigned, positions, 
 
 def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
                   config: ClusterConfig | None = None, round_index: int = 0,
-                  order: torch.Tensor | None = None) -> ClusterResult:
+                  order: torch.Tensor | None = None, threads: int | None = 1) -> ClusterResult:
     """Fix ``target_count(fraction, N)`` weights to shared centres, from scratch (docs/method.md,
     clustering; :func:`~pwfn_viz.core.clustering_readable.readable_cluster_round` is the same round,
     written to be read).
@@ -250,24 +258,46 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
     ``mu`` and ``sigma`` are flat tensors over the whole network (any float dtype, any device).
     Returns the snapped ``mu``/``sigma``, the ``fixed_mask``, each weight's centre and a table with
     one row per greedy step. Extra memory is about 50 bytes per weight (no K x N matrix). On a GPU
-    a greedy step reads two numbers back to the host (the winner and its count) and nothing else.
+    a greedy step reads two numbers back to the host (the winner and its count) and nothing else;
+    on the CPU the round runs in :mod:`pwfn_viz.core.clustering_cpu` (the same result, bit for bit).
 
     ``order``: ``mu_order(mu)`` (an argsort of ``mu``), when the caller re-clusters the same mu
-    several times (the WhatIf widget): the round then skips its sort, the most expensive step of a
-    round on a CPU. It is checked (a permutation that sorts mu), so a stale order raises.
+    several times (the WhatIf widget): the round then skips its sort. It is checked (a permutation
+    that sorts mu), so a stale order raises.
+
+    ``threads``: torch's intra-op threads during the call, the caller's setting restored after
+    (``None``: keep the caller's). One by default: a round is mostly small operations, which more
+    threads only slow down (on a busy two-core machine, two threads made a round several times
+    slower), and the result is then the same whatever the caller set. The step statistics can
+    differ in the last bits between thread counts (torch splits large sums by thread); the masks,
+    assignments, centres and mu cannot.
     """
+    from .. import kernels
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads={threads!r} must be a positive whole number, or None for torch's setting")
     cfg = config or ClusterConfig()
-    check_inputs(mu, sigma, fraction)
+    with torch_threads(threads):
+        check_inputs(mu, sigma, fraction)
+        mu, sigma = mu.detach(), sigma.detach()
+        order = None if order is None else _checked_order(order, mu)
+        n_target = target_count(fraction, mu.numel())
+        if mu.device.type == sigma.device.type == "cpu" and not kernels.use_triton(mu):
+            return cpu_cluster_round(mu, sigma, n_target, cfg, round_index, order)
+        return _device_round(mu, sigma, n_target, cfg, round_index, order)
+
+
+def _device_round(mu: torch.Tensor, sigma: torch.Tensor, n_target: int, cfg: ClusterConfig, round_index: int,
+                  order: torch.Tensor | None) -> ClusterResult:
+    """The round in torch, with the Triton kernels where ``kernels.use_triton`` says so (inputs
+    checked and detached, ``order`` checked)."""
     device, n_weights = mu.device, mu.numel()
-    mu, sigma = mu.detach(), sigma.detach()
     zero_band = 2.0 ** -cfg.b
-    n_target = target_count(fraction, n_weights)
 
     # The unassigned weights in mu order (one sort per round), so that every centre's candidates
     # lie in one contiguous slice; sigma floored. Stored in (at least) float32, which holds every
     # input exactly; all arithmetic on them is float64. Each pass keeps the ones still unassigned.
     storage_dtype = torch.promote_types(mu.dtype, torch.float32)   # float16/bfloat16/float32 -> float32
-    network_index = mu_order(mu) if order is None else _checked_order(order, mu)
+    network_index = mu_order(mu) if order is None else order
     round_state = _Round(
         network_index=network_index, sorted_mu=mu[network_index].to(storage_dtype),
         sorted_sigma=sigma[network_index].to(torch.promote_types(sigma.dtype, torch.float32)).clamp_(min=cfg.sigma_floor),
@@ -325,11 +355,12 @@ def cluster_round(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, *,
             round_state.network_index = round_state.network_index[sorted_unassigned]
             round_state.sorted_mu = round_state.sorted_mu[sorted_unassigned]
             round_state.sorted_sigma = round_state.sorted_sigma[sorted_unassigned]
-            n_powers, delta, grow_powers_next = grow(n_powers, delta, grow_powers_next, cfg.max_powers)
+            n_powers, delta, grow_powers_next = grow(n_powers, delta, grow_powers_next, cfg.max_powers,
+                                                     cfg.delta_growth)
             pass_index += 1
             if n_assigned == pass_start and pass_powers == cfg.max_powers:   # same candidates: skip empty passes
                 n_skipped, delta = doublings_until_fit(round_state.sorted_mu.double(), round_state.sorted_sigma.double(),
-                                                       pass_state.sorted_candidates, delta)
+                                                       pass_state.sorted_candidates, delta, cfg.delta_growth)
                 pass_index += n_skipped
                 grow_powers_next ^= bool(n_skipped % 2)
 
