@@ -105,11 +105,9 @@ def _fix(model: nn.Module, fraction: float, seed: int = 1) -> None:
     for m in model.modules():
         if isinstance(m, _SampledLayer):
             m.fixed.copy_(torch.rand(m.fixed.shape, generator=g) < fraction)
-        elif bayes.is_converted(m):
-            for name in m._pwfn_names:
-                fixed = getattr(m, f"{name}_fixed")
-                fixed.copy_(torch.rand(fixed.shape, generator=g) < fraction)
-                getattr(m, f"{name}_fixed_value").copy_(getattr(m, f"{name}_mu").detach())
+    for t in bayes.bayes_tensors(model):
+        t.fixed.copy_(torch.rand(t.fixed.shape, generator=g) < fraction)
+        t.fixed_value.copy_(torch.where(t.fixed, t.mu.detach(), torch.zeros_like(t.fixed_value)))
 
 
 def _variants(device: torch.device, fused: bool, channels_last: bool = False, model_name: str = "resnet18",

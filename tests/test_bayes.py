@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from pwfn_viz.core import bayes
-from pwfn_viz.core.bayes import (SIGMA_MIN, bayes_tensors, convert, flat_state, load_flat_state, masked_weight_decay,
+from pwfn_viz.core.bayes import (SIGMA_MIN, bayes_tensors, state_keys, convert, flat_state, load_flat_state, masked_weight_decay,
                             param_groups, power_of_two_gap, pwfn_sigma_init, quantile, sigma_regulariser)
 from pwfn_viz.models.factory import create_model
 
@@ -45,7 +45,8 @@ def test_eval_output_equals_original(name):
                   if isinstance(m, bayes.CONVERTIBLE) for a in ("weight", "bias")
                   if getattr(m, a, None) is not None}
     assert {t.name for t in bayes_tensors(converted)} == conv_names
-    remaining = {n for n, _ in converted.named_parameters() if not n.endswith(("_mu", "_sigma"))}
+    converted_keys = {k for t in bayes_tensors(converted) for k in t.state_keys().values()}
+    remaining = {n for n, _ in converted.named_parameters() if n not in converted_keys}
     assert remaining == originals - conv_names
     if name == "vit":
         assert "cls_token" in remaining and "pos_embed" in remaining
@@ -61,27 +62,29 @@ def test_training_forward_samples_mu_plus_sigma_eps():
     torch.manual_seed(123)  # the hook draws weight noise first, then bias noise
     eps_w = torch.randn(3, 5)
     eps_b = torch.randn(3)
-    w = layer.weight_mu + layer.weight_sigma.clamp(min=SIGMA_MIN) * eps_w
-    b = layer.bias_mu + layer.bias_sigma.clamp(min=SIGMA_MIN) * eps_b
+    weight, bias = bayes_tensors(layer)
+    w = weight.mu + weight.sigma.clamp(min=SIGMA_MIN) * eps_w
+    b = bias.mu + bias.sigma.clamp(min=SIGMA_MIN) * eps_b
     assert torch.allclose(out, x @ w.T + b, atol=1e-6)
-    assert torch.equal(layer._pwfn_eps["weight"], eps_w)
+    assert torch.equal(weight.noise, eps_w)
     # a new pass draws new noise; eval uses mu exactly
     assert not torch.equal(layer(x), out)
     layer.eval()
-    assert torch.equal(layer(x), nn.functional.linear(x, layer.weight_mu, layer.bias_mu))
+    assert torch.equal(layer(x), nn.functional.linear(x, weight.mu, bias.mu))
 
 
 def test_negative_sigma_is_floored_when_sampling():
     layer = convert(nn.Linear(3, 2))
+    weight, bias = bayes_tensors(layer)
     with torch.no_grad():
-        layer.weight_sigma.fill_(-1.0)
-        layer.bias_sigma.fill_(-1.0)
+        weight.sigma.fill_(-1.0)
+        bias.sigma.fill_(-1.0)
     layer.train()
     x = torch.randn(4, 3)
     out = layer(x)
     # sigma floored at 2^-30: the sample differs from mu by at most a few 2^-30 per weight
-    assert (layer.weight - layer.weight_mu).abs().max() < 1e-7
-    assert torch.allclose(out, nn.functional.linear(x, layer.weight_mu, layer.bias_mu), atol=1e-5)
+    assert (layer.weight - weight.mu).abs().max() < 1e-7
+    assert torch.allclose(out, nn.functional.linear(x, weight.mu, bias.mu), atol=1e-5)
 
 
 def _half_fixed_cnn():
@@ -132,8 +135,8 @@ def test_no_gradient_reaches_fixed_weights():
 def test_state_dict_round_trip_and_optimisers():
     model = _half_fixed_cnn()
     sd = model.state_dict()
-    assert any(k.endswith("weight_fixed") for k in sd) and not any(k.endswith(".weight") and "bn" not in k
-                                                                   and "1." not in k for k in sd if "_" not in k)
+    keys = state_keys("conv1.weight")
+    assert keys["fixed"] in sd and keys["mu"] in sd and "conv1.weight" not in sd
     fresh = convert(create_model("digits_cnn"))
     fresh.load_state_dict(sd)
     x = torch.randn(3, 1, 8, 8)
@@ -149,7 +152,7 @@ def test_state_dict_round_trip_and_optimisers():
 def test_param_groups_and_masked_weight_decay_gradient():
     model = _half_fixed_cnn()
     groups = param_groups(model, 1e-4)
-    bn_params = {id(p) for n, p in model.named_parameters() if "_mu" not in n and "_sigma" not in n}
+    bn_params = {id(p) for n, p in model.named_parameters() if "parametrizations" not in n}
     assert {id(p) for p in groups[2]["params"]} == bn_params and groups[2]["weight_decay"] == 1e-4
     assert {id(p) for p in groups[0]["params"]} == {id(t.mu) for t in bayes_tensors(model)}
     assert {id(p) for p in groups[1]["params"]} == {id(t.sigma) for t in bayes_tensors(model)}
@@ -179,7 +182,7 @@ def test_regulariser_gradient_equals_formula():
     reg.backward()
     expected_value = 0.0
     for t in bayes_tensors(model):
-        eps = t.module._pwfn_eps[t.attr]
+        eps = t.noise
         free = ~t.fixed
         expected = -lam * (cap - t.sigma.detach()).clamp(min=0) * eps.abs() * free
         assert torch.allclose(t.sigma.grad, expected, rtol=1e-6, atol=1e-12)
@@ -254,7 +257,7 @@ def test_sigma_init_edge_cases():
     # constant option
     assert (bayes.constant_sigma_init(torch.randn(4)) == 1e-4).all()
     layer = convert(nn.Linear(3, 3), "constant", value=2e-3)
-    assert (layer.weight_sigma == 2e-3).all()
+    assert (bayes_tensors(layer)[0].sigma == 2e-3).all()
 
 
 @pytest.mark.slow
@@ -307,7 +310,8 @@ def test_sigma_inits_are_a_registry():
 
     try:
         layer = convert(nn.Linear(3, 2), "tenth_of_abs_mu")
-        assert torch.equal(layer.weight_sigma, layer.weight_mu.detach().abs() / 10)
+        weight = bayes_tensors(layer)[0]
+        assert torch.equal(weight.sigma, weight.mu.detach().abs() / 10)
         with pytest.raises(ValueError, match="already registered"):
             bayes.register_sigma_init("tenth_of_abs_mu")(tenth)
     finally:

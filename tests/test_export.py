@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import pwfn_viz
+from pwfn_viz.core import bayes
 from pwfn_viz.cli import main
 from pwfn_viz.analysis.export import (bits_for, decode_tensors, encode_tensors, export_run, load_exported, pack_bits,
                              packed_size, read_exported, unpack_bits)
@@ -113,7 +114,7 @@ def test_export_sizes_and_bitwise_equal_outputs(cnn_run, tmp_path):
     assert f"ratio {report.ratio:.2f}x" in str(report)
 
     loaded = load_exported(path)
-    assert not any(hasattr(m, "_pwfn_names") for m in loaded.modules())
+    assert not any(bayes.is_converted(m) for m in loaded.modules())
     assert not loaded.training
     state, _ = read_exported(path)
     for name, w in weights.items():

@@ -46,7 +46,7 @@ def weight_used(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight of one training pass and that pass's noise."""
     model.train()
     model(torch.ones(1, 3))
-    return model.weight.detach(), model._pwfn_eps["weight"]
+    return model.weight.detach(), bayes.bayes_tensors(model)[0].noise
 
 
 def test_fixed_weights_exact_by_default_and_sampled_with_fixed_noise():
@@ -76,7 +76,8 @@ def regulariser_grad(model, **kw) -> torch.Tensor:
     model.train()
     model(torch.ones(1, 3))
     bayes.sigma_regulariser(model, REGULARISER_LAMBDA, SIGMA_CAP, **kw).backward()
-    return model.weight_sigma.grad, model.bias_sigma.grad
+    weight, bias = bayes.bayes_tensors(model)
+    return weight.sigma.grad, bias.sigma.grad
 
 
 def test_regulariser_on_fixed_sigma_only_with_the_reference_switch():
@@ -84,9 +85,9 @@ def test_regulariser_on_fixed_sigma_only_with_the_reference_switch():
     for include_fixed in (False, True):
         model = tiny(semantics(fixed_sigma_reg=include_fixed))
         grad_w, _ = regulariser_grad(model, include_fixed=include_fixed)
-        eps = model._pwfn_eps["weight"]
+        eps = bayes.bayes_tensors(model)[0].noise
         expected = -REGULARISER_LAMBDA * (SIGMA_CAP - SIGMA) * eps.abs()
-        fixed = model.weight_fixed
+        fixed = bayes.bayes_tensors(model)[0].fixed
         assert torch.allclose(grad_w[~fixed], expected[~fixed])
         if include_fixed:
             assert torch.allclose(grad_w[fixed], expected[fixed]) and (grad_w[fixed] != 0).all()
@@ -97,7 +98,7 @@ def test_regulariser_on_fixed_sigma_only_with_the_reference_switch():
 def test_regulariser_leaves_biases_out_with_bias_sigma_reg_off():
     model = tiny(semantics())
     _, grad_b = regulariser_grad(model)
-    eps_b = model._pwfn_eps["bias"]
+    eps_b = bayes.bayes_tensors(model)[1].noise
     assert torch.allclose(grad_b, -REGULARISER_LAMBDA * (SIGMA_CAP - SIGMA) * eps_b.abs())
     model = tiny(semantics(bias_sigma_reg=False))
     _, grad_b = regulariser_grad(model, include_bias=False)
@@ -303,7 +304,7 @@ def test_reference_profile_run_with_warmup_records_and_resumes(tmp_path):
     again = pwfn_viz.create_model("digits_cnn", num_classes=10, in_chans=1)
     with Fixer(again, tmp_path / "own", evaluate, resume=True) as fixer:
         # (fixed_value is unused where nothing is fixed: the record keeps zeros there)
-        assert all(torch.equal(state[k], v) for k, v in again.state_dict().items() if not k.endswith("_fixed_value"))
+        assert all(torch.equal(state[k], v) for k, v in again.state_dict().items() if not k.endswith("fixed_value"))
         with pytest.raises(ValueError, match="once"):
             fixer.record_warmup(steps=1)
 

@@ -511,8 +511,7 @@ def check_sampling_loss_terms_launches():
         n = len(bayes_tensors(model))
         for kernel in ("sample_fwd_kernel", "regulariser_sum_kernel", "decay_sum_kernel", "sample_bwd_kernel"):
             assert counts["triton." + kernel] == n, (kernel, counts)
-        modules = sum(1 for m in model.modules() if hasattr(m, "_pwfn_names"))
-        assert counts["triton.regulariser_grad_kernel"] == n and counts["torch.randint"] == modules   # a module's seeds: one draw
+        assert counts["triton.regulariser_grad_kernel"] == n and counts["torch.randint"] == n   # a seed per tensor
         ours = {k: v for k, v in counts.items() if "convolution" not in k}
         per_size[n] = sum(ours.values())
     (n1, c1), (n2, c2) = sorted(per_size.items())
@@ -613,10 +612,10 @@ def check_converted_layers_train_like_torch_path():
         for micro in range(2):
             x, y = torch.randn(5, 2, 4, 4, generator=g), torch.randint(0, 4, (5,), generator=g)
             micro_step(fused, x, y)
-            eps = {t.name: t.module._pwfn_eps[t.attr].materialise() for t in bayes_tensors(fused)}
+            eps = {t.name: t.noise.materialise() for t in bayes_tensors(fused)}
             with _torch_path_noise(reference, eps.__getitem__):
                 micro_step(reference, x, y)
-            assert all(torch.equal(t.module._pwfn_eps[t.attr].flatten(), eps[t.name])
+            assert all(torch.equal(t.noise.flatten(), eps[t.name])
                        for t in bayes_tensors(reference))
         for k, m in models.items():
             for p in m.parameters():
@@ -655,8 +654,8 @@ def check_converted_layers_use_fused_path():
     model.train()
     out = model(x)
     ts = bayes_tensors(model)
-    assert all(isinstance(t.module._pwfn_eps[t.attr], kernels.FusedNoise) for t in ts)
-    eps = {t.name: t.module._pwfn_eps[t.attr].materialise().view_as(t.mu) for t in ts}
+    assert all(isinstance(t.noise, kernels.FusedNoise) for t in ts)
+    eps = {t.name: t.noise.materialise().view_as(t.mu) for t in ts}
     lam, cap, wd = 2.0 ** -9, 0.05, 0.2
     reg, decay = sigma_regulariser(model, lam, cap), masked_weight_decay(model, wd)
     assert reg.requires_grad and decay.requires_grad
@@ -699,7 +698,7 @@ def check_converted_layers_mixed_paths():
     x = torch.randn(5, 4)
     out = model(x)
     ts = bayes_tensors(model)
-    noises = [t.module._pwfn_eps[t.attr] for t in ts]
+    noises = [t.noise for t in ts]
     assert [isinstance(n, kernels.FusedNoise) for n in noises] == [True, True, False, False]
     eps = [(n.materialise() if isinstance(n, kernels.FusedNoise) else n).view_as(t.mu) for n, t in zip(noises, ts)]
     lam, cap, wd = 2.0 ** -6, 0.05, 0.3
@@ -833,14 +832,14 @@ def _channels_last_case(mixed: bool):
     assert all(not getattr(ts[0], k).is_contiguous() for k in ("mu", "sigma", "fixed", "fixed_value"))
     if mixed:
         ts[0].sigma.data = ts[0].sigma.data.contiguous()
-        ts[0].module.weight_fixed = ts[0].fixed.contiguous()
+        ts[0].param.fixed = ts[0].fixed.contiguous()
     x = _cl(torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(15)))
     calls, original = [], kernels.fused_sample
 
     def watched(mu, sigma, fixed, fixed_value, *args, **kwargs):    # what the hooks' calls do
         with _counting_launches() as counts:
             out = original(mu, sigma, fixed, fixed_value, *args, **kwargs)
-        calls.append(((mu, sigma, fixed, fixed_value), counts))
+        calls.append(((mu, sigma, fixed, fixed_value), counts, out[0].detach()))
         return out
     kernels.fused_sample = watched
     try:
@@ -855,7 +854,7 @@ def _channels_last_case(mixed: bool):
     with _counting_launches() as step:
         loss = out.square().sum() + sigma_regulariser(model, lam, cap) + masked_weight_decay(model, wd)
         (1024.0 * loss).backward()
-    eps = {t.name: t.module._pwfn_eps[t.attr].materialise().view_as(t.mu) for t in ts}
+    eps = {t.name: t.noise.materialise().view_as(t.mu) for t in ts}
     # the torch path's formulas on row-major copies, with the same noise
     ref = {t.name: (t.mu.detach().contiguous().requires_grad_(), t.sigma.detach().contiguous().requires_grad_())
            for t in ts}
@@ -879,8 +878,7 @@ def _check_channels_last(mixed: bool):
     r = _channels_last_case(mixed)
     ts = r["ts"]
     assert len(r["calls"]) == len(ts)                                  # every tensor on the fused path
-    for t, (inputs, counts) in zip(ts, r["calls"]):
-        w = getattr(t.module, t.attr)                                   # this pass's sample (detached)
+    for t, (inputs, counts, w) in zip(ts, r["calls"]):                # w: this pass's sample
         assert torch.equal(w, reference_sample(t.mu.detach(), t.sigma.detach(), t.fixed, t.fixed_value,
                                                r["eps"][t.name])), t.name
         assert w.stride() == t.mu.stride(), (t.name, w.stride(), t.mu.stride())
@@ -959,7 +957,7 @@ def check_converted_layers_seeds():
 
     def one_pass():
         out = model(x)
-        return out, {t.name: t.module._pwfn_eps[t.attr] for t in bayes_tensors(model)}
+        return out, {t.name: t.noise for t in bayes_tensors(model)}
 
     torch.manual_seed(3)
     out1, n1 = one_pass()
@@ -1142,8 +1140,8 @@ def test_invalid_backend_is_a_clear_error(monkeypatch):
 def test_cpu_training_keeps_the_torch_path(monkeypatch):
     """Automatic choice on CPU: the hook stores the noise tensor, as the torch path always did."""
     import torch.nn as nn
-    from pwfn_viz.core.bayes import convert
+    from pwfn_viz.core.bayes import bayes_tensors, convert
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     layer = convert(nn.Linear(3, 2)).train()
     layer(torch.randn(4, 3))
-    assert isinstance(layer._pwfn_eps["weight"], torch.Tensor)
+    assert isinstance(bayes_tensors(layer)[0].noise, torch.Tensor)

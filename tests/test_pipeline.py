@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import pwfn_viz
+from pwfn_viz.core import bayes
 from pwfn_viz import RunConfig, load_run
 from pwfn_viz.core.bayes import bayes_tensors
 from pwfn_viz.cli import main
@@ -249,7 +250,7 @@ def test_plain_model_equals_converted_model(quick_run):
     x = torch.randn(16, 1, 8, 8)
     for i in (None, 0, -1):
         plain = quick_run.plain_model_at(i)
-        assert not any(hasattr(m, "_pwfn_names") for m in plain.modules())
+        assert not any(bayes.is_converted(m) for m in plain.modules())
         with torch.no_grad():
             assert torch.equal(plain(x), quick_run.model_at(i)(x))
     with pytest.raises(IndexError, match="rounds 0..2"):

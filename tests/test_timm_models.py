@@ -37,7 +37,7 @@ def test_timm_family_through_the_pipeline(tmp_path, name):
     assert bool(fixed.all()) and run.rounds[-1].metrics["unique"] == torch.unique(mu).numel()
     model = run.model_at(-1)
     expected = {f"{mn}.{a}" for mn, m in model.named_modules()
-                if isinstance(m, bayes.CONVERTIBLE) for a in m._pwfn_names}
+                if isinstance(m, bayes.CONVERTIBLE) for a in bayes.converted_names(m)}
     assert {t.name for t in bayes_tensors(model)} == expected == set(run.meta["tensors"])
     if "deit" in name:  # tokens and positional embeddings stay deterministic
         names = {n for n, _ in model.named_parameters()}

@@ -28,6 +28,8 @@ import warnings
 import torch
 import torch.nn as nn
 
+from ..core import bayes
+
 CONVERTIBLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -71,7 +73,7 @@ def _check(model: nn.Module, n_bits: int) -> None:
         raise ValueError(f"n_bits={n_bits!r}: coremltools palettizes with 1 to 8 bits per weight")
     if not any(isinstance(m, CONVERTIBLE) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} has no convolution or linear layer to palettize")
-    if any(hasattr(m, "_pwfn_names") for m in model.modules()):
+    if any(bayes.is_converted(m) for m in model.modules()):
         raise ValueError("palettize the plain network (e.g. run.plain_model_at(None)), not a converted one")
 
 

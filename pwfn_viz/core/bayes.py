@@ -1,16 +1,21 @@
 """Bayesian conversion: every conv/linear weight and bias becomes mu (its value) and sigma.
 
 ``convert(model)`` works on any ``nn.Module`` without touching its ``forward``: each converted
-tensor ``weight`` is replaced by the parameters ``weight_mu``, ``weight_sigma`` and the buffers
-``weight_fixed`` (bool mask) and ``weight_fixed_value``; a forward pre-hook computes the tensor the
+tensor (``weight``, ``bias``) gets a :class:`BayesianWeight` parametrization
+(``torch.nn.utils.parametrize``): parametrize keeps mu as the tensor's ``original``, the
+parametrization holds sigma, the fixed mask and the fixed values, and computes the tensor the
 layer's own forward reads (docs/method.md, section 1):
 
-    training:   w = mu + max(sigma, 2^-30) * eps,  eps ~ N(0, 1), drawn once per forward pass
+    training:   w = mu + max(sigma, 2^-30) * eps,  eps ~ N(0, 1), drawn at each read of the weight
+                (once per forward pass for conv and linear layers)
     evaluation: w = mu
     fixed:      w = fixed_value exactly (no task gradient reaches mu or sigma there)
 
-All state lives in parameters and buffers, so ``state_dict``, ``.to()``, ``deepcopy`` and any
-optimiser work as usual. Norm layers, embeddings and tokens are left deterministic.
+All state lives in parameters and buffers (``conv1.parametrizations.weight.original`` is mu,
+``conv1.parametrizations.weight.0.sigma`` sigma, ``...0.fixed`` and ``...0.fixed_value``), so
+``state_dict``, ``.to()``, ``deepcopy``, DDP, ``torch.compile`` and any optimiser work as usual, and
+nothing is attached to the user's modules beyond parametrize's own. Norm layers, embeddings and
+tokens are left deterministic.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -125,37 +130,43 @@ class _Sample(torch.autograd.Function):
         return grad_mu, grad_sigma, None, None, None
 
 
-def _sample_hook(module: nn.Module, args):
-    """Forward pre-hook: put the tensor this pass uses where the layer's forward reads it.
+class BayesianWeight(nn.Module):
+    """The parametrization of one converted tensor: ``forward(mu)`` is the tensor the layer uses.
 
-    Training passes sample through :class:`_Sample` and keep the noise in ``_pwfn_eps`` for the
-    regulariser. Where the fused Triton path is forced (see ``pwfn_viz.kernels``) and the default
-    semantics apply, the noise is drawn inside the kernel and never stored; ``_pwfn_eps`` then
-    holds the pass's ``FusedNoise`` (its seed) instead of the noise tensor."""
-    from .. import kernels
-    seeds = None
-    fixed_noise, follows_mu, torch_sampling = getattr(module, "_pwfn_semantics", (False, False, False))
-    for i, name in enumerate(module._pwfn_names):
-        mu, sigma = getattr(module, f"{name}_mu"), getattr(module, f"{name}_sigma")
-        fixed, fixed_value = getattr(module, f"{name}_fixed"), getattr(module, f"{name}_fixed_value")
-        if follows_mu:   # coupled weight decay moves fixed mu: the fixed weight is mu itself
-            fixed_value = mu.detach()
-        if not module.training:
-            setattr(module, name, torch.where(fixed, fixed_value, mu))
-            continue
-        if not (fixed_noise or follows_mu or torch_sampling) and kernels.fused_sampling_applies(mu, sigma, fixed_value):
-            if seeds is None:   # one launch draws the seeds of all the module's tensors
-                seeds = kernels.sampling.draw_seeds(len(module._pwfn_names), mu.device)
-            w, module._pwfn_eps[name] = kernels.fused_sample(mu, sigma, fixed, fixed_value, SAMPLING_SIGMA_FLOOR,
-                                                              seed=seeds[i:i + 1])
-            setattr(module, name, w)
-            continue
-        eps, free = torch.randn_like(mu), _free_mask(fixed, mu.dtype)
+    Holds sigma (a parameter), the fixed mask and values (buffers), the training semantics
+    (:func:`set_semantics`) and the noise of the latest training pass (``noise``: a tensor, or a
+    ``FusedNoise`` on the fused Triton path, which is opt-in; see ``pwfn_viz.kernels``)."""
+
+    def __init__(self, data: torch.Tensor, sigma0: torch.Tensor):
+        super().__init__()
+        self.sigma = nn.Parameter(sigma0)
+        self.register_buffer("fixed", torch.zeros_like(data, dtype=torch.bool))
+        self.register_buffer("fixed_value", torch.zeros_like(data))
+        self.fixed_noise = self.follows_mu = self.torch_sampling = False
+        self.noise = self.free = None   # this training pass's eps and mask of free weights
+
+    def forward(self, mu: torch.Tensor) -> torch.Tensor:
+        from .. import kernels
+        # coupled weight decay moves fixed mu: the fixed weight is then mu itself
+        fixed_value = mu.detach() if self.follows_mu else self.fixed_value
+        if not self.training:
+            return torch.where(self.fixed, fixed_value, mu)
+        if not (self.fixed_noise or self.follows_mu or self.torch_sampling) and \
+                kernels.fused_sampling_applies(mu, self.sigma, fixed_value):
+            w, self.noise = kernels.fused_sample(mu, self.sigma, self.fixed, fixed_value, SAMPLING_SIGMA_FLOOR)
+            self.free = None
+            return w
         # the loss terms need this pass's noise, and reuse its mask of free weights
-        module._pwfn_eps[name], module._pwfn_free[name] = eps, free
+        self.noise, self.free = torch.randn_like(mu), _free_mask(self.fixed, mu.dtype)
         # fixed_noise: a fixed weight is sampled around its mu (its value) like the rest, with no
         # task gradient; otherwise it is its value exactly
-        setattr(module, name, _Sample.apply(mu, sigma, eps, free, None if fixed_noise else fixed_value))
+        return _Sample.apply(mu, self.sigma, self.noise, self.free, None if self.fixed_noise else fixed_value)
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        return value   # assigning layer.weight = value sets mu
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.sigma.shape)}, fixed={self.fixed.float().mean().item():.1%}"
 
 
 def set_semantics(model: nn.Module, fixed_noise: bool = False, fixed_follows_mu: bool = False,
@@ -166,21 +177,14 @@ def set_semantics(model: nn.Module, fixed_noise: bool = False, fixed_follows_mu:
     own weight decay moves it. All False (the default): a fixed weight is its value exactly.
     ``torch_sampling`` (implied by either) keeps every pass on the torch path, whose noise covers
     fixed weights too (``sigma_regulariser(include_fixed=True)`` needs it)."""
-    flags = (bool(fixed_noise), bool(fixed_follows_mu), bool(torch_sampling or fixed_noise or fixed_follows_mu))
     for m in model.modules():
-        if is_converted(m):
-            m._pwfn_semantics = flags
-
-
-def _detach_hook(module: nn.Module, args, output):
-    """Forward hook: the pass is done, keep a detached copy readable (autograd holds what it needs),
-    so that the module can still be deep-copied like any other."""
-    for name in module._pwfn_names:
-        setattr(module, name, getattr(module, name).detach())
+        if isinstance(m, BayesianWeight):
+            m.fixed_noise, m.follows_mu = bool(fixed_noise), bool(fixed_follows_mu)
+            m.torch_sampling = bool(torch_sampling or fixed_noise or fixed_follows_mu)
 
 
 def _convert_module(module: nn.Module, module_name: str, sigma_fn) -> None:
-    names = []
+    from torch.nn.utils import parametrize
     for name in ("weight", "bias"):
         param = _own(module).get(name)
         if param is None:
@@ -193,18 +197,8 @@ def _convert_module(module: nn.Module, module_name: str, sigma_fn) -> None:
             raise ValueError(f"{module_name or type(module).__name__}.{name} has {bad} non-finite "
                              "values (NaN/inf); fix or re-initialise the model before converting")
         data = param.detach()
-        delattr(module, name)
-        module.register_parameter(f"{name}_mu", nn.Parameter(data.clone()))
-        module.register_parameter(f"{name}_sigma", nn.Parameter(sigma_fn(data).to(data.dtype)))
-        module.register_buffer(f"{name}_fixed", torch.zeros_like(data, dtype=torch.bool))
-        module.register_buffer(f"{name}_fixed_value", data.clone())
-        setattr(module, name, data.clone())   # readable outside forward; refreshed every pass
-        names.append(name)
-    module._pwfn_names = tuple(names)
-    module._pwfn_eps = {}
-    module._pwfn_free = {}
-    module.register_forward_pre_hook(_sample_hook)
-    module.register_forward_hook(_detach_hook)
+        parametrize.register_parametrization(module, name, BayesianWeight(data, sigma_fn(data).to(data.dtype)),
+                                             unsafe=True)
 
 
 def _own(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -212,7 +206,7 @@ def _own(module: nn.Module) -> dict[str, nn.Parameter]:
     return dict(module.named_parameters(recurse=False, remove_duplicate=False))
 
 
-# Modules whose weights are read by a forward that bypasses the pre-hook, or that hold weights in
+# Modules whose weights are read by a forward that bypasses the parametrization, or that hold weights in
 # a form the conversion does not handle: left deterministic, and named in convert()'s warning.
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
@@ -309,8 +303,16 @@ def convert(model: nn.Module, sigma_init: str = "pwfn", **init_kwargs) -> nn.Mod
     return model
 
 
+def converted_names(module: nn.Module) -> tuple[str, ...]:
+    """The converted tensors of ``module`` itself ("weight", "bias"), in that order."""
+    plists = getattr(module, "parametrizations", None)
+    if not isinstance(plists, nn.ModuleDict):
+        return ()
+    return tuple(n for n in ("weight", "bias") if n in plists and isinstance(plists[n][0], BayesianWeight))
+
+
 def is_converted(module: nn.Module) -> bool:
-    return hasattr(module, "_pwfn_names")
+    return bool(converted_names(module))
 
 
 @dataclass(frozen=True)
@@ -320,27 +322,57 @@ class BayesTensor:
     module: nn.Module
     attr: str   # "weight" or "bias"
 
-    mu = property(lambda self: getattr(self.module, f"{self.attr}_mu"))
-    sigma = property(lambda self: getattr(self.module, f"{self.attr}_sigma"))
-    fixed = property(lambda self: getattr(self.module, f"{self.attr}_fixed"))
-    fixed_value = property(lambda self: getattr(self.module, f"{self.attr}_fixed_value"))
+    param = property(lambda self: self.module.parametrizations[self.attr][0])   # its BayesianWeight
+    mu = property(lambda self: self.module.parametrizations[self.attr].original)
+    sigma = property(lambda self: self.param.sigma)
+    fixed = property(lambda self: self.param.fixed)
+    fixed_value = property(lambda self: self.param.fixed_value)
+    noise = property(lambda self: self.param.noise)   # the latest training pass's eps (None: none since)
 
     @property
     def value(self) -> torch.Tensor:
         """The mean weight the network uses in evaluation (fixed value where fixed)."""
-        if getattr(self.module, "_pwfn_semantics", (False, False, False))[1]:   # fixed weights follow mu
+        if self.param.follows_mu:   # fixed weights follow mu
             return self.mu.detach().clone()
         return torch.where(self.fixed, self.fixed_value, self.mu.detach())
+
+    def state_keys(self) -> dict[str, str]:
+        """This tensor's state_dict keys: {"mu", "sigma", "fixed", "fixed_value"} -> key."""
+        return state_keys(self.name)
 
     def __repr__(self):
         return (f"BayesTensor({self.name!r}, shape={tuple(self.mu.shape)}, "
                 f"fixed={self.fixed.float().mean().item():.1%})")
 
 
+def state_keys(name: str) -> dict[str, str]:
+    """The state_dict keys of converted tensor ``name`` ("conv1.weight").
+
+    >>> state_keys("conv1.weight")["sigma"]
+    'conv1.parametrizations.weight.0.sigma'
+    """
+    prefix, _, attr = name.rpartition(".")
+    base = f"{prefix}.parametrizations.{attr}" if prefix else f"parametrizations.{attr}"
+    return {"mu": f"{base}.original", "sigma": f"{base}.0.sigma", "fixed": f"{base}.0.fixed",
+            "fixed_value": f"{base}.0.fixed_value"}
+
+
 def bayes_tensors(model: nn.Module) -> list[BayesTensor]:
     """The converted tensors of ``model`` in network order (weight before bias)."""
     return [BayesTensor(f"{mname}.{attr}" if mname else attr, m, attr)
-            for mname, m in model.named_modules() if is_converted(m) for attr in m._pwfn_names]
+            for mname, m in model.named_modules() for attr in converted_names(m)]
+
+
+def clear_pass_noise(model: nn.Module) -> None:
+    """Forget the latest training pass's noise (a new round starts without it)."""
+    for m in model.modules():
+        if isinstance(m, BayesianWeight):
+            m.noise = m.free = None
+
+
+def has_pass_noise(model: nn.Module) -> bool:
+    """Has a training pass run since the noise was last cleared?"""
+    return any(m.noise is not None for m in model.modules() if isinstance(m, BayesianWeight))
 
 
 def flat_state(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -369,8 +401,7 @@ def load_flat_state(model: nn.Module, mu: torch.Tensor, sigma: torch.Tensor, fix
         t.sigma.copy_(sigma[sl].view(shape))
         t.fixed.copy_(fixed[sl].view(shape))
         t.fixed_value.copy_(torch.where(t.fixed, t.mu, torch.zeros_like(t.mu)))
-        t.module._pwfn_eps.pop(t.attr, None)   # the last pass's noise and mask belong to the old state
-        getattr(t.module, "_pwfn_free", {}).pop(t.attr, None)
+        t.param.noise = t.param.free = None   # the last pass's noise and mask belong to the old state
         offset += n
 
 
@@ -378,10 +409,8 @@ def load_flat_state(model: nn.Module, mu: torch.Tensor, sigma: torch.Tensor, fix
 # Loss terms: the sigma regulariser and weight decay that spares fixed weights.
 def _pass_free_mask(t: "BayesTensor") -> torch.Tensor:
     """The latest training pass's mask of free weights (1/0 in mu's dtype), else a new one."""
-    free = getattr(t.module, "_pwfn_free", {}).get(t.attr)
-    if free is None or t.module._pwfn_eps.get(t.attr) is None:
-        return _free_mask(t.fixed, t.mu.dtype)
-    return free
+    free = t.param.free
+    return _free_mask(t.fixed, t.mu.dtype) if free is None or t.noise is None else free
 
 
 def _sum_of_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -454,7 +483,7 @@ def sigma_regulariser(model: nn.Module, lam: float = REGULARISER_LAMBDA, cap: fl
     from ..kernels.loss_terms import fused_regulariser
     total, fused, found = None, [], False
     for t in bayes_tensors(model):
-        eps = t.module._pwfn_eps.get(t.attr)
+        eps = t.noise
         if eps is None:
             continue
         found = True
@@ -491,7 +520,7 @@ def masked_weight_decay(model: nn.Module, weight_decay: float) -> torch.Tensor:
     from ..kernels.loss_terms import fused_weight_decay
     terms, fused = [], []
     for t in bayes_tensors(model):
-        noise = t.module._pwfn_eps.get(t.attr)
+        noise = t.noise
         if isinstance(noise, kernels.FusedNoise) and kernels.fused_sampling_applies(t.mu, t.sigma, t.fixed_value):
             fused.append((t.mu, t.fixed, noise))
         else:

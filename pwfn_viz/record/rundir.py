@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ..core.bayes import bayes_tensors
+from ..core.bayes import bayes_tensors, state_keys
 from ..core.sigma_learning import COLUMNS as SIGMA_LEARNING_COLUMNS
 from ..core.sigma_learning import layers_learned, sigma_learning_table
 from ..core.sigma_learning import verdict as sigma_verdict
@@ -159,8 +159,7 @@ def snapshot_tensors(model: torch.nn.Module, pre: dict[str, torch.Tensor] | None
         out[f"mu/{t.name}"] = t.value
         out[f"sigma/{t.name}"] = t.sigma.detach()
         out[f"fixed/{t.name}"] = t.fixed
-        prefix = t.name[: -len(t.attr)]
-        bayes_keys |= {f"{prefix}{t.attr}_{s}" for s in ("mu", "sigma", "fixed", "fixed_value")}
+        bayes_keys |= set(t.state_keys().values())
     for k, v in model.state_dict().items():
         if k not in bayes_keys:
             out[f"state/{k}"] = v
@@ -176,11 +175,11 @@ def state_dict_from_snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torc
         if not k.startswith("mu/"):
             continue
         name = k[len("mu/"):]
-        fixed = tensors[f"fixed/{name}"].bool()
-        sd[f"{name}_mu"] = mu
-        sd[f"{name}_sigma"] = tensors[f"sigma/{name}"]
-        sd[f"{name}_fixed"] = fixed
-        sd[f"{name}_fixed_value"] = torch.where(fixed, mu, torch.zeros_like(mu))
+        fixed, keys = tensors[f"fixed/{name}"].bool(), state_keys(name)
+        sd[keys["mu"]] = mu
+        sd[keys["sigma"]] = tensors[f"sigma/{name}"]
+        sd[keys["fixed"]] = fixed
+        sd[keys["fixed_value"]] = torch.where(fixed, mu, torch.zeros_like(mu))
     return sd
 
 
@@ -433,6 +432,15 @@ class Run:
         check_tensors(model, self.meta["tensors"], "this model does not fit the run")
         model.load_state_dict(state_dict_from_snapshot(tensors))
         return model.eval()
+
+    def dashboard(self, **options):
+        """Every round view of this run in one widget, one round slider with a Play button
+        (``pwfn_viz.widgets.Dashboard``; needs ipywidgets and ipympl). The widgets sit above this
+        layer: ``pwfn_viz/__init__.py`` provides ``open_view`` (docs/architecture.md, section 1).
+
+            >>> run.dashboard()          # doctest: +SKIP
+        """
+        return type(self).open_view(self, "dashboard", **options)
 
     def __repr__(self):
         status = "complete" if self.complete else f"incomplete ({len(self.rounds)} rounds)"

@@ -431,13 +431,11 @@ class Fixer:
         return got
 
     def _trained_since_fix(self) -> bool:
-        return any(m._pwfn_eps for m in self.model.modules() if bayes.is_converted(m))
+        return bayes.has_pass_noise(self.model)
 
     def _seed_round(self) -> None:
         """A fresh start for the next round: no noise of the last pass, its own torch seed."""
-        for m in self.model.modules():
-            if bayes.is_converted(m):
-                m._pwfn_eps, m._pwfn_free = {}, {}
+        bayes.clear_pass_noise(self.model)
         torch.manual_seed(self.config.seed * 1_000_003 + self.round * 7919 + self.info.rank)
         self._t0 = time.time()
 
