@@ -46,7 +46,7 @@ from pwfn_viz.train import semantics as training_semantics
 from pwfn_viz.train.config import RunConfig
 from pwfn_viz.train.loop import backward, clip_and_step, optimizer_step
 
-REFERENCE = RunConfig(profile="reference").semantics()
+REFERENCE, CORRECTED = RunConfig(profile="reference").semantics(), RunConfig().semantics()
 
 LR, MOMENTUM, WD, CLIP = 1e-3, 0.9, 1e-4, 1.0
 
@@ -54,37 +54,45 @@ LR, MOMENTUM, WD, CLIP = 1e-3, 0.9, 1e-4, 1.0
 # ---------------------------------------------------------------- the authors' approach, in brief
 
 class _SampledLayer(nn.Module):
-    """A replaced conv/linear: mu and sigma parameters, noise drawn and combined by separate ops."""
+    """A replaced conv/linear: mu and sigma parameters for the weight and the bias, noise drawn and
+    combined by separate ops (the authors' layers sample the bias too and regularise only the
+    weight's sigma)."""
 
     def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer   # keeps its hyper-parameters (stride, padding, ...); weights are ours
-        self.weight_mu = nn.Parameter(layer.weight.detach().clone())
-        self.weight_sigma = nn.Parameter(bayes.pwfn_sigma_init(layer.weight.detach()))
-        self.register_buffer("fixed", torch.zeros_like(layer.weight, dtype=torch.bool))
-        has_bias = layer.bias is not None
-        self.bias = nn.Parameter(layer.bias.detach().clone()) if has_bias else None
+        self.names = ("weight", "bias") if layer.bias is not None else ("weight",)
+        for name in self.names:
+            value = getattr(layer, name).detach()
+            self.register_parameter(f"{name}_mu", nn.Parameter(value.clone()))
+            self.register_parameter(f"{name}_sigma", nn.Parameter(bayes.pwfn_sigma_init(value)))
+            self.register_buffer(f"{name}_fixed", torch.zeros_like(value, dtype=torch.bool))
         del layer.weight, layer.bias
-        self.eps = None
+        self.eps = {}
 
-    def sampled_weight(self):
+    def sampled(self, name: str):
+        mu = getattr(self, f"{name}_mu")
         if not self.training:
-            return self.weight_mu
-        self.eps = torch.randn_like(self.weight_mu)
-        return self.weight_mu + self.weight_sigma.clamp(min=bayes.SIGMA_MIN) * self.eps
+            return mu
+        self.eps[name] = torch.randn_like(mu)
+        return mu + getattr(self, f"{name}_sigma").clamp(min=bayes.SIGMA_MIN) * self.eps[name]
 
     def forward(self, x):
-        w = self.sampled_weight()
+        w = self.sampled("weight")
+        b = self.sampled("bias") if "bias" in self.names else None
         if isinstance(self.layer, nn.Linear):
-            return F.linear(x, w, self.bias)
-        return F.conv2d(x, w, self.bias, self.layer.stride, self.layer.padding, self.layer.dilation, self.layer.groups)
+            return F.linear(x, w, b)
+        return F.conv2d(x, w, b, self.layer.stride, self.layer.padding, self.layer.dilation, self.layer.groups)
 
     @torch.no_grad()
     def edit_gradients(self, lam: float, cap: float):
-        """After backward: add the regulariser's gradient, zero the fixed weights' gradients."""
-        self.weight_sigma.grad.add_(-lam * (cap - self.weight_sigma).clamp(min=0) * self.eps.abs())
-        self.weight_mu.grad.masked_fill_(self.fixed, 0)
-        self.weight_sigma.grad.masked_fill_(self.fixed, 0)
+        """After backward: add the regulariser's gradient to the weight's sigma, zero the fixed
+        entries' gradients."""
+        self.weight_sigma.grad.add_(-lam * (cap - self.weight_sigma).clamp(min=0) * self.eps["weight"].abs())
+        for name in self.names:
+            fixed = getattr(self, f"{name}_fixed")
+            getattr(self, f"{name}_mu").grad.masked_fill_(fixed, 0)
+            getattr(self, f"{name}_sigma").grad.masked_fill_(fixed, 0)
 
 
 def authors_model(model: nn.Module) -> nn.Module:
@@ -104,7 +112,9 @@ def _fix(model: nn.Module, fraction: float, seed: int = 1) -> None:
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, _SampledLayer):
-            m.fixed.copy_(torch.rand(m.fixed.shape, generator=g) < fraction)
+            for name in m.names:
+                fixed = getattr(m, f"{name}_fixed")
+                fixed.copy_(torch.rand(fixed.shape, generator=g) < fraction)
     for t in bayes.bayes_tensors(model):
         t.fixed.copy_(torch.rand(t.fixed.shape, generator=g) < fraction)
         t.fixed_value.copy_(torch.where(t.fixed, t.mu.detach(), torch.zeros_like(t.fixed_value)))
@@ -140,11 +150,10 @@ def step(model, opt, kind: str, x, y, amp: str | None = None, scaler=None) -> No
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     with torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
         loss = F.cross_entropy(model(x).float(), y)
-    if kind == "pwfn":   # outside autocast, as in pwfn_viz.train.loop.train_steps
-        loss = loss + bayes.sigma_regulariser(model) + bayes.masked_weight_decay(model, WD)
-    if kind == "reference":
-        loss = loss + training_semantics.loss_terms(model, REFERENCE, reg_lambda=bayes.REG_LAMBDA,
-                                                    reg_cap=bayes.REG_CAP, weight_decay=WD)
+    if kind in ("pwfn", "reference"):   # outside autocast, as in pwfn_viz.train.loop.train_steps
+        loss = loss + training_semantics.loss_terms(model, CORRECTED if kind == "pwfn" else REFERENCE,
+                                                    reg_lambda=bayes.REG_LAMBDA, reg_cap=bayes.REG_CAP,
+                                                    weight_decay=WD, from_pass=True)
     if kind == "authors":
         _authors_update(model, opt, loss, scaler)
     else:

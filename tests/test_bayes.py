@@ -321,7 +321,7 @@ def test_sigma_inits_are_a_registry():
 @pytest.mark.parametrize("n_fixed", [0, 5])
 @pytest.mark.parametrize("sampled_fixed", [False, True])
 def test_written_out_sampling_equals_autograd_of_the_formula(n_fixed, sampled_fixed):
-    """bayes._Sample against autograd through the plain expression: sigma below the floor, at it,
+    """bayes._SampleWithTerms's sample against autograd through the plain expression: sigma below the floor, at it,
     negative, fixed entries (exact, or sampled with no gradient)."""
     g = torch.Generator().manual_seed(3)
     mu = torch.randn(4, 6, generator=g, dtype=torch.float64)
@@ -333,7 +333,8 @@ def test_written_out_sampling_equals_autograd_of_the_formula(n_fixed, sampled_fi
     base = torch.randn(4, 6, generator=g, dtype=torch.float64)
     upstream = torch.randn(4, 6, generator=g, dtype=torch.float64)
     a = [t.clone().requires_grad_() for t in (mu, sigma)]
-    w = bayes._Sample.apply(a[0], a[1], eps, bayes._free_mask(fixed, mu.dtype), None if sampled_fixed else base)
+    w, _, _ = bayes._SampleWithTerms.apply(a[0], a[1], eps, bayes._free_mask(fixed, mu.dtype),
+                                           None if sampled_fixed else base, 0.05, None)
     (w * upstream).sum().backward()
     b = [t.clone().requires_grad_() for t in (mu, sigma)]
     free_w = b[0] + b[1].clamp(min=SIGMA_MIN) * eps
@@ -341,3 +342,36 @@ def test_written_out_sampling_equals_autograd_of_the_formula(n_fixed, sampled_fi
     (ref * upstream).sum().backward()
     assert torch.allclose(w, ref.detach(), rtol=0, atol=1e-15)
     assert torch.equal(a[0].grad, b[0].grad) and torch.allclose(a[1].grad, b[1].grad, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("how", ["together", "scaled", "terms alone", "other cap", "twice"])
+def test_loss_terms_from_the_pass_equal_the_formula(how):
+    """The regulariser and decay computed with each pass's sample (their gradients folded into the
+    sampling backward) against the formula, for a scaled loss, a separate backward of the terms, a
+    cap other than the pass's (computed on its own) and terms counted twice."""
+    model = _half_fixed_cnn()
+    model.train()
+    lam, wd = 2.0 ** -9, 0.3
+    cap = 0.08 if how == "other cap" else 0.05
+    out = model(torch.randn(3, 1, 8, 8)).square().sum()
+    terms = sigma_regulariser(model, lam, cap, from_pass=True) + masked_weight_decay(model, wd, from_pass=True)
+    scale, times = (64.0 if how == "scaled" else 1.0), (2 if how == "twice" else 1)
+    if how == "terms alone":
+        (terms * scale).backward()
+    else:
+        (scale * (out + times * terms)).backward()
+    for t in bayes_tensors(model):
+        free = (~t.fixed).to(t.mu.dtype)
+        reg_grad = -lam * (cap - t.sigma.detach()).clamp(min=0) * t.noise.abs() * free
+        decay_grad = wd * t.mu.detach() * free
+        if how == "terms alone":
+            assert torch.allclose(t.sigma.grad / scale, reg_grad, rtol=1e-5, atol=1e-12), t.name
+            assert torch.allclose(t.mu.grad / scale, decay_grad, rtol=1e-5, atol=1e-12), t.name
+        else:   # the task part is there too: take it out with the formula's own task gradient
+            task_mu = t.mu.grad / scale - times * decay_grad
+            assert torch.all(task_mu[t.fixed] == 0), t.name
+        assert (t.sigma.grad[t.fixed] == 0).all() and (t.mu.grad[t.fixed] == 0).all()
+    reg_value = sum(((cap - t.sigma.detach()).clamp(min=0) ** 2 * t.noise.abs() * (~t.fixed)).sum()
+                    for t in bayes_tensors(model))
+    decay_value = sum((t.mu.detach() ** 2 * (~t.fixed)).sum() for t in bayes_tensors(model))
+    assert terms.item() == pytest.approx((lam / 2 * reg_value + wd / 2 * decay_value).item(), rel=1e-5)

@@ -104,30 +104,50 @@ def _free_mask(fixed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return fixed.logical_not().to(dtype)
 
 
-class _Sample(torch.autograd.Function):
+class _SampleWithTerms(torch.autograd.Function):
     """``w = mu + max(sigma, floor) * eps``, fixed entries replaced by ``base`` (None: sampled like
     the rest), with the backward written out: ``grad_mu = g`` and ``grad_sigma = g * eps`` on free
-    weights (sigma's only where it is above the floor), 0 on fixed ones. A fused multiply-add and
-    float-mask products: about half the passes over the weights of autograd's graph of the same
-    expression with ``where``."""
+    weights (sigma's only where it is above the floor), 0 on fixed ones; a fused multiply-add and
+    float-mask products, about half the passes of autograd's graph of the same expression with
+    ``where``. And, from the same pass, the two loss terms' sums: ``reg = sum |eps| *
+    max(0, cap - sigma)^2`` (times ``reg_mask`` when given) and ``decay = sum free * mu^2``.
+    Outputs (w, reg, decay); the backward gets the gradients reaching all three at once (whatever
+    the loss's scale, and whichever of them reached it), so the terms' gradients join the sampling
+    gradients in the same two passes instead of passes and accumulations of their own."""
 
     @staticmethod
-    def forward(ctx, mu, sigma, eps, free, base):
-        w = torch.addcmul(mu, sigma.clamp(min=SAMPLING_SIGMA_FLOOR), eps)
-        if base is not None:   # w * free + base * (1 - free): exactly base where fixed, w where free
-            w.mul_(free).addcmul_(base, torch.rsub(free, 1))
-        ctx.save_for_backward(sigma, eps, free)
-        return w
+    def forward(ctx, mu, sigma, eps, free, base, cap: float, reg_mask):
+        ctx.set_materialize_grads(False)
+        with torch.autocast(mu.device.type, enabled=False):   # the sums in the parameters' precision
+            w = torch.addcmul(mu, sigma.clamp(min=SAMPLING_SIGMA_FLOOR), eps)
+            if base is not None:   # w * free + base * (1 - free): exactly base where fixed, w where free
+                w.mul_(free).addcmul_(base, torch.rsub(free, 1))
+            gap = (cap - sigma.detach()).clamp_(min=0)
+            weighted = eps.abs().mul_(gap)
+            if reg_mask is not None:
+                weighted.mul_(reg_mask)
+            free_mu = mu.detach() * free
+            reg, decay = _sum_of_products(weighted, gap), _sum_of_products(free_mu, free_mu)
+        ctx.save_for_backward(sigma, eps, free, weighted, free_mu)
+        return w, reg, decay
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        sigma, eps, free = ctx.saved_tensors
-        grad_mu = g * free if ctx.needs_input_grad[0] else None
-        grad_sigma = None
-        if ctx.needs_input_grad[1]:   # clamp passes no gradient at or below its floor (few weights)
-            grad_sigma = torch.mul(g, eps).mul_(free).masked_fill_(sigma <= SAMPLING_SIGMA_FLOOR, 0)
-        return grad_mu, grad_sigma, None, None, None
+    def backward(ctx, g, g_reg, g_decay):
+        sigma, eps, free, weighted, free_mu = ctx.saved_tensors
+        grad_mu = grad_sigma = None
+        if ctx.needs_input_grad[0] and (g is not None or g_decay is not None):
+            grad_mu = g * free if g is not None else torch.zeros_like(free_mu)
+            if g_decay is not None:          # d(sum free * mu^2) = 2 * free * mu
+                grad_mu.addcmul_(free_mu, g_decay, value=2.0)
+        if ctx.needs_input_grad[1] and (g is not None or g_reg is not None):
+            if g is not None:                # clamp passes no gradient at or below its floor (few weights)
+                grad_sigma = torch.mul(g, eps).mul_(free).masked_fill_(sigma <= SAMPLING_SIGMA_FLOOR, 0)
+            else:
+                grad_sigma = torch.zeros_like(weighted)
+            if g_reg is not None:            # d(sum |eps| * gap^2) = -2 * |eps| * gap
+                grad_sigma.addcmul_(weighted, g_reg, value=-2.0)
+        return grad_mu, grad_sigma, None, None, None, None, None
 
 
 class BayesianWeight(nn.Module):
@@ -143,7 +163,9 @@ class BayesianWeight(nn.Module):
         self.register_buffer("fixed", torch.zeros_like(data, dtype=torch.bool))
         self.register_buffer("fixed_value", torch.zeros_like(data))
         self.fixed_noise = self.follows_mu = self.torch_sampling = False
+        self.cap, self.reg_fixed = SIGMA_CAP, False   # the loss terms each pass computes (see terms())
         self.noise = self.free = None   # this training pass's eps and mask of free weights
+        self.reg_term = self.decay_term = None   # ... and its sums for the regulariser and the decay
 
     def forward(self, mu: torch.Tensor) -> torch.Tensor:
         from .. import kernels
@@ -160,7 +182,10 @@ class BayesianWeight(nn.Module):
         self.noise, self.free = torch.randn_like(mu), _free_mask(self.fixed, mu.dtype)
         # fixed_noise: a fixed weight is sampled around its mu (its value) like the rest, with no
         # task gradient; otherwise it is its value exactly
-        return _Sample.apply(mu, self.sigma, self.noise, self.free, None if self.fixed_noise else fixed_value)
+        w, self.reg_term, self.decay_term = _SampleWithTerms.apply(
+            mu, self.sigma, self.noise, self.free, None if self.fixed_noise else fixed_value, float(self.cap),
+            None if self.reg_fixed else self.free)
+        return w
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         return value   # assigning layer.weight = value sets mu
@@ -170,15 +195,19 @@ class BayesianWeight(nn.Module):
 
 
 def set_semantics(model: nn.Module, fixed_noise: bool = False, fixed_follows_mu: bool = False,
-                  torch_sampling: bool = False) -> None:
+                  torch_sampling: bool = False, reg_cap: float = SIGMA_CAP, reg_fixed: bool = False) -> None:
     """How the converted layers of ``model`` treat fixed weights in training (docs/faithfulness.md):
     ``fixed_noise`` samples them too (``w = value + sigma * eps``, no task gradient to their mu or
     sigma), and ``fixed_follows_mu`` makes the fixed value read mu itself, so that an optimiser's
     own weight decay moves it. All False (the default): a fixed weight is its value exactly.
     ``torch_sampling`` (implied by either) keeps every pass on the torch path, whose noise covers
-    fixed weights too (``sigma_regulariser(include_fixed=True)`` needs it)."""
+    fixed weights too (``sigma_regulariser(include_fixed=True)`` needs it). ``reg_cap`` and
+    ``reg_fixed`` say which regulariser each training pass computes along with its sample (the
+    one ``sigma_regulariser(cap=reg_cap, include_fixed=reg_fixed)`` asks for; any other is
+    computed on its own, the same value and gradient, a little slower)."""
     for m in model.modules():
         if isinstance(m, BayesianWeight):
+            m.cap, m.reg_fixed = float(reg_cap), bool(reg_fixed)
             m.fixed_noise, m.follows_mu = bool(fixed_noise), bool(fixed_follows_mu)
             m.torch_sampling = bool(torch_sampling or fixed_noise or fixed_follows_mu)
 
@@ -367,7 +396,7 @@ def clear_pass_noise(model: nn.Module) -> None:
     """Forget the latest training pass's noise (a new round starts without it)."""
     for m in model.modules():
         if isinstance(m, BayesianWeight):
-            m.noise = m.free = None
+            m.noise = m.free = m.reg_term = m.decay_term = None
 
 
 def has_pass_noise(model: nn.Module) -> bool:
@@ -401,7 +430,8 @@ def load_flat_state(model: nn.Module, mu: torch.Tensor, sigma: torch.Tensor, fix
         t.sigma.copy_(sigma[sl].view(shape))
         t.fixed.copy_(fixed[sl].view(shape))
         t.fixed_value.copy_(torch.where(t.fixed, t.mu, torch.zeros_like(t.mu)))
-        t.param.noise = t.param.free = None   # the last pass's noise and mask belong to the old state
+        # the last pass's noise, mask and terms belong to the old state
+        t.param.noise = t.param.free = t.param.reg_term = t.param.decay_term = None
         offset += n
 
 
@@ -466,13 +496,19 @@ def _fused_by_device(items) -> dict:
 
 
 def sigma_regulariser(model: nn.Module, lam: float = REGULARISER_LAMBDA, cap: float = SIGMA_CAP, *,
-                      include_fixed: bool = False, include_bias: bool = True) -> torch.Tensor:
+                      include_fixed: bool = False, include_bias: bool = True, from_pass: bool = False) -> torch.Tensor:
     """R = (lam / 2) * sum |eps| * max(0, cap - sigma)^2 over unfixed weights (docs/method.md, section 3),
     with eps the noise of each layer's latest training forward pass. Its gradient on sigma is
     -lam * max(0, cap - sigma) * |eps|: every sigma is pushed up towards ``cap``.
 
     ``include_fixed`` sums over fixed weights too and ``include_bias=False`` leaves biases out (the
     authors' code does both; docs/faithfulness.md).
+
+    ``from_pass=True`` uses the sums each training pass computed with its sample (where they are
+    this regulariser): the gradient then joins the sampling backward, the fastest step, but the
+    term shares the pass's graph, so the task loss and the term go through one ``backward()``
+    (``(task + R).backward()``, as ``pwfn_viz.train.loop`` does). The default builds a node of
+    its own, which any number of separate backward calls may use.
 
     Tensors sampled by the fused kernel (``pwfn_viz.kernels.sampling``) go through
     ``fused_regulariser``: the value from one reduction kernel per tensor, and a gradient that is
@@ -495,7 +531,11 @@ def sigma_regulariser(model: nn.Module, lam: float = REGULARISER_LAMBDA, cap: fl
                                    "does not keep: call bayes.set_semantics(model, ...) first (it selects the torch path)")
             fused.append((t.sigma, t.fixed, eps))
             continue
-        term = _RegulariserSum.apply(t.sigma, eps, None if include_fixed else _pass_free_mask(t), float(cap))
+        p = t.param
+        if from_pass and p.reg_term is not None and p.cap == float(cap) and p.reg_fixed == bool(include_fixed):
+            term = p.reg_term   # computed with the pass's sample
+        else:
+            term = _RegulariserSum.apply(t.sigma, eps, None if include_fixed else _pass_free_mask(t), float(cap))
         total = term if total is None else total + term
     if not found:
         raise RuntimeError("sigma_regulariser needs a training-mode forward pass first "
@@ -509,7 +549,7 @@ def sigma_regulariser(model: nn.Module, lam: float = REGULARISER_LAMBDA, cap: fl
     return out
 
 
-def masked_weight_decay(model: nn.Module, weight_decay: float) -> torch.Tensor:
+def masked_weight_decay(model: nn.Module, weight_decay: float, *, from_pass: bool = False) -> torch.Tensor:
     """(wd / 2) * sum mu^2 over unfixed weights: SGD's weight decay as a loss term that leaves fixed
     weights exactly on their values (their optimiser group then uses weight_decay=0).
 
@@ -524,7 +564,8 @@ def masked_weight_decay(model: nn.Module, weight_decay: float) -> torch.Tensor:
         if isinstance(noise, kernels.FusedNoise) and kernels.fused_sampling_applies(t.mu, t.sigma, t.fixed_value):
             fused.append((t.mu, t.fixed, noise))
         else:
-            terms.append(_SquareSum.apply(t.mu, _pass_free_mask(t)))
+            decay = t.param.decay_term if from_pass and t.noise is not None else None   # from the pass (above)
+            terms.append(decay if decay is not None else _SquareSum.apply(t.mu, _pass_free_mask(t)))
     if not terms and not fused:
         raise ValueError(f"{type(model).__name__} has no converted tensors; convert(model) first")
     out = weight_decay / 2 * torch.stack(terms).sum() if terms else None

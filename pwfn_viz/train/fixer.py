@@ -216,7 +216,7 @@ class Fixer:
         n_params = sum(p.numel() for p in model.parameters())
         bayes.convert(model, config.sigma_init, **({"value": config.sigma_init_value}
                                                    if config.sigma_init == "constant" else {}))
-        training_semantics.prepare(model, config.semantics())
+        training_semantics.prepare(model, config.semantics(), config.reg_cap)
         tensors = bayes.bayes_tensors(model)
         self.initial_sigma = {t.name: t.sigma.detach().clone() for t in tensors}
         device = next(model.parameters()).device
@@ -256,7 +256,7 @@ class Fixer:
         if not any(bayes.is_converted(m) for m in self.model.modules()):
             bayes.convert(self.model, "constant", value=0.0)
         check_tensors(self.model, meta["tensors"], f"{out} belongs to another model")
-        training_semantics.prepare(self.model, self.config.semantics())
+        training_semantics.prepare(self.model, self.config.semantics(), self.config.reg_cap)
         done = meta["rounds"]
         sums = meta.get("checksums", {})
         last = round_file(done[-1]["round"]) if done else ("warmup.safetensors" if "warmup" in meta else "start.safetensors")

@@ -89,7 +89,7 @@ def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum:
             total = total + loss.detach().double()   # on the device: no host sync per step
             if bayesian:
                 loss = loss + training_semantics.loss_terms(model, semantics, reg_lambda=reg_lambda, reg_cap=reg_cap,
-                                                            weight_decay=weight_decay)
+                                                            weight_decay=weight_decay, from_pass=True)
             optimizer_step(model, opt, loss, scaler=scaler, grad_clip=grad_clip)
             done += 1
             bar.update()

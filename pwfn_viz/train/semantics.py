@@ -15,11 +15,13 @@ import torch.nn as nn
 from ..core import bayes
 
 
-def prepare(model: nn.Module, semantics: dict) -> None:
-    """Set how the converted ``model`` samples fixed weights (call after ``convert``)."""
+def prepare(model: nn.Module, semantics: dict, reg_cap: float = bayes.REG_CAP) -> None:
+    """Set how the converted ``model`` samples fixed weights and which regulariser each training
+    pass computes with its sample (call after ``convert``)."""
     bayes.set_semantics(model, fixed_noise=semantics["fixed_noise"],
                         fixed_follows_mu=semantics["decay"] == "coupled",
-                        torch_sampling=semantics["fixed_sigma_reg"])
+                        torch_sampling=semantics["fixed_sigma_reg"], reg_cap=reg_cap,
+                        reg_fixed=semantics["fixed_sigma_reg"])
 
 
 def needs_loss_decay(config_or_semantics) -> bool:
@@ -29,13 +31,15 @@ def needs_loss_decay(config_or_semantics) -> bool:
 
 
 def loss_terms(model: nn.Module, semantics: dict, *, reg_lambda: float, reg_cap: float,
-               weight_decay: float) -> torch.Tensor:
+               weight_decay: float, from_pass: bool = False) -> torch.Tensor:
     """The sigma regulariser (over the weights the semantics name) plus, with ``masked`` decay,
-    the weight decay of free mu, for the latest training pass of ``model``."""
+    the weight decay of free mu, for the latest training pass of ``model``. ``from_pass``: the
+    sums the pass computed with its sample (one ``(task + terms).backward()`` only; see
+    ``bayes.sigma_regulariser``)."""
     total = bayes.sigma_regulariser(model, reg_lambda, reg_cap, include_fixed=semantics["fixed_sigma_reg"],
-                                    include_bias=semantics["bias_sigma_reg"])
+                                    include_bias=semantics["bias_sigma_reg"], from_pass=from_pass)
     if needs_loss_decay(semantics):
-        total = total + bayes.masked_weight_decay(model, weight_decay)
+        total = total + bayes.masked_weight_decay(model, weight_decay, from_pass=from_pass)
     return total
 
 
