@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.bench_kmeans import timed
 from pwfn_viz.analysis import export_entropy as ans
 from pwfn_viz.analysis.export import (bits_for, codebook_indices, decode_tensors, decode_tensors_ans,
                                       encode_tensors, encode_tensors_ans)
@@ -82,23 +83,14 @@ def per_tensor_line(weights) -> str:
             f"per-tensor tables: {total:,} bytes ({total / whole - 1:+.2%}; their own bound {bound:,.0f})")
 
 
-def best_time(fn, repeat: int = 3):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def decode_speed(weights) -> None:
     n = sum(w.numel() for w in weights.values())
     shapes = {name: list(w.shape) for name, w in weights.items()}
     codebook, table, stream = encode_tensors_ans(weights)
-    t_ans, out = best_time(lambda: decode_tensors_ans(codebook, table, stream, shapes))
+    t_ans, out = timed(lambda: decode_tensors_ans(codebook, table, stream, shapes), repeat=3)
     assert all(torch.equal(out[k].view(torch.int32), w.view(torch.int32)) for k, w in weights.items())
     _, packed, bits = encode_tensors(weights)
-    t_fix, _ = best_time(lambda: decode_tensors(codebook, packed, shapes, bits), repeat=1)
+    t_fix, _ = timed(lambda: decode_tensors(codebook, packed, shapes, bits), repeat=1)
     size = len(table) + len(stream)
     print(f"decode of {n:,} weights ({codebook.numel()} values, {size:,} bytes coded, "
           f"{8 * size / n:.3f} bits per weight; fixed width {bits_for(codebook.numel())} bits):")

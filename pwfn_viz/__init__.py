@@ -29,6 +29,17 @@ from .train.config import PAPER_FRACTIONS, RunConfig
 from .train.fixer import Fixer
 from .train.loop import fix_in_rounds, run
 
+
+
+def _open_view(run, name: str, **options):
+    """``Run.dashboard()``'s hook: the widgets register their views (``pwfn_viz.widgets.VIEWS``);
+    imported only when a view is asked for (ipywidgets and ipympl are then needed)."""
+    from .widgets import VIEWS
+    return VIEWS.get(name)(run, **options)
+
+
+Run.open_view = staticmethod(_open_view)   # the record layer cannot import the widgets above it
+
 __version__ = "0.1.0"
 __all__ = ["AnalysisResult", "ExportReport", "Fixer", "analyse", "export_run", "fix_in_rounds", "load_exported",
            "ClusterConfig", "ClusterResult", "PAPER_FRACTIONS", "Round", "Run", "RunConfig", "bayes_tensors",

@@ -15,25 +15,13 @@ from pwfn_viz.cli import main
 from pwfn_viz.files import FileError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_export_entropy import make_runs  # noqa: E402
+from test_export_entropy import make_runs, runs  # noqa: E402,F401  (runs: the shared module fixture)
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 from onnx import numpy_helper  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """runs(name): the run of make_runs, made when a test first asks for it."""
-    makers, made = make_runs(tmp_path_factory.mktemp("runs")), {}
-
-    def get(name):
-        if name not in made:
-            made[name] = makers[name]()
-        return made[name]
-    return get
 
 
 def _export(runs, which, path, **kw):

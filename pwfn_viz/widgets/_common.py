@@ -1,8 +1,8 @@
-"""What every widget shares: loading a run without a traceback, messages, a progress bar,
-figures rendered to PNG bytes (so a plot updates in place), and the run's test loader.
+"""What every widget shares: loading a run without a traceback, messages, a busy indicator,
+wrapping rows, figures rendered to PNG bytes (static exports), and the run's test loader.
 
 The base class :class:`Explorer` is an ``ipywidgets.VBox``: a message line on top, the widget's own
-controls and outputs in the middle, a progress bar at the bottom. Subclasses do their work inside
+controls (with the busy indicator beside them), then its live panels. Subclasses do their work inside
 ``with self.busy(n) as step:``; any exception raised there ends up as a message in the widget
 (and in ``widget.error``), never as a traceback in the notebook.
 
@@ -25,9 +25,10 @@ from matplotlib.figure import Figure
 from ..core.sigma_learning import ADVICE as SIGMA_ADVICE
 from ..core.sigma_learning import describe as describe_learning
 from ..core.sigma_learning import layers_learned
+from ..core.clustering_cpu import torch_threads  # noqa: F401  (the widgets' thread setting)
 from ..record.rundir import Run, load_run
 
-__all__ = ["Explorer", "png", "figure", "as_run", "incomplete_message", "test_loader", "table_html", "threads_for",
+__all__ = ["Explorer", "row", "png", "figure", "as_run", "incomplete_message", "test_loader", "table_html", "threads_for",
            "torch_threads"]
 
 DPI = 90
@@ -106,19 +107,6 @@ def threads_for(run: Run | None) -> int | None:
     return 1 if n < SMALL else None
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run the block with ``n`` torch CPU threads (None: unchanged); the old setting returns."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n:
-            torch.set_num_threads(old)
-
-
 def layer_options(run: Run, allow_all: bool = True) -> list:
     """(label, value) pairs for a layer dropdown: "all layers" (value ALL) then every tensor."""
     names = [(f"{n}  {tuple(s)}", n) for n, s in run.meta["tensors"].items()]
@@ -146,29 +134,49 @@ def sigma_learning_html(run: Run, round_index: int, layer: str | None = None) ->
     return f'<div class="pwfn-sigma-learning" style="color:{_STYLES["info"]}">{text}</div>'
 
 
+def row(*children, **layout) -> widgets.Box:
+    """A row that wraps below its width (flex-wrap): panels go under each other in a narrow window."""
+    box = widgets.Box(list(children), layout=widgets.Layout(display="flex", flex_flow="row wrap",
+                                                              align_items="flex-start", **layout))
+    box.add_class("pwfn-row")
+    return box
+
+
 class Explorer(widgets.VBox):
-    """Base of the widgets: ``message`` (HTML) on top, ``progress`` at the bottom.
+    """Base of the widgets: ``message`` (HTML) on top, then the controls with one busy indicator
+    beside them (``busy_indicator``, shown while an update runs), then the panels.
 
     ``error`` holds the last exception caught while updating (None after a good update).
-    ``css_class`` names the widget in the page (for styling and browser tests)."""
+    ``css_class`` names the widget in the page (for styling and browser tests). ``panels`` are
+    its live figures (see :mod:`pwfn_viz.widgets._live`); :meth:`save` writes them to one file."""
 
     css_class = "pwfn-widget"
 
     def __init__(self, **kwargs):
         self.message = widgets.HTML(layout=widgets.Layout(margin="0 0 4px 0"))
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, description="",
-                                            layout=widgets.Layout(width="320px", visibility="hidden"))
-        self.status = widgets.Label(layout=widgets.Layout(visibility="hidden"))
-        self.progress.add_class("pwfn-progress")
+        self.busy_indicator = widgets.HTML("", layout=widgets.Layout(visibility="hidden", min_width="150px"))
+        self.busy_indicator.add_class("pwfn-busy")
         self.error: Exception | None = None
         self.run: Run | None = None
+        self.panels: list = []
+        self.updates = 0          # updates run (the tests count them: coalescing, caching)
         self._notice = ""
         super().__init__(**kwargs)
         self.add_class("pwfn-widget")
         self.add_class(self.css_class)
 
-    def _compose(self, *body):
-        self.children = (self.message, *body, widgets.HBox([self.progress, self.status]))
+    def _compose(self, controls, *body):
+        """The widget's children: the message, ``controls`` (a list, in one wrapping row with the
+        busy indicator) and ``body``."""
+        self.children = (self.message, row(*controls, self.busy_indicator, align_self="stretch"), *body)
+
+    def save(self, path, title: str | None = None) -> str:
+        """Write the panels as shown now to ``path`` (.pdf, .svg or .png) through matplotlib.
+
+        >>> w.save("round3.pdf")      # doctest: +SKIP
+        """
+        from ._live import save_panels
+        return save_panels(self.panels, path, self.__class__.__name__ if title is None else title)
 
     # messages -------------------------------------------------------------------------------
     def show_message(self, text: str, kind: str = "error") -> None:
@@ -208,20 +216,17 @@ class Explorer(widgets.VBox):
             return False
         return True
 
-    # progress -------------------------------------------------------------------------------
+    # busy indicator -------------------------------------------------------------------------
     @contextlib.contextmanager
-    def busy(self, n_steps: int):
-        """Show a progress bar for ``n_steps`` steps; yields ``step(label)`` to call before each.
-        An exception inside becomes the widget's message (kept in ``self.error``). The block runs
-        with :func:`threads_for` the widget's run."""
-        self.progress.max, self.progress.value = max(1, n_steps), 0
-        self.progress.layout.visibility = self.status.layout.visibility = "visible"
-        count = [0]
+    def busy(self, n_steps: int = 1):
+        """Show the busy indicator while the block runs; yields ``step(label)``, which names the
+        part running. An exception inside becomes the widget's message (kept in ``self.error``).
+        The block runs with :func:`threads_for` the widget's run."""
+        self.busy_indicator.value = '<span style="color:#205080">&#8987; updating ...</span>'
+        self.busy_indicator.layout.visibility = "visible"
 
         def step(label: str):
-            self.status.value = f"{label} ..."
-            self.progress.value = min(count[0], self.progress.max)
-            count[0] += 1
+            self.busy_indicator.value = f'<span style="color:#205080">&#8987; {html.escape(label)} ...</span>'
 
         try:
             with torch_threads(threads_for(self.run)):
@@ -232,6 +237,5 @@ class Explorer(widgets.VBox):
             self.error = exc
             self.show_message(f"{type(exc).__name__}: {exc}")
         finally:
-            self.progress.value = self.progress.max
-            self.progress.layout.visibility = self.status.layout.visibility = "hidden"
-            self.status.value = ""
+            self.updates += 1
+            self.busy_indicator.layout.visibility = "hidden"

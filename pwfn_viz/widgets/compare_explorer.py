@@ -24,9 +24,9 @@ import torch
 from ..analysis.compare import (CLAMP_WARNING, COLUMNS, Comparison, columns_for, converted_weights, flatten_named,
                                 learned_sigma, measure_method)
 from ..baselines.kmeans import kmeans_quantize, list_inits
-from ..viz.compare_plots import plot_codebooks
-from ._common import Explorer, as_run, figure, incomplete_message, png, table_html, test_loader
-from ._plots import plot_layer_error
+from ._common import Explorer, as_run, incomplete_message, row, table_html, test_loader
+from ._live import Coalescer, Memo, from_frontend, redraw
+from ._panels_codebook import Codebooks, LayerErrorPanel, ValueCountsPanel
 
 __all__ = ["CompareExplorer", "KMeansAtK"]
 
@@ -95,24 +95,27 @@ class CompareExplorer(Explorer):
     """A k slider and an init selector; the table, codebooks and per-layer error follow.
 
     Driven from Python: set ``k.value`` / ``init.value``; read ``comparison`` (the
-    :class:`~pwfn_viz.analysis.compare.Comparison`), ``table.value`` (HTML), ``codebooks.value`` and
-    ``layer_error.value`` (PNG bytes). ``data`` (a DataBundle) skips rebuilding the dataset. A run
+    :class:`~pwfn_viz.analysis.compare.Comparison`), ``table.value`` (HTML), ``codebooks`` and
+    ``layer_error`` (live panels; their ``data`` is what they show). Comparisons are cached per
+    (k, init). ``data`` (a DataBundle) skips rebuilding the dataset. A run
     of your own model needs ``model`` (an unconverted instance) and ``evaluate`` (your metrics).
     """
 
     css_class = "pwfn-compare-explorer"
 
     def __init__(self, run, k: int | None = None, init: str = "kmeans++", *, seed: int = 0, data=None,
-                 device="cpu", width: float = 5.6, model=None, evaluate=None):
+                 device="cpu", width: float = 5.0, model=None, evaluate=None):
         super().__init__()
         self.width, self.seed, self.comparison, self.session = width, seed, None, None
         self.k = widgets.IntSlider(value=1, min=1, max=1, description="k", continuous_update=False)
         self.init = widgets.Dropdown(options=list_inits(), value="kmeans++", description="init")
         self.table = widgets.HTML()
-        self.codebooks = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.layer_error = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self._compose(widgets.HBox([self.k, self.init]), self.table,
-                      widgets.HBox([self.codebooks, self.layer_error]))
+        self.codebooks = ValueCountsPanel(width, 3.6)
+        self.layer_error = LayerErrorPanel(width, 3.6)
+        self.panels = [self.codebooks, self.layer_error]
+        self.memo = Memo(32)
+        self._updater = Coalescer(self.update)
+        self._compose([self.k, self.init], self.table, row(self.codebooks.canvas, self.layer_error.canvas))
         try:
             self.run = as_run(run)
             self._set_notice(incomplete_message(self.run))
@@ -137,30 +140,30 @@ class CompareExplorer(Explorer):
         self.k.value = max(1, min(k if k is not None else pwfn_k, self.k.max))
         if init in list_inits():
             self.init.value = init
-        self.k.observe(lambda _: self.update(), names="value")
-        self.init.observe(lambda _: self.update(), names="value")
+        self.k.observe(self._changed, names="value")
+        self.init.observe(self._changed, names="value")
         self.update()
         if init not in list_inits():   # after the first update, which clears messages
             self.show_message(f"unknown k-means init {init!r}; choose one of {list_inits()} (showing kmeans++)")
 
+    def _changed(self, change):
+        self._updater.request(deferred=from_frontend(change))
+
     def update(self) -> None:
         if self.session is None:
             return
-        with self.busy(3) as step:
-            step(f"k-means with k={self.k.value} and evaluation")
-            self.comparison = self.session(self.k.value, self.init.value, self.seed)
-            step("codebooks")
+        with self.busy() as step:
+            k, init = self.k.value, self.init.value
+            step(f"k-means with k={k}")
+            self.comparison = self.memo.get((k, init), lambda: self.session(k, init, self.seed))
             methods = list(self.comparison.table["method"])
             shown = [c for c in TABLE_COLUMNS if c not in ("top1", "top5")]
             shown = shown[:2] + self.session.metrics + shown[2:]
             self.table.value = table_html(self.comparison.table[shown], height="120px")
-            fig, ax = figure(self.width, 3.6)
-            plot_codebooks(self.comparison, methods, ax=ax)
-            if ax.get_legend() is not None:   # a fixed place: "best" is slow (and warns) for many values
-                ax.get_legend().set_loc("upper right")
-            ax.set_title(f"codebooks: PWFN against k-means ({self.init.value}) at k={self.k.value}", fontsize="small")
-            self.codebooks.value = png(fig)
-            step("per-layer error")
-            fig, ax = figure(self.width, 3.6)
-            plot_layer_error(self.comparison.layers, ax, methods)
-            self.layer_error.value = png(fig)
+            series = {}
+            for m in methods:
+                values, counts = torch.unique(self.comparison.weights[m], return_counts=True)
+                series[m] = (values.double().numpy(), counts.numpy())
+            self.codebooks.show(Codebooks(series, f"codebooks: PWFN against k-means ({init}) at k={k}"))
+            self.layer_error.show(self.comparison.layers)
+            redraw(self.panels)

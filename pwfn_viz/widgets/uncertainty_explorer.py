@@ -1,29 +1,47 @@
 """UncertaintyExplorer: which weights are uncertain, where they sit, and what became of one.
 
-Pick a layer, optionally one output channel and one kernel tap, and a round: the selected
-weights' pre-snap sigma is drawn against their value and against their position in the tensor.
-Pick one weight of the selection to see its trajectory over all rounds (mu before and after each
-snap with its sigma band, the value it was fixed to and when), from
-:func:`~pwfn_viz.widgets.trajectory.weight_trajectory`.
+Pick a layer, optionally one output channel and one kernel tap, and a round: three live panels
+show the selected weights' pre-snap sigma against their value, sigma by position in the tensor
+(colour limits shared by all rounds of the layer) and one weight's trajectory over all rounds
+(from :func:`~pwfn_viz.widgets.trajectory.weight_trajectory`). Hover a weight in sigma against mu
+to name it; click it (or a cell of the position view) to follow it; drag a rectangle in either
+view to outline the same weights in the other.
 
     >>> w = UncertaintyExplorer(run, layer="conv2.weight")     # doctest: +SKIP
     >>> w.channel.value = 3; w.tap.value = (1, 1); w.weight.value = 5   # doctest: +SKIP
     >>> w.trajectory.table                                      # doctest: +SKIP
+    >>> w.save("conv2.svg")                                     # doctest: +SKIP
 """
 from __future__ import annotations
 
 import contextlib
+import html
 import itertools
+from types import SimpleNamespace
 
 import ipywidgets as widgets
+import numpy as np
 import torch
 
-from ..analysis.tables import weight_status
-from ._common import ALL, Explorer, figure, layer_options, png, sigma_learning_html, table_html, unknown_layer
-from ._plots import plot_selection_position, plot_selection_scatter, plot_trajectory
+from ._common import ALL, Explorer, layer_options, row, sigma_learning_html, table_html, unknown_layer
+from ._data import clamped_sigma, fixed_rounds, hover_info, hover_text, selection_data, shared_limits
+from ._interact import Hover, rectangle_selector
+from ._live import Coalescer, Memo, from_frontend, redraw
+from ._panels import SigmaMuPanel
+from ._panels_weights import PositionData, PositionPanel, TrajectoryPanel
 from .trajectory import select_view, select_weights, weight_trajectory
 
-__all__ = ["UncertaintyExplorer"]
+__all__ = ["UncertaintyExplorer", "layer_sigma_limits"]
+
+
+def layer_sigma_limits(run, name: str) -> tuple[float, float]:
+    """(smallest, largest) clamped pre-snap sigma of tensor ``name`` over every round: one colour
+    scale for all rounds, so rounds compare by colour."""
+    lo, hi = np.inf, 0.0
+    for rnd in run.rounds:
+        s = clamped_sigma(rnd.pre_sigma[name].double().numpy())
+        lo, hi = min(lo, float(s.min())), max(hi, float(s.max()))
+    return lo, max(hi, lo * 1.0001)
 
 
 class UncertaintyExplorer(Explorer):
@@ -31,37 +49,48 @@ class UncertaintyExplorer(Explorer):
 
     Driven from Python: set ``layer.value`` (or :meth:`select_layer`), ``channel.value`` ("all" or
     an output channel), ``tap.value`` ("all" or a tuple), ``round_slider.value``,
-    ``weight.value`` (position in the selection). Read ``selection_label.value``,
-    ``scatter.value`` / ``position.value`` / ``trajectory_plot.value`` (PNG bytes),
-    ``trajectory`` (the :class:`~pwfn_viz.widgets.trajectory.Trajectory`) and
-    ``trajectory_table.value`` (HTML).
+    ``weight.value`` (position in the selection). Read ``selection_label.value``, the panels' data
+    (``sigma_mu.data``, ``position.data``, ``trajectory_plot.data``), ``trajectory`` (the
+    :class:`~pwfn_viz.widgets.trajectory.Trajectory`) and ``trajectory_table.value`` (HTML).
+    ``round_slider``: a slider to use instead of the widget's own (the dashboard shares one).
     """
 
     css_class = "pwfn-uncertainty-explorer"
 
-    def __init__(self, run, layer: str | None = None, round_index: int = -1, *, width: float = 5.0):
+    def __init__(self, run, layer: str | None = None, round_index: int = -1, *, width: float = 5.0,
+                 round_slider: widgets.IntSlider | None = None):
         super().__init__()
         self.width = width
         self.trajectory = None
+        self.selected = np.zeros(0, dtype=np.int64)   # positions outlined by a rectangle selection
+        self.memo = Memo()
         self._holding = False
         self.layer = widgets.Dropdown(description="layer", layout=widgets.Layout(width="340px"))
         self.channel = widgets.Dropdown(options=[("all", ALL)], value=ALL, description="out channel")
         self.tap = widgets.Dropdown(options=[("all", ALL)], value=ALL, description="kernel tap")
-        self.round_slider = widgets.IntSlider(value=0, min=0, max=0, description="round", continuous_update=False)
+        self.round_slider = round_slider or widgets.IntSlider(value=0, min=0, max=0, description="round",
+                                                              continuous_update=False)
         self.weight = widgets.IntSlider(value=0, min=0, max=0, description="weight", continuous_update=False)
         self.selection_label = widgets.Label()
         self.sigma_learning = widgets.HTML()   # has this layer's sigma learned by this round?
         self.weight_label = widgets.Label()
-        self.scatter = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.position = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.trajectory_plot = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.trajectory_table = widgets.HTML()
-        self._compose(widgets.HBox([self.layer, self.round_slider]), widgets.HBox([self.channel, self.tap]),
-                      self.selection_label, self.sigma_learning, widgets.HBox([self.scatter, self.position]),
-                      widgets.HBox([self.weight, self.weight_label]),
-                      widgets.HBox([self.trajectory_plot, self.trajectory_table]))
+        self.weight_label.add_class("pwfn-weight-label")
+        self.hover_label = widgets.HTML("<i>hover a weight in sigma against mu; click to follow it</i>")
+        self.hover_label.add_class("pwfn-hover")
+        self.trajectory_table = widgets.HTML(layout=widgets.Layout(width="420px", max_width="100%"))
+        self.sigma_mu = self.position = self.trajectory_plot = None
+        self._updater = Coalescer(self.update, idle=self.prefetch)
+        own = [] if round_slider is not None else [self.round_slider]
         if not self._open_run(run):
+            self._compose([self.layer, *own, self.channel, self.tap], self.selection_label)
             return
+        self.sigma_mu = SigmaMuPanel(width, 3.9)
+        self.position = PositionPanel(width, 3.9)
+        self.trajectory_plot = TrajectoryPanel(width + 1.4, 3.4)
+        self.panels = [self.sigma_mu, self.position, self.trajectory_plot]
+        self._compose([self.layer, *own, self.channel, self.tap, self.weight], self.selection_label,
+                      self.sigma_learning, self.hover_label, row(self.sigma_mu.canvas, self.position.canvas),
+                      self.weight_label, row(self.trajectory_plot.canvas, self.trajectory_table))
         n = len(self.run.rounds)
         with self._hold():
             self.round_slider.max = n - 1
@@ -70,12 +99,19 @@ class UncertaintyExplorer(Explorer):
             self.layer.value = next(iter(self.run.meta["tensors"]))
             self._reset_selectors()
         self.layer.observe(self._on_layer, names="value")
-        for w in (self.channel, self.tap, self.round_slider):
-            w.observe(lambda _: self.update(), names="value")
-        self.weight.observe(lambda _: self.update(trajectory_only=True), names="value")
+        for w in (self.channel, self.tap, self.weight) + (() if round_slider is not None else (self.round_slider,)):
+            w.observe(self._changed, names="value")
+        self.hover = Hover(self.sigma_mu, self.describe, self.hover_label, self.pick_position)
+        self.position.canvas.mpl_connect("button_press_event", self._click_position)
+        self._selectors = [rectangle_selector(self.sigma_mu, self._select_in_sigma_mu),
+                           rectangle_selector(self.position, self._select_in_position)]
         self.update()
         if layer is not None:
             self.select_layer(layer)
+
+    def _changed(self, change):
+        if not self._holding:
+            self._updater.request(deferred=from_frontend(change))
 
     # controls -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -102,10 +138,10 @@ class UncertaintyExplorer(Explorer):
         self.channel.value, self.tap.value = ALL, ALL
         self.channel.disabled, self.tap.disabled = len(shape) < 2, len(shape) < 3
 
-    def _on_layer(self, _):
+    def _on_layer(self, change):
         with self._hold():
             self._reset_selectors()
-        self.update()
+        self._changed(change)
 
     def select_layer(self, name: str) -> bool:
         """Show layer ``name``; an unknown name leaves the view and shows a message."""
@@ -131,44 +167,115 @@ class UncertaintyExplorer(Explorer):
         """Flat indices (into the layer's tensor) of the selected weights."""
         return select_weights(self._shape(), self.selected_channel, self.selected_tap)
 
-    def update(self, trajectory_only: bool = False) -> None:
+    # computing (cached) -----------------------------------------------------------------------
+    def prepare(self, i: int) -> dict:
+        """Everything the panels show for round ``i`` and the current selection and weight."""
+        get, run, name = self.memo.get, self.run, self.layer.value
+        channel, tap = self.selected_channel, self.selected_tap
+        chosen = get(("chosen", name, channel, tap), self.selection)
+        pick = min(self.weight.value, len(chosen) - 1)
+        flat = int(chosen[pick])
+        where = self._describe_selection(name)
+        frame = get(("frame", name, channel, tap), lambda: shared_limits(run, name, chosen.numpy()))
+        data = get(("sel", i, name, channel, tap), lambda: selection_data(run, i, name, chosen.numpy()))
+        data.limits, data.title = frame, f"sigma against value: {where}"
+        limits = get(("limits", name), lambda: layer_sigma_limits(run, name))
+        def view():
+            v = clamped_sigma(select_view(run.rounds[i].pre_sigma[name], channel, tap).double().numpy())
+            return v.reshape(v.shape[0], -1) if v.ndim > 1 else v.reshape(-1)
+
+        view = get(("view", i, name, channel, tap), view)
+        traj = get(("traj", name, flat), lambda: weight_trajectory(run, name, flat))
+        rnd = run.rounds[i]
+        return {"round": i, "n": len(chosen), "pick": pick, "data": data, "trajectory": traj,
+                "label": (f"{where}: {len(chosen)} weights, round {rnd.index} before its snap; "
+                          f"median sigma {float(np.median(data.sigma)):.3g} (clamped)"),
+                "learning": get(("learning", i, name), lambda: sigma_learning_html(run, i, name)),
+                "table": get(("table", name, flat), lambda: table_html(traj.table, height="300px")),
+                "position": PositionData(rnd.index, view, limits, self._dims(), f"sigma by position: {where}", pick),
+                "title": where}
+
+    def prefetch(self) -> bool:
+        """Compute the next (then the previous) round's data for the current selection if not
+        cached yet; True if it computed one."""
+        if self.run is None or not self.run.rounds:
+            return False
+        i, n = self.round_slider.value, len(self.run.rounds)
+        key = (self.layer.value, self.selected_channel, self.selected_tap)
+        for j in (i + 1, i - 1):
+            if 0 <= j < n and ("sel", j) + key not in self.memo:
+                self.prepare(j)
+                return True
+        return False
+
+    def apply(self, state: dict) -> None:
+        """Move every panel and label to ``state`` (no drawing: :func:`redraw` follows)."""
+        with self._hold():   # a new selection: the picker's range follows
+            self.weight.max = state["n"] - 1
+            self.weight.value = state["pick"]
+        self.trajectory = state["trajectory"]
+        self.selection_label.value = state["label"]
+        self.sigma_learning.value = state["learning"]
+        self.sigma_mu.show(state["data"])
+        self.sigma_mu.mark(state["pick"])
+        self.selected = np.zeros(0, dtype=np.int64)
+        self.position.show(state["position"])
+        self.trajectory_plot.show(SimpleNamespace(round_index=state["data"].round_index,
+                                                  trajectory=state["trajectory"]))
+        self.weight_label.value = state["trajectory"].describe()
+        self.trajectory_table.value = state["table"]
+
+    def update(self) -> None:
         """Redraw for the current controls (called by them)."""
         if self._holding or self.run is None or not self.run.rounds:
             return
-        name, rnd = self.layer.value, self.run.rounds[self.round_slider.value]
-        with self.busy(2 if trajectory_only else 3) as step:
-            chosen = self.selection()
-            if not trajectory_only:
-                with self._hold():   # a new selection: the picker's range follows
-                    self.weight.max = len(chosen) - 1
-                    self.weight.value = min(self.weight.value, self.weight.max)
-            pick = self.weight.value
-            step("trajectory")
-            self.trajectory = weight_trajectory(self.run, name, int(chosen[pick]))
-            step("sigma against value and position")
-            self.sigma_learning.value = sigma_learning_html(self.run, self.round_slider.value, name)
-            self._draw_selection(rnd, name, chosen, pick)
-            self.weight_label.value = self.trajectory.describe()
-            fig, ax = figure(self.width, 3.6)
-            plot_trajectory(self.trajectory, ax)
-            self.trajectory_plot.value = png(fig)
-            self.trajectory_table.value = table_html(self.trajectory.table, height="300px")
+        with self.busy() as step:
+            step(f"round {self.round_slider.value}")
+            self.apply(self.prepare(self.round_slider.value))
+            redraw(self.panels)
 
-    def _draw_selection(self, rnd, name, chosen, pick):
-        where = self._describe_selection(name)
-        self.selection_label.value = (f"{where}: {len(chosen)} weights, round {rnd.index} before its snap; "
-                                      f"median sigma {rnd.pre_sigma[name].flatten()[chosen].median().item():.3g}")
-        mu = rnd.pre_mu[name].flatten()[chosen].double().numpy()
-        sigma = rnd.pre_sigma[name].flatten()[chosen].double().numpy()
-        status = weight_status(rnd, name)[chosen.numpy()]
-        fig, ax = figure(self.width, 3.6)
-        plot_selection_scatter(mu, sigma, status, ax, pick=pick, title=f"sigma against value: {where}")
-        self.scatter.value = png(fig)
-        view = select_view(rnd.pre_sigma[name], self.selected_channel, self.selected_tap)
-        fig, ax = figure(self.width, 3.6)
-        plot_selection_position(view.double().numpy(), ax, pick=pick, title=f"sigma by position: {where}",
-                                dims=self._dims())
-        self.position.value = png(fig)
+    # hover, pick, select ----------------------------------------------------------------------
+    def describe(self, position: int) -> dict:
+        """What the hover label says about weight ``position`` of the selection."""
+        return hover_info(self.run, self.sigma_mu.data, position,
+                          self.memo.get(("fixed_rounds",), lambda: fixed_rounds(self.run)))
+
+    def pick_position(self, position: int) -> None:
+        """Follow weight ``position`` of the selection (the weight slider moves to it)."""
+        self.weight.value = int(position)
+        self.hover_label.value = "<b>picked:</b> " + html.escape(hover_text(self.describe(int(position))))
+
+    def follow(self, name: str, flat: int) -> None:
+        """Show weight ``flat`` of tensor ``name`` (its whole layer selected), with one update."""
+        with self._hold():
+            self.layer.value = name
+            self._reset_selectors()
+            self.weight.max = len(self.selection()) - 1
+            self.weight.value = int(flat)
+        self.update()
+
+    def _click_position(self, event):
+        if event.inaxes is not self.position.ax or event.button != 1 or self.hover._busy_tool():
+            return
+        cell = self.position.cell(event.xdata, event.ydata)
+        if cell is not None:
+            self.pick_position(cell)
+
+    def _select_in_sigma_mu(self, x0, x1, y0, y1):
+        self.highlight(self.sigma_mu.inside(x0, x1, y0, y1))
+
+    def _select_in_position(self, x0, x1, y0, y1):
+        self.highlight(self.position.cells_inside(x0, x1, y0, y1))
+
+    def highlight(self, positions) -> None:
+        """Outline the weights at ``positions`` (in the selection) in both views."""
+        self.selected = np.asarray(positions, dtype=np.int64)
+        self.sigma_mu.highlight(self.selected)
+        self.position.highlight(self.selected)
+        self.sigma_mu.touch()
+        self.position.touch()
+        self.hover_label.value = f"<b>selected:</b> {self.selected.size} weights (outlined in both views)"
+        redraw([self.sigma_mu, self.position])
 
     def _dims(self) -> list[str]:
         """Names of the selection's dimensions (the selected channel and tap dropped)."""

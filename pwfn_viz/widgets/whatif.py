@@ -21,18 +21,22 @@ import dataclasses
 import time
 
 import ipywidgets as widgets
+import numpy as np
 import pandas as pd
 import torch
 
 from ..core.bayes import load_flat_state
 from ..core.clustering import ClusterConfig, ClusterResult, cluster_round, mu_order
 from ..core.metrics import codebook_stats, evaluate
-from ..analysis.tables import round_from_cluster, value_counts
-from ..viz.uncertainty import plot_sigma_vs_mu
-from ._common import Explorer, as_run, figure, incomplete_message, png, table_html, test_loader, torch_threads
-from ._plots import plot_value_counts
+from ..analysis.tables import value_counts
+from ._common import Explorer, as_run, incomplete_message, row, table_html, test_loader, torch_threads
+from ._data import SigmaMu, clamped_sigma, fixed_rounds, hover_info
+from ._interact import Hover
+from ._live import Coalescer, Memo, from_frontend, redraw
+from ._panels import SigmaMuPanel
+from ._panels_codebook import Codebooks, ValueCountsPanel
 
-__all__ = ["WhatIf", "whatif_snap", "snapped_accuracy"]
+__all__ = ["WhatIf", "whatif_snap", "snapped_accuracy", "whatif_view", "clamp_fraction"]
 
 STAT_KEYS = ["n_fixed", "unique", "unique_nonzero", "entropy", "entropy_nonzero", "n_centres", "n_steps"]
 
@@ -42,7 +46,7 @@ def whatif_snap(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, config: 
     """One re-clustering: ``cluster_round`` and the codebook of its snapped values
     (``codebook_stats``) plus the number fixed, of centres and of greedy steps. ``order``:
     ``mu_order(mu)``, computed once for a widget's mu (the round's sort, reused)."""
-    result = cluster_round(mu, sigma, fraction, config=config, round_index=round_index, order=order)
+    result = cluster_round(mu, sigma, fraction, config=config, round_index=round_index, order=order, threads=None)
     stats = {"n_fixed": int(result.fixed_mask.sum()), **codebook_stats(result.mu),
              "n_centres": len(result.centres), "n_steps": len(result.steps)}
     return result, stats
@@ -54,6 +58,30 @@ def snapped_accuracy(model: torch.nn.Module, result: ClusterResult, loader, devi
     return evaluate(model, loader, device)
 
 
+def clamp_fraction(fraction: float, already: float) -> tuple[float, str]:
+    """The fraction to re-cluster with and a note: a round cannot free weights an earlier round
+    fixed, so a fraction below ``already`` (the share fixed before the round) becomes ``already``.
+
+    >>> clamp_fraction(0.3, 0.5)
+    (0.5, 'fraction 0.3 is below the 0.5 fixed before this round: weights are never freed; re-clustered at 0.5')
+    """
+    if fraction + 1e-9 >= already:
+        return fraction, ""
+    return already, (f"fraction {fraction:g} is below the {already:.4g} fixed before this round: weights are "
+                     f"never freed; re-clustered at {already:.4g}")
+
+
+def whatif_view(names, mu, sigma, pre_fixed, result: ClusterResult, round_index: int, zero_band) -> SigmaMu:
+    """Sigma against mu of a re-clustered round (every weight, network order), as the round views draw it."""
+    fixed = result.fixed_mask.bool().numpy()
+    before = pre_fixed.bool().numpy()
+    steps = result.steps
+    col = lambda c, t: steps[c].to_numpy(t) if len(steps) else np.zeros(0, t)  # noqa: E731
+    return SigmaMu(round_index, list(names), mu.double().numpy(), clamped_sigma(sigma.double().numpy()),
+                   np.where(~fixed, 2, np.where(before, 0, 1)).astype(np.int8), result.mu.double().numpy(),
+                   col("centre", float), col("P", int), col("delta", float), zero_band, float(fixed.mean()))
+
+
 class WhatIf(Explorer):
     """Sliders for delta, the zero threshold exponent b and the fraction over one recorded round.
 
@@ -62,9 +90,11 @@ class WhatIf(Explorer):
     :data:`STAT_KEYS`, plus the measured metrics when ``accuracy`` is on (``top1``/``top5``
     for classification runs), and ``seconds``),
     ``result`` (the :class:`~pwfn_viz.core.clustering.ClusterResult`), ``table.value`` (HTML),
-    ``plot.value`` (codebooks, PNG bytes) and ``bands.value`` (sigma against mu with the what-if
-    centres and bands, PNG). ``accuracy.value = False`` skips the evaluation, ``plots.value =
-    False`` the drawing.
+    ``plot`` (live panel: the codebooks) and ``bands`` (live panel: sigma against mu with the
+    what-if centres; hover names a weight). ``accuracy.value = False`` skips the evaluation,
+    ``plots.value = False`` hides the panels and skips their drawing. A fraction below the share
+    the round had fixed before its snap is raised to it, with a visible note. Results are cached
+    per (delta, b, fraction, evaluate).
 
     A run of your own model evaluates with your code: ``WhatIf(run, model=MyNet(), evaluate=my_eval)``
     (``evaluate(model) -> dict of numbers``, as given to :class:`~pwfn_viz.train.fixer.Fixer`);
@@ -79,7 +109,7 @@ class WhatIf(Explorer):
     css_class = "pwfn-whatif"
 
     def __init__(self, run, round_index: int = -1, *, data=None, accuracy: bool = True, device="cpu",
-                 cluster_threads: int | None = 1, width: float = 6.0, model=None, evaluate=None):
+                 cluster_threads: int | None = 1, width: float = 5.0, model=None, evaluate=None):
         super().__init__()
         self.width, self.device, self._data, self.cluster_threads = width, device, data, cluster_threads
         self._user_model, self._user_evaluate = model, evaluate
@@ -94,10 +124,19 @@ class WhatIf(Explorer):
         self.round_label = widgets.Label()
         self.table = widgets.HTML()
         self.plots = widgets.Checkbox(value=True, description="draw plots")
-        self.plot = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.bands = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self._compose(widgets.HBox([self.delta, self.b]), widgets.HBox([self.fraction, self.accuracy, self.plots]),
-                      self.round_label, widgets.HBox([self.table, self.plot]), self.bands)
+        self.hover_label = widgets.HTML("<i>hover a weight in sigma against mu</i>")
+        self.hover_label.add_class("pwfn-hover")
+        self.memo = Memo(128)
+        self._updater = Coalescer(self.update)
+        self._fraction_note = ""
+        # drawn at their display size (the canvas is the figure's pixel size): never stretched
+        self.plot = ValueCountsPanel(width, 3.6)
+        self.bands = SigmaMuPanel(width, 3.9)
+        self.panels = [self.plot, self.bands]
+        self.plot_box = row(self.plot.canvas, self.bands.canvas)
+        self.table.layout = widgets.Layout(width="330px")
+        self._compose([self.delta, self.b, self.fraction, self.accuracy, self.plots], self.round_label,
+                      row(self.table, self.hover_label), self.plot_box)
         try:
             self.run = as_run(run)
             self._set_notice(incomplete_message(self.run))
@@ -109,6 +148,7 @@ class WhatIf(Explorer):
             self.round = self.run.rounds[round_index]
             self.base = ClusterConfig(**self.run.config["cluster"])
             self.mu, self.sigma, self.pre_fixed = self.round.flat("pre")
+            self.already = float(self.pre_fixed.float().mean())   # share fixed before the round
             if evaluate is None and not (self.run.meta.get("model_spec") or {}).get("name"):
                 self.accuracy.value = False   # your own model: evaluating needs model= and evaluate=
         except Exception as exc:
@@ -124,7 +164,18 @@ class WhatIf(Explorer):
                                   f"{m[f'{self.run.primary}_after']:.4g}")
         self.set(delta=self.base.delta, b=self.base.b, fraction=self.round.fraction)
         for w in (self.delta, self.b, self.fraction, self.accuracy, self.plots):
-            w.observe(lambda _: self.update(), names="value")
+            w.observe(self._changed, names="value")
+        self.hover = Hover(self.bands, self.describe, self.hover_label)
+
+    def _changed(self, change):
+        if not self._holding:
+            self._updater.request(deferred=from_frontend(change))
+
+    def describe(self, position: int) -> dict:
+        """What the hover label says about weight ``position`` (network order); its centre is the
+        what-if's, the round that fixed it the recorded run's."""
+        return hover_info(self.run, self.bands.data, position,
+                          self.memo.get(("fixed_rounds",), lambda: fixed_rounds(self.run)))
 
     def config(self) -> ClusterConfig:
         """The run's clustering settings with the sliders' delta and b."""
@@ -154,42 +205,52 @@ class WhatIf(Explorer):
                 acc = {k: float(v) for k, v in self._user_evaluate(self._model.eval()).items()}
         return {k: v for k, v in acc.items() if k != "loss"} or acc
 
+    def _snap(self, fraction: float, config: ClusterConfig):
+        with torch_threads(self.cluster_threads):
+            if self._order is None:   # the sort of this round's mu, once for every update
+                self._order = mu_order(self.mu)
+            t0 = time.perf_counter()
+            result, stats = whatif_snap(self.mu, self.sigma, fraction, config, self.round.index, order=self._order)
+            stats["seconds"] = time.perf_counter() - t0
+        return result, stats
+
     def update(self) -> None:
         if self._holding or self.run is None:
             return
-        with self.busy(1 + self.accuracy.value + 2 * self.plots.value) as step:
+        fraction, note = clamp_fraction(float(self.fraction.value), self.already)
+        with self.busy() as step:
             step("re-clustering")
-            t0 = time.perf_counter()
-            with torch_threads(self.cluster_threads):
-                if self._order is None:   # the sort of this round's mu, once for every update
-                    self._order = mu_order(self.mu)
-                result, stats = whatif_snap(self.mu, self.sigma, float(self.fraction.value), self.config(),
-                                            self.round.index, order=self._order)
-            stats["seconds"] = time.perf_counter() - t0
+            config = self.config()
+            key = (config.delta, config.b, round(fraction, 6))
+            result, stats = self.memo.get(("snap",) + key, lambda: self._snap(fraction, config))
+            stats = dict(stats)
             if self.accuracy.value:
                 step("evaluating on the test split")
-                stats.update(self._evaluate(result))
+                stats.update(self.memo.get(("acc",) + key, lambda: self._evaluate(result)))
             self.result, self.stats = result, stats
             self.table.value = table_html(self._table(), height="320px")
-            if self.plots.value:
-                self._draw(result, step)
+            self.plot_box.layout.display = "flex" if self.plots.value else "none"
+            if self.plots.value:   # off: the panels are hidden, not left showing an old state
+                step("panels")
+                self._draw(result, key)
+                redraw(self.panels)
+        if note and self.error is None:
+            self.show_message(note, "warning")
 
-    def _draw(self, result, step):
-        step("codebook plot")
-        fixed = result.mu[result.fixed_mask]
-        recorded = self.round.mu
-        recorded_fixed = torch.cat([recorded[n].flatten()[self.round.fixed[n].flatten()] for n in recorded])
-        fig, ax = figure(self.width, 3.6)
-        plot_value_counts({"what-if": value_counts(fixed), "recorded": value_counts(recorded_fixed)}, ax)
-        ax.set_title("values of the fixed weights", fontsize="small")
-        self.plot.value = png(fig)
-        step("centres and bands")
-        what_if = round_from_cluster(self.mu, self.sigma, result, pre_fixed=self.pre_fixed, index=self.round.index)
-        fig, ax = figure(self.width + 2.5, 4.0)
-        plot_sigma_vs_mu(what_if, ax=ax, zero_band=2.0 ** -int(self.b.value) if self.base.zero_fix else None)
-        ax.set_title(f"what-if: round {self.round.index} re-clustered with delta {self.delta.value:g}, "
-                     f"zero 2^-{self.b.value}, fraction {self.fraction.value:g}", fontsize="small")
-        self.bands.value = png(fig)
+    def _draw(self, result, key):
+        if "recorded" not in self.memo:
+            recorded, fixed = self.round.mu, self.round.fixed
+            self.memo.get("recorded", lambda: value_counts(torch.cat([recorded[n].flatten()[fixed[n].flatten()]
+                                                                      for n in recorded])))
+        series = {"what-if": self.memo.get(("counts",) + key, lambda: value_counts(result.mu[result.fixed_mask])),
+                  "recorded": self.memo.get("recorded", None)}
+        self.plot.show(Codebooks(series, "values of the fixed weights", self.round.index))
+        zero = 2.0 ** -int(self.b.value) if self.base.zero_fix else None
+        view = self.memo.get(("view",) + key, lambda: whatif_view(
+            self.round.mu.keys(), self.mu, self.sigma, self.pre_fixed, result, self.round.index, zero))
+        view.title = (f"what-if: round {self.round.index} with delta {self.delta.value:g}, zero 2^-{self.b.value}, "
+                      f"fraction {view.fraction:.3g}")
+        self.bands.show(view)
 
     def _table(self) -> pd.DataFrame:
         m = self.round.metrics
