@@ -70,15 +70,26 @@ print(run.sigma_verdict_line())
 run.table()[["fraction", "top1_before", "top1_after", "unique", "entropy"]].round(2)
 
 # %% [markdown]
+# ## Everything at once: the dashboard
+# One slider (and a **Play** button) drives every round view of the run; the panels wrap under each other in a
+# narrow window. Each figure is live: hover a point for its tensor, index, `mu`, `sigma`, centre and the round
+# it was fixed; click to follow a weight through the rounds; zoom and pan with the toolbar. `save("x.pdf")`
+# on any widget writes what it shows. `pwfn_viz.widgets.side_by_side(run_a, run_b)` puts two runs under one
+# slider (PWFN against WFN, two seeds, two deltas).
+
+# %%
+run.dashboard()
+
+# %% [markdown]
 # ## Round by round
 # Move the **round** slider. The label gives the share of weights fixed after that round's snap, the test
 # accuracy before and after it, and the codebook size. In the left plot every point is a weight (before the
-# snap): grey ones were fixed in an earlier round, orange ones this round, blue ones stay free. Each vertical
-# line is a centre the greedy clustering chose, coloured by how many powers of two it needs (`P`); the faint
-# wedge above it is the band `sigma >= |mu - c| / delta` of weights it may take. Pick a **layer** to see one
-# tensor (the centres stay the network's: clustering is global). The line above the plots says whether sigma
-# has learned by that round, in the network and in the layer shown (rank correlation with the initial sigma,
-# median change): where it has not, the sigma in the plot is still its initialisation.
+# snap): grey ones were fixed in an earlier round, orange ones this round, blue ones stay free. The centres
+# the greedy clustering chose are ticks along the `mu` axis, only those in view; hover or pick a weight to see
+# the band `sigma >= |mu - c| / delta` of its centre. Pick a **layer** to see one tensor (the centres stay the
+# network's: clustering is global). The line above the plots says whether sigma has learned by that round, in
+# the network and in the layer shown (rank correlation with the initial sigma, median change): where it has
+# not, the sigma in the plot is still its initialisation.
 
 # %%
 RoundExplorer(run)

@@ -107,6 +107,21 @@ def threads_for(run: Run | None) -> int | None:
     return 1 if n < SMALL else None
 
 
+def static_images(panels) -> dict:
+    """Base64 PNGs of ``panels`` as shown now: {"view": all of them side by side, "panels": one
+    per panel that has drawn something, in order}."""
+    import base64
+    import tempfile
+    from ._live import save_panels
+    shown = [p for p in panels if p is not None and p.data is not None]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = {}
+        for key, group in [("view", shown)] + [(i, [p]) for i, p in enumerate(shown)]:
+            path = save_panels(group, Path(tmp) / f"{key}.png")
+            out[key] = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return {"view": out["view"], "panels": [out[i] for i in range(len(shown))]}
+
+
 def layer_options(run: Run, allow_all: bool = True) -> list:
     """(label, value) pairs for a layer dropdown: "all layers" (value ALL) then every tensor."""
     names = [(f"{n}  {tuple(s)}", n) for n, s in run.meta["tensors"].items()]
@@ -177,6 +192,22 @@ class Explorer(widgets.VBox):
         """
         from ._live import save_panels
         return save_panels(self.panels, path, self.__class__.__name__ if title is None else title)
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The live widget, plus what shows where it cannot run: a PNG of the current view (GitHub,
+        nbviewer, any reader without the widget manager) and each canvas's image in its saved state
+        (a notebook reopened without its kernel draws the canvases from it)."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        try:
+            images = static_images(self.panels)
+        except Exception:   # nothing drawn yet, or a panel that cannot draw: the live widget alone
+            return bundle
+        for panel, encoded in zip([p for p in self.panels if p is not None and p.data is not None], images["panels"]):
+            if getattr(panel, "canvas", None) is not None and hasattr(panel.canvas, "_data_url"):
+                panel.canvas._data_url = "data:image/png;base64," + encoded
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        data["image/png"] = images["view"]
+        return bundle
 
     # messages -------------------------------------------------------------------------------
     def show_message(self, text: str, kind: str = "error") -> None:
