@@ -1,12 +1,13 @@
 # pwfn_viz: `make run` runs the demo, `make test` runs the whole test suite (pytest + notebooks),
-# `make notebooks` regenerates notebooks/*.ipynb from their sources notebooks/*.py.
+# `make notebooks` regenerates notebooks/*.ipynb from their sources notebooks/*.py, `make
+# notebooks-outputs` executes them in place (the committed files hold their outputs).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 NOTEBOOK_SOURCES := $(wildcard notebooks/*.py)
 
-.PHONY: run test venv clean-venv browser-deps notebooks
+.PHONY: run test venv clean-venv browser-deps notebooks notebooks-outputs
 
 venv: $(VENV)/.installed
 
@@ -30,6 +31,13 @@ browser-deps: $(VENV)/.installed
 # that did not change leaves its .ipynb untouched; tests/test_notebooks_sync.py checks both agree.
 notebooks: $(VENV)/.installed
 	$(VENV)/bin/jupytext --update --to ipynb $(NOTEBOOK_SOURCES)
+
+# The committed notebooks hold their outputs (figures, tables, and the widgets' state, which holds
+# each live figure's last image), so that GitHub, nbviewer and a JupyterLab without a kernel show
+# them: run this after `make notebooks` when a notebook or what it shows changed (a few minutes).
+notebooks-outputs: $(VENV)/.installed
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 \
+		--ExecutePreprocessor.store_widget_state=True --ExecutePreprocessor.record_timing=False $(NOTEBOOKS)
 
 # Everything under tests/, the tests marked slow (> ~5 s each) included: no -m filter here (for a
 # quick local pass, `$(PY) -m pytest -n 2 -m "not slow" tests`). Notebooks run only when

@@ -82,6 +82,7 @@ fig = plot_number_line(mu, kmeans_values, codebook=km.centres, title="k-means, k
 # at a small cost. `candidate_centres(P, max_abs)` lists all sums of up to `P` powers of two up to `max_abs`.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 for order in (1, 2, 3, 4):
     print(f"P = {order}: {len(candidate_centres(order, 1.0)):4d} values")
 print("P = 1:", candidate_centres(1, 1.0).tolist())
@@ -121,6 +122,7 @@ explorer
 # printed for a few values of `delta`:
 
 # %%
+# NBVAL_CHECK_OUTPUT
 pd.DataFrame({f"delta = {d:g}": greedy_assign(mu, sigma, pow2, d).numpy() for d in (0.5, 1, 4, 16)},
              index=[f"w{i}" for i in range(len(mu))]).T
 
