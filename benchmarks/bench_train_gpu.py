@@ -34,8 +34,8 @@ def make_imagefolder(root: Path, classes: int, per_class: int, size: int, seed: 
 
 
 def throughput(model: nn.Module, loader, steps: int, warmup: int, device, amp: str | None, bayesian: bool) -> float:
-    from pwfn_viz.core import bayes
-    params = bayes.param_groups(model, 1e-4) if bayesian else model.parameters()
+    from pwfn_viz.core import loss_terms
+    params = loss_terms.param_groups(model, 1e-4) if bayesian else model.parameters()
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
@@ -52,7 +52,7 @@ def throughput(model: nn.Module, loader, steps: int, warmup: int, device, amp: s
             with autocast():
                 loss = nn.functional.cross_entropy(model(x).float(), y)
             if bayesian:
-                loss = loss + bayes.sigma_regulariser(model) + bayes.masked_weight_decay(model, 1e-4)
+                loss = loss + loss_terms.sigma_regulariser(model) + loss_terms.masked_weight_decay(model, 1e-4)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pwfn_viz import kernels
-from pwfn_viz.core import bayes
+from pwfn_viz.core import bayes, loss_terms
 from pwfn_viz.train import semantics as training_semantics
 from pwfn_viz.train.config import RunConfig
 from pwfn_viz.train.loop import backward, clip_and_step, optimizer_step
@@ -135,7 +135,7 @@ def _variants(device: torch.device, fused: bool, channels_last: bool = False, mo
         _fix(m, fixed)
     variants = {"deterministic": (plain, torch.optim.SGD(plain.parameters(), lr=LR, momentum=MOMENTUM,
                                                          weight_decay=WD), "plain", "torch")}
-    conv_opt = torch.optim.SGD(bayes.param_groups(converted, WD), lr=LR, momentum=MOMENTUM)
+    conv_opt = torch.optim.SGD(loss_terms.param_groups(converted, WD), lr=LR, momentum=MOMENTUM)
     variants["pwfn torch"] = (converted, conv_opt, "pwfn", "torch")
     noisy_groups = training_semantics.param_groups(noisy, REFERENCE, weight_decay=WD, sigma_lr=None, sigma_param="raw")
     variants["pwfn noisy fixed"] = (noisy, torch.optim.SGD(noisy_groups, lr=LR, momentum=MOMENTUM), "reference", "torch")

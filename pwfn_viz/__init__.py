@@ -19,7 +19,8 @@ from .analysis.compare import compare
 from .analysis.export import ExportReport, export_run, load_exported
 from .analysis.noise import AnalysisResult, analyse
 from .baselines import kmeans
-from .core.bayes import bayes_tensors, convert, flat_state, load_flat_state, sigma_regulariser
+from .core.bayes import bayes_tensors, convert, flat_state, load_flat_state
+from .core.loss_terms import sigma_regulariser
 from .core.clustering import ClusterConfig, ClusterResult, candidate_centres, cluster_round
 from .core.metrics import codebook_stats, evaluate, layer_table
 from .data.datasets import create_dataset, list_datasets

@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 
 from pwfn_viz.core import bayes
-from pwfn_viz.core.bayes import (SIGMA_MIN, bayes_tensors, state_keys, convert, flat_state, load_flat_state, masked_weight_decay,
-                            param_groups, power_of_two_gap, pwfn_sigma_init, quantile, sigma_regulariser)
+from pwfn_viz.core.bayes import (SIGMA_MIN, bayes_tensors, convert, flat_state, load_flat_state, power_of_two_gap,
+                            pwfn_sigma_init, quantile, state_keys)
+from pwfn_viz.core.loss_terms import masked_weight_decay, param_groups, sigma_regulariser
 from pwfn_viz.models.factory import create_model
 
 

@@ -16,6 +16,7 @@ from pwfn_viz.cli import run_config
 from pwfn_viz.constants import REGULARISER_LAMBDA, SIGMA_CAP
 from pwfn_viz.core import bayes
 from pwfn_viz.core.clustering import ClusterConfig
+from pwfn_viz.core.loss_terms import sigma_regulariser
 from pwfn_viz.core.clustering_readable import readable_cluster_round
 from pwfn_viz.train import semantics as training_semantics
 from pwfn_viz.train.config import METHODS, PROFILES
@@ -75,7 +76,7 @@ def test_no_task_gradient_reaches_fixed_weights(fixed_noise):
 def regulariser_grad(model, **kw) -> torch.Tensor:
     model.train()
     model(torch.ones(1, 3))
-    bayes.sigma_regulariser(model, REGULARISER_LAMBDA, SIGMA_CAP, **kw).backward()
+    sigma_regulariser(model, REGULARISER_LAMBDA, SIGMA_CAP, **kw).backward()
     weight, bias = bayes.bayes_tensors(model)
     return weight.sigma.grad, bias.sigma.grad
 

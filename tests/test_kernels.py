@@ -497,7 +497,8 @@ def check_sampling_loss_terms_launches():
     """The usual step, task + regulariser + decay, launches per tensor: sampling forward, two
     reductions, sampling backward, the regulariser's gradient and the decay's (torch); a
     module's seeds come from one draw."""
-    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert
+    from pwfn_viz.core.loss_terms import masked_weight_decay, sigma_regulariser
     import torch.nn as nn
     per_size = {}
     for convs in (1, 3):
@@ -524,7 +525,8 @@ def check_sampling_loss_terms_launches():
 def check_sampling_grad_scaler():
     """A real torch.amp.GradScaler (on CPU): after unscale_ the gradients are the unscaled loss's."""
     import torch.nn as nn
-    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert
+    from pwfn_viz.core.loss_terms import masked_weight_decay, sigma_regulariser
     torch.manual_seed(6)
     model = convert(nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)))
     with torch.no_grad():
@@ -590,7 +592,8 @@ def check_converted_layers_train_like_torch_path():
     path fed the fused path's noise: the same parameters after every step; fixed weights stay."""
     import copy
     import torch.nn as nn
-    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, param_groups, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert
+    from pwfn_viz.core.loss_terms import masked_weight_decay, param_groups, sigma_regulariser
     g = torch.Generator().manual_seed(8)
     torch.manual_seed(8)
     fused = convert(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)))
@@ -646,7 +649,8 @@ def check_converted_layers_use_fused_path():
     """bayes.convert + forced triton: the hook samples with the kernel; sigma_regulariser and
     masked_weight_decay give the torch formulas' values, and the grads equal the torch path's."""
     import torch.nn as nn
-    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert
+    from pwfn_viz.core.loss_terms import masked_weight_decay, sigma_regulariser
     from pwfn_viz.kernels.sampling import reference_sample
     model = convert(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)))
     _fill_state(model, torch.Generator().manual_seed(9))
@@ -685,7 +689,8 @@ def check_converted_layers_mixed_paths():
     """A float64 layer (the fused kernels take float32/16/bf16) stays on the torch path next to a
     fused float32 one: the loss terms add both kinds, with the torch formulas' values and grads."""
     import torch.nn as nn
-    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert
+    from pwfn_viz.core.loss_terms import masked_weight_decay, sigma_regulariser
     from pwfn_viz.kernels.sampling import reference_sample
 
     class ToDouble(nn.Module):
@@ -822,7 +827,8 @@ def _channels_last_case(mixed: bool):
     path; ``mixed``: one conv's sigma and fixed mask made row-major again. Returns what the checks
     compare (see check_converted_layers_channels_last)."""
     import torch.nn as nn
-    from pwfn_viz.core.bayes import bayes_tensors, convert, masked_weight_decay, sigma_regulariser
+    from pwfn_viz.core.bayes import bayes_tensors, convert
+    from pwfn_viz.core.loss_terms import masked_weight_decay, sigma_regulariser
     from pwfn_viz.kernels.sampling import reference_sample
     model = convert(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.Flatten(),
                                   nn.Linear(50, 3)))

@@ -6,7 +6,7 @@ tensors of a whole model.
 docs/method.md, section 3): one reduction kernel per tensor and one sum for the value, no elementwise
 autograd graph. Their backward computes ``-lam * G * max(0, cap - sigma) * |eps|`` (eps
 regenerated from the pass's seed) and ``wd * G * mu`` on free weights, ``G`` being the gradient
-that reaches the term (1, a ``GradScaler``'s scale, ``1 / accumulation steps``...). ``pwfn_viz.core.bayes.sigma_regulariser`` and
+that reaches the term (1, a ``GradScaler``'s scale, ``1 / accumulation steps``...). ``pwfn_viz.core.loss_terms.sigma_regulariser`` and
 ``masked_weight_decay`` call these for the tensors sampled by the fused kernel.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..core import bayes
+from ..core import bayes, loss_terms as terms
 
 
 def prepare(model: nn.Module, semantics: dict, reg_cap: float = bayes.REG_CAP) -> None:
@@ -35,18 +35,18 @@ def loss_terms(model: nn.Module, semantics: dict, *, reg_lambda: float, reg_cap:
     """The sigma regulariser (over the weights the semantics name) plus, with ``masked`` decay,
     the weight decay of free mu, for the latest training pass of ``model``. ``from_pass``: the
     sums the pass computed with its sample (one ``(task + terms).backward()`` only; see
-    ``bayes.sigma_regulariser``)."""
-    total = bayes.sigma_regulariser(model, reg_lambda, reg_cap, include_fixed=semantics["fixed_sigma_reg"],
+    ``pwfn_viz.core.loss_terms.sigma_regulariser``)."""
+    total = terms.sigma_regulariser(model, reg_lambda, reg_cap, include_fixed=semantics["fixed_sigma_reg"],
                                     include_bias=semantics["bias_sigma_reg"], from_pass=from_pass)
     if needs_loss_decay(semantics):
-        total = total + bayes.masked_weight_decay(model, weight_decay, from_pass=from_pass)
+        total = total + terms.masked_weight_decay(model, weight_decay, from_pass=from_pass)
     return total
 
 
 def param_groups(model: nn.Module, semantics: dict, *, weight_decay: float, sigma_lr: float | None,
                  sigma_param: str) -> list[dict]:
     """Optimiser groups: with ``coupled`` decay mu and sigma carry the optimiser's decay."""
-    return bayes.param_groups(model, weight_decay, sigma_lr=sigma_lr, sigma_param=sigma_param,
+    return terms.param_groups(model, weight_decay, sigma_lr=sigma_lr, sigma_param=sigma_param,
                               coupled_decay=not needs_loss_decay(semantics))
 
 
