@@ -29,23 +29,18 @@ def sample_fwd_kernel(mu_ptr, sigma_ptr, fixed_ptr, fixed_value_ptr, seed_ptr, o
 
 
 @triton.jit(do_not_specialize=["n"])
-def sample_bwd_kernel(grad_ptr, mu_ptr, sigma_ptr, fixed_ptr, seed_ptr, reg_ptr, decay_ptr, grad_mu_ptr,
-                      grad_sigma_ptr, n, sigma_min, reg_coef, cap, decay_coef, BLOCK: tl.constexpr,
-                      NEED_MU: tl.constexpr, NEED_SIGMA: tl.constexpr, HAS_REG: tl.constexpr,
-                      HAS_DECAY: tl.constexpr):
-    """grad_mu = free * (g + d * mu), grad_sigma = free * (g * eps * [sigma > sigma_min]
-    - r * max(0, cap - sigma) * |eps|), free = not fixed; r = reg_coef * reg[0] (0 without
-    HAS_REG) and d = decay_coef * decay[0] (0 without HAS_DECAY) are the loss terms' scales."""
+def sample_bwd_kernel(grad_ptr, sigma_ptr, fixed_ptr, seed_ptr, reg_ptr, grad_mu_ptr, grad_sigma_ptr, n, sigma_min,
+                      reg_coef, cap, BLOCK: tl.constexpr, NEED_MU: tl.constexpr, NEED_SIGMA: tl.constexpr,
+                      HAS_REG: tl.constexpr):
+    """grad_mu = free * g, grad_sigma = free * (g * eps * [sigma > sigma_min] - r * max(0, cap -
+    sigma) * |eps|), free = not fixed; r = reg_coef * reg[0] (0 without HAS_REG: the regulariser
+    armed for a kernel check, see ``FusedNoise.arm``)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < n
     g = tl.load(grad_ptr + offs, mask=valid, other=0.0).to(tl.float32)
     free = tl.load(fixed_ptr + offs, mask=valid, other=1) == 0
     if NEED_MU:
-        grad_mu = g
-        if HAS_DECAY:
-            d = decay_coef * tl.load(decay_ptr).to(tl.float32)
-            grad_mu = g + d * tl.load(mu_ptr + offs, mask=valid, other=0.0).to(tl.float32)
-        tl.store(grad_mu_ptr + offs, tl.where(free, grad_mu, 0.0).to(grad_mu_ptr.dtype.element_ty), mask=valid)
+        tl.store(grad_mu_ptr + offs, tl.where(free, g, 0.0).to(grad_mu_ptr.dtype.element_ty), mask=valid)
     if NEED_SIGMA:
         eps = tl.randn(tl.load(seed_ptr), offs)
         sigma = tl.load(sigma_ptr + offs, mask=valid, other=0.0).to(tl.float32)

@@ -191,11 +191,9 @@ class _FusedSample(torch.autograd.Function):
         grad_mu = lay.empty(ctx.mu_dtype, grad.device) if need_mu else grad
         grad_sigma = lay.empty(sigma.dtype, grad.device) if need_sigma else grad
         _tk().sample_bwd_kernel[_grid(sigma.numel())](
-            grad, grad, sigma, _as_bytes(fixed), noise.seed,
-            reg.scale if reg else grad, grad, grad_mu, grad_sigma, sigma.numel(),
-            ctx.sigma_min, reg.coef if reg else 0.0, reg.cap if reg else 0.0, 0.0,
-            BLOCK=BLOCK, NEED_MU=need_mu, NEED_SIGMA=need_sigma, HAS_REG=reg is not None,
-            HAS_DECAY=False)
+            grad, sigma, _as_bytes(fixed), noise.seed, reg.scale if reg else grad, grad_mu, grad_sigma,
+            sigma.numel(), ctx.sigma_min, reg.coef if reg else 0.0, reg.cap if reg else 0.0,
+            BLOCK=BLOCK, NEED_MU=need_mu, NEED_SIGMA=need_sigma, HAS_REG=reg is not None)
         return (grad_mu if need_mu else None, grad_sigma if need_sigma else None, None, None, None, None)
 
 
