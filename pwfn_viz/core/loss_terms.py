@@ -18,6 +18,7 @@ import torch.nn as nn
 from ..constants import REGULARISER_LAMBDA, SIGMA_CAP
 from .bayes import BayesTensor, _free_mask, _sum_of_products, bayes_tensors
 
+
 def _pass_free_mask(t: BayesTensor) -> torch.Tensor:
     """The latest training pass's mask of free weights (1/0 in mu's dtype), else a new one."""
     free = t.param.free

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import ipywidgets as widgets
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
 from ..core.sigma_learning import ADVICE as SIGMA_ADVICE
