@@ -148,12 +148,14 @@ def _variants(device: torch.device, fused: bool, channels_last: bool = False, mo
 
 def step(model, opt, kind: str, x, y, amp: str | None = None, scaler=None) -> None:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    with torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-        loss = F.cross_entropy(model(x).float(), y)
-    if kind in ("pwfn", "reference"):   # outside autocast, as in pwfn_viz.train.loop.train_steps
-        loss = loss + training_semantics.loss_terms(model, CORRECTED if kind == "pwfn" else REFERENCE,
-                                                    reg_lambda=bayes.REG_LAMBDA, reg_cap=bayes.REG_CAP,
-                                                    weight_decay=WD, from_pass=True)
+    converted = kind in ("pwfn", "reference")
+    with bayes.pass_terms(model) if converted else contextlib.nullcontext():   # as train_steps does
+        with torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            loss = F.cross_entropy(model(x).float(), y)
+        if converted:   # outside autocast, as in pwfn_viz.train.loop.train_steps
+            loss = loss + training_semantics.loss_terms(model, CORRECTED if kind == "pwfn" else REFERENCE,
+                                                        reg_lambda=bayes.REG_LAMBDA, reg_cap=bayes.REG_CAP,
+                                                        weight_decay=WD, from_pass=True)
     if kind == "authors":
         _authors_update(model, opt, loss, scaler)
     else:

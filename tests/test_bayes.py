@@ -354,7 +354,12 @@ def test_loss_terms_from_the_pass_equal_the_formula(how):
     model.train()
     lam, wd = 2.0 ** -9, 0.3
     cap = 0.08 if how == "other cap" else 0.05
-    out = model(torch.randn(3, 1, 8, 8)).square().sum()
+    model(torch.randn(3, 1, 8, 8))   # outside pass_terms a pass computes no terms
+    assert all(t.param.reg_term is None and t.param.decay_term is None for t in bayes_tensors(model))
+    with bayes.pass_terms(model):
+        out = model(torch.randn(3, 1, 8, 8)).square().sum()
+    assert all(not t.param.pass_terms for t in bayes_tensors(model))
+    assert all(t.param.reg_term is not None for t in bayes_tensors(model))
     terms = sigma_regulariser(model, lam, cap, from_pass=True) + masked_weight_decay(model, wd, from_pass=True)
     scale, times = (64.0 if how == "scaled" else 1.0), (2 if how == "twice" else 1)
     if how == "terms alone":

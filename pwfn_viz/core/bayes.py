@@ -25,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -59,7 +60,8 @@ class _SampleWithTerms(torch.autograd.Function):
     max(0, cap - sigma)^2`` (times ``reg_mask`` when given) and ``decay = sum free * mu^2``.
     Outputs (w, reg, decay); the backward gets the gradients reaching all three at once (whatever
     the loss's scale, and whichever of them reached it), so the terms' gradients join the sampling
-    gradients in the same two passes instead of passes and accumulations of their own."""
+    gradients in the same two passes instead of passes and accumulations of their own. With
+    ``cap=None`` the sums are not computed (reg and decay are constant zeros)."""
 
     @staticmethod
     def forward(ctx, mu, sigma, eps, free, base, cap: float, reg_mask):
@@ -68,6 +70,11 @@ class _SampleWithTerms(torch.autograd.Function):
             w = torch.addcmul(mu, sigma.clamp(min=SAMPLING_SIGMA_FLOOR), eps)
             if base is not None:   # w * free + base * (1 - free): exactly base where fixed, w where free
                 w.mul_(free).addcmul_(base, torch.rsub(free, 1))
+            if cap is None:   # no loss terms from this pass
+                ctx.save_for_backward(sigma, eps, free, None, None)
+                zero = mu.new_zeros(())
+                ctx.mark_non_differentiable(zero)
+                return w, zero, zero
             gap = (cap - sigma.detach()).clamp_(min=0)
             weighted = eps.abs().mul_(gap)
             if reg_mask is not None:
@@ -109,7 +116,8 @@ class BayesianWeight(nn.Module):
         self.register_buffer("fixed", torch.zeros_like(data, dtype=torch.bool))
         self.register_buffer("fixed_value", torch.zeros_like(data))
         self.fixed_noise = self.follows_mu = self.torch_sampling = False
-        self.cap, self.reg_fixed = SIGMA_CAP, False   # the loss terms each pass computes (see terms())
+        # the loss terms each pass computes with its sample (see set_semantics, pass_terms)
+        self.cap, self.reg_fixed, self.pass_terms = SIGMA_CAP, False, False
         self.noise = self.free = None   # this training pass's eps and mask of free weights
         self.reg_term = self.decay_term = None   # ... and its sums for the regulariser and the decay
 
@@ -128,9 +136,10 @@ class BayesianWeight(nn.Module):
         self.noise, self.free = torch.randn_like(mu), _free_mask(self.fixed, mu.dtype)
         # fixed_noise: a fixed weight is sampled around its mu (its value) like the rest, with no
         # task gradient; otherwise it is its value exactly
-        w, self.reg_term, self.decay_term = _SampleWithTerms.apply(
-            mu, self.sigma, self.noise, self.free, None if self.fixed_noise else fixed_value, float(self.cap),
-            None if self.reg_fixed else self.free)
+        w, reg, decay = _SampleWithTerms.apply(
+            mu, self.sigma, self.noise, self.free, None if self.fixed_noise else fixed_value,
+            float(self.cap) if self.pass_terms else None, None if self.reg_fixed else self.free)
+        self.reg_term, self.decay_term = (reg, decay) if self.pass_terms else (None, None)
         return w
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
@@ -156,6 +165,22 @@ def set_semantics(model: nn.Module, fixed_noise: bool = False, fixed_follows_mu:
             m.cap, m.reg_fixed = float(reg_cap), bool(reg_fixed)
             m.fixed_noise, m.follows_mu = bool(fixed_noise), bool(fixed_follows_mu)
             m.torch_sampling = bool(torch_sampling or fixed_noise or fixed_follows_mu)
+
+
+@contextlib.contextmanager
+def pass_terms(model: nn.Module):
+    """Inside the block, each training pass also computes the loss terms' sums with its sample, for
+    ``sigma_regulariser(from_pass=True)`` and ``masked_weight_decay(from_pass=True)`` (the built-in
+    loop's step); outside, passes skip that work and the terms build nodes of their own."""
+    layers = [m for m in model.modules() if isinstance(m, BayesianWeight)]
+    before = [m.pass_terms for m in layers]
+    for m in layers:
+        m.pass_terms = True
+    try:
+        yield
+    finally:
+        for m, was in zip(layers, before):
+            m.pass_terms = was
 
 
 def _convert_module(module: nn.Module, module_name: str, sigma_fn) -> None:

@@ -79,8 +79,8 @@ def sigma_regulariser(model: nn.Module, lam: float = REGULARISER_LAMBDA, cap: fl
     ``include_fixed`` sums over fixed weights too and ``include_bias=False`` leaves biases out (the
     authors' code does both; docs/faithfulness.md).
 
-    ``from_pass=True`` uses the sums each training pass computed with its sample (where they are
-    this regulariser): the gradient then joins the sampling backward, the fastest step, but the
+    ``from_pass=True`` uses the sums each training pass computed with its sample (inside
+    ``bayes.pass_terms(model)``, where they are this regulariser; else as the default): the gradient then joins the sampling backward, the fastest step, but the
     term shares the pass's graph, so the task loss and the term go through one ``backward()``
     (``(task + R).backward()``, as ``pwfn_viz.train.loop`` does). The default builds a node of
     its own, which any number of separate backward calls may use.

@@ -167,8 +167,9 @@ class Fixer:
                  f"resuming {self.out} after round {self.meta['rounds'][-1]['round'] if self.meta['rounds'] else '(none)'}")
         if note:
             self.log(note)
-        if self._new and training_semantics.describe(self.config):
-            self.log(training_semantics.describe(self.config))
+        semantics_line = training_semantics.describe(self.config) if self._new else None
+        if semantics_line:
+            self.log(semantics_line)
         self._seed_round()
 
     def close(self) -> None:

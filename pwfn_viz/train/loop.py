@@ -76,25 +76,29 @@ def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum:
     model.train()
     total, done, epoch = 0.0, 0, 0
     bar = tqdm(total=n_steps, desc=desc, leave=False, disable=not progress)
-    while done < n_steps:
-        if hasattr(loader.sampler, "set_epoch"):   # DistributedSampler: a new order every pass
-            loader.sampler.set_epoch(epoch)
-        epoch += 1
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast() if autocast is not None else contextlib.nullcontext():
-                loss = nn.functional.cross_entropy(forward(x).float(), y) if loss_fn is None else loss_fn(forward(x), y)
-            total = total + loss.detach().double()   # on the device: no host sync per step
-            if bayesian:
-                loss = loss + training_semantics.loss_terms(model, semantics, reg_lambda=reg_lambda, reg_cap=reg_cap,
-                                                            weight_decay=weight_decay, from_pass=True)
-            optimizer_step(model, opt, loss, scaler=scaler, grad_clip=grad_clip)
-            done += 1
-            bar.update()
-            if done == n_steps:
-                break
+    # the loss terms come with each pass's sample (bayes.pass_terms): one backward for the step
+    with bayes.pass_terms(model) if bayesian else contextlib.nullcontext():
+        while done < n_steps:
+            if hasattr(loader.sampler, "set_epoch"):   # DistributedSampler: a new order every pass
+                loader.sampler.set_epoch(epoch)
+            epoch += 1
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                if channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast() if autocast is not None else contextlib.nullcontext():
+                    out = forward(x)
+                    loss = nn.functional.cross_entropy(out.float(), y) if loss_fn is None else loss_fn(out, y)
+                total = total + loss.detach().double()   # on the device: no host sync per step
+                if bayesian:
+                    loss = loss + training_semantics.loss_terms(model, semantics, reg_lambda=reg_lambda,
+                                                                reg_cap=reg_cap, weight_decay=weight_decay,
+                                                                from_pass=True)
+                optimizer_step(model, opt, loss, scaler=scaler, grad_clip=grad_clip)
+                done += 1
+                bar.update()
+                if done == n_steps:
+                    break
     bar.close()
     return float(total) / n_steps
 
@@ -142,26 +146,31 @@ def fix_rounds(fixer: Fixer, loader_for_round: Callable[[int], object], *, progr
         r = fixer.round
         loader = loader_for_round(r)
         budget = c.round_budget(r, len(loader))
-        train_loss = train_steps(fixer.model, loader, 0, steps=budget, bayesian=True, optimizer=c.optimizer,
-                                 lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,
-                                 reg_lambda=c.reg_lambda, reg_cap=c.reg_cap, sigma_lr_mult=c.sigma_lr_mult,
-                                 sigma_param=c.sigma_param, semantics=c.semantics(), progress=progress,
-                                 desc=f"round {r} train", **train_kw)
+        train_loss = bayesian_training(fixer, loader, budget, progress=progress, desc=f"round {r} train", **train_kw)
         fixer.fix(fraction, allow_untrained=budget == 0, train_loss=train_loss)
         bar.update()
     bar.close()
 
 
-def warm_up(fixer: Fixer, loader, *, progress: bool = True, **train_kw) -> None:
-    """The optional Bayesian warm-up: ``RunConfig.warmup_budget`` steps of training mu and sigma
-    (the round settings) after conversion and before round 0, recorded by ``fixer.record_warmup``."""
+def bayesian_training(fixer: Fixer, loader, steps: int, *, progress: bool = True, desc: str = "train",
+                      **train_kw) -> float:
+    """``steps`` optimiser steps of :func:`train_steps` on the converted model with the fixer's
+    settings (optimiser, regulariser, semantics); returns the mean task loss."""
     c = fixer.config
-    steps = c.warmup_budget(len(loader))
-    loss = train_steps(fixer.model, loader, 0, steps=steps, bayesian=True, optimizer=c.optimizer, lr=c.lr,
+    return train_steps(fixer.model, loader, 0, steps=steps, bayesian=True, optimizer=c.optimizer, lr=c.lr,
                        momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip, reg_lambda=c.reg_lambda,
                        reg_cap=c.reg_cap, sigma_lr_mult=c.sigma_lr_mult, sigma_param=c.sigma_param,
-                       semantics=c.semantics(), progress=progress, desc="warm-up", **train_kw)
-    fixer.record_warmup(steps=steps, train_loss=loss)
+                       semantics=c.semantics(), progress=progress, desc=desc, **train_kw)
+
+
+def warm_up(fixer: Fixer, loader, *, progress: bool = True, **train_kw) -> None:
+    """The optional Bayesian warm-up: ``RunConfig.warmup_budget`` steps of training mu and sigma
+    (the round settings) after conversion and before round 0, recorded by ``fixer.record_warmup``;
+    nothing when the budget is 0."""
+    steps = fixer.config.warmup_budget(len(loader))
+    if steps:
+        loss = bayesian_training(fixer, loader, steps, progress=progress, desc="warm-up", **train_kw)
+        fixer.record_warmup(steps=steps, train_loss=loss)
 
 
 def fix_in_rounds(model: nn.Module, train_loader, loss_fn: Callable, evaluate: Callable[[nn.Module], dict], out_dir,
@@ -338,7 +347,7 @@ def _run(held: contextlib.ExitStack, config, out_dir, resume, progress, verbose,
     fixer = Fixer(model, out, evaluate_now, config=config, model_spec=spec, resume=resume is not None, verbose=verbose)
     round_loader = lambda r: distributed.train_loader(data.train, config.batch_size,  # noqa: E731
                                                       config.seed * 1_000_003 + r, info, **loading)
-    if fixer.round == 0 and "warmup" not in fixer.meta and (config.warmup_epochs > 0 or config.warmup_steps):
+    if fixer.round == 0 and "warmup" not in fixer.meta:
         warm_up(fixer, round_loader(-1), progress=progress and main, forward=wrapped(), **train_kw)
     fix_rounds(fixer, round_loader, progress=progress and main, forward=wrapped(), **train_kw)
     distributed.cleanup(info)
