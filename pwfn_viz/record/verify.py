@@ -85,6 +85,8 @@ def verify_run(run_dir) -> Verdict:
                      "present, readable and finite only")
         sums = {}
     shapes = meta["tensors"]
+    # the state before the rounds (no pre-snap tensors), then each round's
+    before_rounds = {"start.safetensors": "the start", "warmup.safetensors": "the warm-up"}
     files = ["start.safetensors", *(["warmup.safetensors"] if "warmup" in meta else []),
              *(round_file(m["round"]) for m in rounds)]
     tables = ["steps.csv", "layers.csv"] if rounds or any(t in sums for t in ("steps.csv", "layers.csv")) else []
@@ -92,11 +94,11 @@ def verify_run(run_dir) -> Verdict:
     interrupted = (path / round_file(len(rounds))).exists()
     for name in files:
         if not (path / name).is_file():
-            problems.append(f"{path / name}: missing (run.json lists {'the start' if name.startswith('start') else 'this round'})")
+            problems.append(f"{path / name}: missing (run.json lists {before_rounds.get(name, 'this round')})")
             continue
         if sums and name not in sums:
             notes.append(f"{name}: no checksum recorded")
-        _tensor_file(path / name, sums.get(name), shapes, name not in ("start.safetensors", "warmup.safetensors"), problems)
+        _tensor_file(path / name, sums.get(name), shapes, name not in before_rounds, problems)
     committed = {m["round"] for m in rounds}
     for name in tables:
         if not (path / name).is_file():
