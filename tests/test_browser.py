@@ -174,7 +174,8 @@ def _state(root) -> dict:
     """Pictures drawn so far per panel, and the round each panel shows (from its CSS class)."""
     return root.evaluate("""(root) => [...root.querySelectorAll('.pwfn-panel')].map(p => ({
         draws: [...p.querySelectorAll('canvas')].reduce((n, c) => n + (c.__pwfnDraws || 0), 0),
-        round: ([...p.classList].find(c => c.startsWith('pwfn-at-round-')) || '').slice(14)}))""")
+        round: ([...p.classList].find(c => c.startsWith('pwfn-at-round-')) || '').slice(14),
+        label: ([...p.classList].find(c => c.startsWith('pwfn-panel-')) || '').slice(11)}))""")
 
 
 def _changed(page, root, act) -> list:
@@ -315,6 +316,30 @@ def _check_dashboard_one_slider_play_and_wrapping(page):
     page.set_viewport_size({"width": 1400, "height": 1000})
 
 
+def _check_dashboard_selection_is_linked(page):
+    """A rectangle dragged over the round view's sigma against mu outlines the weights in the
+    weight views too (their sigma against mu and position panels draw again)."""
+    from playwright.sync_api import expect
+    root = _widget(page, ".pwfn-dashboard")
+    before = _state(root)
+    box = root.locator(".pwfn-panel-sigma-mu").first.locator("canvas").last.bounding_box()
+    t0 = page.bench.now(page)
+    # from the top left of the axes (large sigma, small mu: empty, so the press picks nothing)
+    page.mouse.move(box["x"] + 0.2 * box["width"], box["y"] + 0.3 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.9 * box["width"], box["y"] + 0.85 * box["height"], steps=8)
+    page.mouse.up()
+    expect(root.locator(".pwfn-hover").first).to_contain_text("weights selected", timeout=30_000)
+    expect(root.locator(".pwfn-hover").nth(1)).to_contain_text("selected:", timeout=30_000)
+    page.bench.settle(page, root, t0 - 1e9, timeout=60)
+    after = _state(root)
+    drew = {a["label"] for a, b in zip(after, before) if a["draws"] > b["draws"]}
+    assert {"sigma-mu", "position"} <= drew, (before, after)
+    redrawn = [a["label"] for a, b in zip(after, before) if a["draws"] > b["draws"]]
+    assert redrawn.count("sigma-mu") == 2                         # the round view's outline too
+    root.screenshot(path=str(ARTIFACTS / "08_dashboard_selection.png"))
+
+
 @pytest.mark.slow
 def test_every_widget_in_jupyterlab(page):
     """One test, so that one JupyterLab serves every check even when the suite runs on several
@@ -325,6 +350,7 @@ def test_every_widget_in_jupyterlab(page):
         _check_whatif_every_control(page)
         _check_compare_explorer_every_control(page)
         _check_dashboard_one_slider_play_and_wrapping(page)
+        _check_dashboard_selection_is_linked(page)
     except BaseException:
         page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
         raise

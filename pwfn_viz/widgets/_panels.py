@@ -12,7 +12,7 @@ from matplotlib.colors import LogNorm, to_rgba
 from matplotlib.patches import Polygon, Rectangle
 from matplotlib.transforms import blended_transform_factory
 
-from ..viz.style import COLOURS, DENSITY_CMAP, ROLE, order_colour
+from ..viz.style import COLOURS, DENSITY_CMAP, ROLE, SYMBOL, order_colour
 from ..viz.uncertainty import STATUS_LABELS
 from ._data import centres_in_view, step_of_weight
 from ._live import Panel
@@ -52,8 +52,8 @@ class SigmaMuPanel(Panel):
                                   zorder=6)
         self.selected = ax.scatter([], [], s=16, facecolors="none", edgecolors=COLOURS["black"], linewidths=0.6,
                                    zorder=5)
-        ax.set_xlabel("mu (before the snap)")
-        ax.set_ylabel("sigma, max(sigma, $2^{-30}$)")
+        ax.set_xlabel(f"{SYMBOL['mu']} before the snap")
+        ax.set_ylabel(r"$\sigma$, clamped: $\max(\sigma, 2^{-30})$")
         proxies = [ax.scatter([], [], s=12, color=STATUS_COLOURS[s]) for s in range(3)]
         proxies.append(ax.scatter([], [], marker="|", s=60, color="black"))
         # the legend names the statuses (static, outside the data); the counts are in the title
@@ -105,7 +105,7 @@ class SigmaMuPanel(Panel):
         else:
             self._show_centres()
         self.top = y1
-        what = d.title or f"sigma against mu before the snap: {d.layer or 'all layers'}"
+        what = d.title or f"{SYMBOL['sigma']} against {SYMBOL['mu']} before the snap: {d.layer or 'all layers'}"
         self.title.set_text(f"{what}\nround {d.round_index}: {counts[1]:,} fixed now, {counts[0]:,} before, "
                             f"{counts[2]:,} free, {len(d.centres)} centres{sampled}")
         self.mark(None, None)
@@ -178,6 +178,8 @@ class SigmaMuPanel(Panel):
         """Outline the weights at positions ``idx`` (a selection made in another view)."""
         d = self.data
         idx = np.asarray(idx, dtype=np.int64)
+        if idx.size > MAX_POINTS:   # a large selection: outline the drawn points among it (an outline each is slow)
+            idx = idx[np.isin(idx, self.drawn)]
         self.selected.set_offsets(np.column_stack([d.mu[idx], d.sigma[idx]]) if idx.size and d is not None
                                   else np.zeros((0, 2)))
 
@@ -257,7 +259,7 @@ class StepsPanel(Panel):
         a2.set_ylabel("order P", color=COLOURS["green"])
         self.right = a2.twinx()
         self.delta, = self.right.plot([], [], drawstyle="steps-mid", color=COLOURS["purple"], ls="--")
-        self.right.set_ylabel("delta", color=COLOURS["purple"])
+        self.right.set_ylabel(SYMBOL["delta"], color=COLOURS["purple"])
         a2.set_xlabel("greedy step")
         self.empty = a0.text(0.5, 0.5, "", transform=a0.transAxes, ha="center", va="center")
         self.title = self.fig.suptitle("", fontsize="small")

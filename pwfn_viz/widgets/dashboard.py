@@ -18,6 +18,7 @@ from ..registry import Registry
 from ._common import Explorer, as_run, row
 from ._data import fixed_rounds, hover_info, sigma_mu_data
 from ._interact import Hover
+from ._link import positions_in, weights_at
 from ._live import Coalescer, Memo, from_frontend, redraw
 from ._panels import SigmaMuPanel, TimelinePanel
 from .round_explorer import RoundExplorer, round_label
@@ -45,7 +46,10 @@ class Dashboard(Explorer):
     """One round slider (with Play) drives the round views (sigma against mu, timeline, greedy
     steps) and the weight views (one layer's sigma by position, a weight's trajectory): every
     panel is computed first, then all change together. A weight clicked in the round view is
-    followed in the weight views too. The rows wrap in a narrow window.
+    followed in the weight views too. Weights selected with a rectangle in any sigma-against-mu or
+    position view are outlined in the others, and stay outlined as the rounds change (the weight
+    views switch to the layer holding most of them when theirs holds none). The rows wrap in a
+    narrow window.
 
     ``rounds`` and ``weights`` are the :class:`RoundExplorer` and :class:`UncertaintyExplorer`
     inside (their layer and weight controls stay theirs)."""
@@ -68,6 +72,31 @@ class Dashboard(Explorer):
             return
         self.round_slider.observe(lambda c: self._updater.request(deferred=from_frontend(c)), names="value")
         self.rounds.pick_weight = self._pick_both(self.rounds.pick_weight)
+        self.rounds.on_select = self._selected_in_rounds
+        self._outline_weights = self.weights.highlight   # the weight views' own outlining
+        self.weights.highlight = self._selected_in_weights
+
+    def _shapes(self):
+        return self.run.meta["tensors"]
+
+    def _selected_in_rounds(self, weights: dict) -> None:
+        """A rectangle in the round view: the same weights outlined in the weight views."""
+        if weights and self.weights.layer.value not in weights:
+            layer = max(weights, key=lambda name: len(weights[name]))
+            self.weights.follow(layer, int(weights[layer][0]))
+        self._outline_weights(positions_in(self.weights.sigma_mu.data, self._shapes(), weights))
+
+    def _selected_in_weights(self, positions) -> None:
+        """A rectangle in a weight view: outlined there and in the round view."""
+        self._outline_weights(positions)
+        self.rounds.select_weights(weights_at(self.weights.sigma_mu.data, self._shapes(), positions))
+
+    def _outline_after_update(self) -> None:
+        """The selection (kept by the round view) outlined again in the weight views' new round."""
+        shown = positions_in(self.weights.sigma_mu.data, self._shapes(), self.rounds.selection)
+        self.weights.selected = shown
+        self.weights.sigma_mu.highlight(shown)
+        self.weights.position.highlight(shown)
 
     def _pick_both(self, pick):
         def both(name, flat):
@@ -86,6 +115,7 @@ class Dashboard(Explorer):
             second = self.weights.prepare(i)
             self.rounds.apply(first)
             self.weights.apply(second)
+            self._outline_after_update()
             redraw(self.panels)
 
 

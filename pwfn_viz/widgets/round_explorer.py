@@ -7,7 +7,8 @@ the line below it says whether the sigma shown has learned or is still its initi
 
 Hovering a weight in sigma against mu names it (tensor, index, mu, sigma, centre, the round that
 fixed it) in ``hover_label`` and shows its centre's band; a click picks it (``pick``), and the
-pick follows the weight through the rounds. Every round's data is computed once (``memo``); a
+pick follows the weight through the rounds. A rectangle dragged over it selects weights
+(``selection``: tensor name -> flat indices), outlined in every round until the next selection. Every round's data is computed once (``memo``); a
 burst of slider moves in the browser becomes one update, for the last value.
 
     >>> w = RoundExplorer(pwfn_viz.load_run("runs/digits"))    # doctest: +SKIP
@@ -21,11 +22,13 @@ import html
 from types import SimpleNamespace
 
 import ipywidgets as widgets
+import numpy as np
 
 from ._common import ALL, Explorer, layer_options, row, sigma_learning_html, table_html, unknown_layer
 from ._data import (fixed_rounds, hover_info, hover_text, position_of, shared_limits, sigma_mu_data, steps_data,
                     steps_frame, where)
-from ._interact import Hover
+from ._interact import Hover, rectangle_selector
+from ._link import positions_in, selection_text, weights_at
 from ._live import Coalescer, Memo, from_frontend, redraw
 from ._panels import SigmaMuPanel, StepsPanel, TimelinePanel
 
@@ -60,6 +63,8 @@ class RoundExplorer(Explorer):
     ``round_label.value``, ``hover_label.value``, the panels' data (``sigma_mu.data``,
     ``steps.data``) and ``steps_table.value`` (HTML). Problems show in ``message``.
     ``round_slider``: a slider to use instead of the widget's own (the dashboard shares one).
+    :meth:`select_weights` outlines a set of weights; ``on_select`` (None or a function of that
+    set) hears of the selections dragged in the view (the dashboard links them to its other views).
     """
 
     css_class = "pwfn-round-explorer"
@@ -69,6 +74,8 @@ class RoundExplorer(Explorer):
         super().__init__()
         self.width = width
         self.picked = None          # (tensor, flat index) of the weight followed through the rounds
+        self.selection = {}         # tensor -> flat indices: the weights outlined in every round
+        self.on_select = None
         self.memo = Memo()
         self.round_slider = round_slider or widgets.IntSlider(value=0, min=0, max=0, description="round",
                                                               continuous_update=False)
@@ -100,6 +107,7 @@ class RoundExplorer(Explorer):
             self.round_slider.observe(self._changed, names="value")
         self.layer.observe(self._changed, names="value")
         self.hover = Hover(self.sigma_mu, self.describe, self.hover_label, self.pick_position)
+        self._selector = rectangle_selector(self.sigma_mu, self._select_in_sigma_mu)
         self.update()
         if layer is not None:
             self.select_layer(layer)
@@ -172,6 +180,7 @@ class RoundExplorer(Explorer):
         self.steps.show(state["steps"])
         self.steps_table.value = state["table"]
         self._mark_pick()
+        self.sigma_mu.highlight(positions_in(self.sigma_mu.data, self.run.meta["tensors"], self.selection))
 
     def update(self) -> None:
         """Redraw for the current round and layer (called by the controls)."""
@@ -209,3 +218,19 @@ class RoundExplorer(Explorer):
             return
         self.sigma_mu.touch()
         self.hover_label.value = "<b>picked:</b> " + html.escape(hover_text(self.describe(position)))
+
+    # selection ------------------------------------------------------------------------------
+    def _select_in_sigma_mu(self, x0, x1, y0, y1):
+        weights = weights_at(self.sigma_mu.data, self.run.meta["tensors"], self.sigma_mu.inside(x0, x1, y0, y1))
+        self.select_weights(weights)
+        if self.on_select is not None:
+            self.on_select(weights)
+
+    def select_weights(self, weights: dict) -> None:
+        """Outline ``weights`` (tensor name -> flat indices; {} clears) in this round and the next."""
+        self.selection = {name: np.asarray(flat, dtype=np.int64) for name, flat in weights.items() if len(flat)}
+        shown = positions_in(self.sigma_mu.data, self.run.meta["tensors"], self.selection)
+        self.sigma_mu.highlight(shown)
+        self.sigma_mu.touch()
+        self.hover_label.value = f"<b>selected:</b> {html.escape(selection_text(self.selection, shown.size))}"
+        redraw([self.sigma_mu])
