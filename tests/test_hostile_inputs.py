@@ -18,7 +18,7 @@ from pwfn_viz.core.clustering import ClusterConfig, candidate_centres, cluster_r
 from pwfn_viz.core.clustering_readable import readable_cluster_round
 from pwfn_viz.core.device import resolve_device
 from pwfn_viz.record import strict_json
-from pwfn_viz.record.rundir import atomic_write_text
+from pwfn_viz.record.storage import atomic_write_text
 from pwfn_viz.models.spec import validate_model_spec
 from pwfn_viz.train.config import RunConfig
 

@@ -294,7 +294,7 @@ def export_run(run_or_path, out_path, round_index: int = -1, model: nn.Module | 
     version 1) or "ans" (entropy-coded, version 2); returns the sizes. ``model`` (an unconverted
     instance of the architecture, optional) is checked to fit the export before writing, so that
     ``load_exported(path, model=...)`` will load it."""
-    from ..record.rundir import atomic_save_tensors
+    from ..record.storage import atomic_save_tensors
     if encoding not in VERSIONS:
         raise ValueError(f"encoding must be one of {sorted(VERSIONS)}, got {encoding!r}")
     run, rnd, weights, rest = fixed_weights(run_or_path, round_index)

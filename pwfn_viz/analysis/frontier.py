@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..core.metrics import codebook_stats, evaluate
 from ..data.datasets import create_dataset, make_loader
 from ..files import reading
-from ..record.rundir import atomic_write_text
+from ..record.storage import atomic_write_text
 from ..train.config import RunConfig
 from ..train.loop import run as run_pwfn
 from .compare import compare

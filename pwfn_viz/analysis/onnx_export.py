@@ -211,7 +211,7 @@ def export_onnx(run_or_path, out_path, round_index: int = -1, model: nn.Module |
     onnx.checker.check_model(proto)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from ..record.rundir import atomic_write_bytes
+    from ..record.storage import atomic_write_bytes
     atomic_write_bytes(out, proto.SerializeToString())
     shapes = {n: tuple(w.shape) for n, w in weights.items()}
     left = [n for n in weights if n not in names]

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import FileError, read_bytes, reading, sha256_bytes
-from .rundir import check_snapshot, load_safetensors, read_csv, round_file
+from .rundir import round_file
+from .storage import check_snapshot, load_safetensors, read_csv
 from .schema import read_meta
 
 

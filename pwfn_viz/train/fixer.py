@@ -45,10 +45,10 @@ from ..core.metrics import codebook_stats, layer_table
 from ..core.sigma_learning import describe as describe_learning
 from ..core.sigma_learning import overall as sigma_overall
 from ..core.sigma_learning import sigma_learning_table, verdict, verdict_line
-from ..record.rundir import (FORMAT_VERSION, Run, atomic_append_csv, atomic_save_tensors, atomic_write_text,
-                             check_tensors, load_run, load_tensors, metric_label, read_csv, round_file,
-                             snapshot_tensors, state_dict_from_snapshot)
-from ..record.schema import read_meta
+from ..record.rundir import Run, load_run, metric_label, round_file
+from ..record.schema import FORMAT_VERSION, read_meta
+from ..record.storage import (atomic_append_csv, atomic_save_tensors, atomic_write_text, check_tensors, load_tensors,
+                              read_csv, snapshot_tensors, state_dict_from_snapshot)
 from ..record import strict_json
 from ..record.writer import LOCK_NAME, RunLock, clear_leftovers, is_fresh, make_writable_dir
 from . import distributed
