@@ -227,3 +227,10 @@ def test_readme_your_own_model_runs_as_written(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     run = namespace["run"]
     assert run.complete and len(run.rounds) == len(pwfn_viz.PAPER_FRACTIONS)
+
+
+def test_round_record_doctests():
+    import doctest
+
+    from pwfn_viz.train import round_record
+    assert doctest.testmod(round_record).failed == 0

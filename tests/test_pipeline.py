@@ -96,14 +96,14 @@ def _assert_same_rounds(a_run, b_run):
 
 def test_resume_in_process_equals_uninterrupted(quick_run, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
-    write_round = fixer._write_round
+    write_round = fixer.write_round
 
     def write_then_stop(out_dir, r, *args):
         write_round(out_dir, r, *args)
         if r == 0:
             raise _Stopped
 
-    monkeypatch.setattr(fixer, "_write_round", write_then_stop)
+    monkeypatch.setattr(fixer, "write_round", write_then_stop)
     with pytest.raises(_Stopped):
         pwfn_viz.run(RunConfig(**FAST), out, progress=False, verbose=False)
     monkeypatch.undo()
@@ -122,7 +122,7 @@ def test_resume_in_process_equals_uninterrupted(quick_run, tmp_path, monkeypatch
 KILL_SCRIPT = """
 import json, os, sys
 import pwfn_viz
-from pwfn_viz.train import fixer, loop
+from pwfn_viz.train import fixer, loop, round_record
 
 out, config, k = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[4])
 point, _, step = sys.argv[3].partition("@")
@@ -153,16 +153,16 @@ if point == "train":        # in round k's training, before its optimiser step n
             loop.optimizer_step = optimizer_step
     loop.train_steps = train_round
 elif point == "tensors":    # round k's tensors saved, its table rows and run.json not yet
-    fixer.atomic_save_tensors = after(fixer.atomic_save_tensors,
+    round_record.atomic_save_tensors = after(round_record.atomic_save_tensors,
                                       lambda path, *a, **kw: path.name == fixer.round_file(k))
 elif point == "steps":      # round k's rows appended to steps.csv, layers.csv and run.json not yet
-    fixer.atomic_append_csv = after(fixer.atomic_append_csv,
+    round_record.atomic_append_csv = after(round_record.atomic_append_csv,
                                     lambda path, frame: path.name == "steps.csv" and (frame["round"] == k).all())
 elif point == "tables":     # round k's rows appended to steps.csv and layers.csv, run.json not yet
-    fixer.atomic_append_csv = after(fixer.atomic_append_csv,
+    round_record.atomic_append_csv = after(round_record.atomic_append_csv,
                                     lambda path, frame: path.name == "layers.csv" and (frame["round"] == k).all())
 elif point == "committed":  # round k committed (run.json written), round k + 1 not begun
-    fixer._write_round = after(fixer._write_round, lambda out_dir, r, *a: r == k)
+    fixer.write_round = after(fixer.write_round, lambda out_dir, r, *a: r == k)
 else:
     raise ValueError(point)
 pwfn_viz.run(pwfn_viz.RunConfig.from_dict(config), out, progress=False, verbose=False)

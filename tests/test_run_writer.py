@@ -30,7 +30,7 @@ TINY = dict(model="digits_mlp", pretrain_epochs=0, first_round_steps=2, steps_pe
 FIXER_SCRIPT = """
 import os, sys, torch, torch.nn as nn
 import pwfn_viz
-from pwfn_viz.train import fixer
+from pwfn_viz.train import fixer, round_record
 
 torch.set_num_threads(1)
 out, point, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -61,18 +61,18 @@ if point == "start_tensors":         # the very first write: start.safetensors, 
 elif point == "start_tmp":
     kill_at_rename("start.safetensors", 1)
 elif point == "tensors":             # round k's tensors saved
-    fixer.atomic_save_tensors = after(fixer.atomic_save_tensors,
+    round_record.atomic_save_tensors = after(round_record.atomic_save_tensors,
                                       lambda path, *a, **kw: path.name == fixer.round_file(k))
 elif point == "steps":               # ... and its rows of steps.csv
-    fixer.atomic_append_csv = after(fixer.atomic_append_csv, rows_of("steps.csv"))
+    round_record.atomic_append_csv = after(round_record.atomic_append_csv, rows_of("steps.csv"))
 elif point == "layers":              # ... and of layers.csv: everything but run.json
-    fixer.atomic_append_csv = after(fixer.atomic_append_csv, rows_of("layers.csv"))
+    round_record.atomic_append_csv = after(round_record.atomic_append_csv, rows_of("layers.csv"))
 elif point == "layers_tmp":          # in the middle of rewriting layers.csv
     kill_at_rename("layers.csv", k + 1)
 elif point == "runjson_tmp":         # run.json's temporary written, not renamed
     kill_at_rename("run.json", k + 2)
 elif point == "committed":           # round k committed
-    fixer._write_round = after(fixer._write_round, lambda out_dir, r, *a: r == k)
+    fixer.write_round = after(fixer.write_round, lambda out_dir, r, *a: r == k)
 elif point == "reopen_tmp":          # a resume killed while it drops uncommitted rows from steps.csv
     kill_at_rename("steps.csv", 1)
 elif point != "none":
@@ -151,10 +151,10 @@ def test_kill_while_resume_drops_uncommitted_rows(fixer_script, uninterrupted, t
 PAUSED_SCRIPT = """
 import json, os, sys, time
 import pwfn_viz
-from pwfn_viz.train import fixer
+from pwfn_viz.train import fixer, round_record
 
 out, go, ready, config = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-save = fixer.atomic_save_tensors
+save = round_record.atomic_save_tensors
 def save_then_wait(path, *args, **kwargs):
     result = save(path, *args, **kwargs)
     if path.name == fixer.round_file(0):
@@ -164,7 +164,7 @@ def save_then_wait(path, *args, **kwargs):
             time.sleep(0.05)
         os.unlink(path.parent / ".steps.csv.live.tmp")
     return result
-fixer.atomic_save_tensors = save_then_wait
+round_record.atomic_save_tensors = save_then_wait
 pwfn_viz.run(pwfn_viz.RunConfig.from_dict(config), out, progress=False, verbose=False)
 """
 
@@ -227,13 +227,13 @@ def test_stale_lock_of_a_killed_writer(tmp_path):
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
 def test_lock_released_on_every_exit(tmp_path, monkeypatch, stop):
     out = tmp_path / "run"
-    write_round = fixer._write_round
+    write_round = fixer.write_round
 
     def write_then_stop(*args):
         write_round(*args)
         raise stop("stopped")
 
-    monkeypatch.setattr(fixer, "_write_round", write_then_stop)
+    monkeypatch.setattr(fixer, "write_round", write_then_stop)
     with pytest.raises(stop):
         pwfn_viz.run(RunConfig(**TINY), out, progress=False, verbose=False)
     assert not writer._HELD and not writer.read_holder(out)
@@ -293,13 +293,13 @@ def test_killed_before_first_record_restarts_cleanly(tmp_path, capsys):
 def test_resume_honours_runtime_options_and_refuses_the_others(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     full = pwfn_viz.run(RunConfig(**TINY), tmp_path / "full", progress=False, verbose=False)
-    write_round = fixer._write_round
+    write_round = fixer.write_round
 
     def write_then_stop(out_dir, r, *args):
         write_round(out_dir, r, *args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fixer, "_write_round", write_then_stop)
+    monkeypatch.setattr(fixer, "write_round", write_then_stop)
     with pytest.raises(KeyboardInterrupt):
         pwfn_viz.run(RunConfig(**TINY), out, progress=False, verbose=False)
     monkeypatch.undo()

@@ -27,101 +27,31 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import numbers
 import platform
 import time
 import weakref
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from ..core import bayes
-from ..core.metrics import codebook_stats, layer_table
+from ..core.metrics import codebook_stats
 from ..core.sigma_learning import describe as describe_learning
 from ..core.sigma_learning import overall as sigma_overall
 from ..core.sigma_learning import sigma_learning_table, verdict, verdict_line
 from ..record.rundir import Run, load_run, metric_label, round_file
 from ..record.schema import FORMAT_VERSION, read_meta
-from ..record.storage import (atomic_append_csv, atomic_save_tensors, atomic_write_text, check_tensors, load_tensors,
+from ..record.storage import (atomic_save_tensors, atomic_write_text, check_tensors, load_tensors,
                               read_csv, snapshot_tensors, state_dict_from_snapshot)
 from ..record import strict_json
 from ..record.writer import LOCK_NAME, RunLock, clear_leftovers, is_fresh, make_writable_dir
 from . import distributed
+from .round_record import (RUNTIME_FIELDS, RunLog, as_number, format_round, guess_higher_is_better, number_text,
+                           package_versions, write_round)
 from . import semantics as training_semantics
 from .config import METHODS, OPTIMIZERS, RunConfig
-
-# Metric names whose lower values are better (any other name is taken as higher-is-better only
-# when it looks like an accuracy; otherwise Fixer asks for higher_is_better).
-LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "error", "err", "ece", "wer", "cer")
-HIGHER_IS_BETTER = ("top1", "top5", "acc", "accuracy", "f1", "auc", "r2", "psnr", "bleu", "iou", "map")
-# RunConfig fields that say where and how fast a run computes, not what it computes: a resume may
-# change them (another machine, the same data at another path); the record keeps the original's.
-RUNTIME_FIELDS = ("device", "threads", "data_root")
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("pwfn_viz", "torch", "timm", "numpy", "safetensors"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _number(value: float) -> str:
-    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4g}"
-
-
-def format_round(m: dict, primary: str = "top1") -> str:
-    """The first log line of a round: fraction fixed, the primary metric before -> after, codebook."""
-    before, after = m[f"{primary}_before"], m[f"{primary}_after"]
-    width = 6 if primary in ("top1", "top5") else 0
-    return (f"round {m['round']:2d} | fixed {m['fraction']:6.1%} | {metric_label(primary)} "
-            f"{_number(before):>{width}} -> {_number(after):>{width}} | unique {m['unique']:4d} "
-            f"({m['unique_nonzero']:4d} w/o 0) | entropy {m['entropy']:.2f} bits ({m['entropy_nonzero']:.2f} w/o 0)")
-
-
-class _Log:
-    """Prints a line and appends it to the run's log.txt."""
-
-    def __init__(self, path: Path, echo: bool):
-        self.path, self.echo = path, echo
-
-    def __call__(self, line: str):
-        if self.echo:
-            tqdm.write(line)
-        with open(self.path, "a") as f:
-            f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}\n")
-
-
-def _write_round(out: Path, r: int, model: nn.Module, pre: dict, steps: pd.DataFrame, learning: pd.DataFrame,
-                 meta: dict) -> None:
-    """Round ``r``'s record: its tensors, then its rows of steps.csv and layers.csv (the layer
-    table with the per-layer sigma diagnostic ``learning``), then run.json last (the commit point
-    for resuming: a round is recorded once run.json lists it), with the sha256 of each file."""
-    sums = meta.setdefault("checksums", {})
-    sums[round_file(r)] = atomic_save_tensors(out / round_file(r), snapshot_tensors(model, pre))
-    sums["steps.csv"] = atomic_append_csv(out / "steps.csv", steps)
-    per_layer = learning[learning["layer"] != "all"].rename(columns={"layer": "name"})
-    sums["layers.csv"] = atomic_append_csv(out / "layers.csv", layer_table(model).merge(per_layer, on="name", how="left")
-                                           .assign(round=r))
-    atomic_write_text(out / "run.json", strict_json.dumps(meta, indent=1))
-
-
-def _guess_higher_is_better(primary: str) -> bool:
-    name = primary.lower()
-    if name in LOWER_IS_BETTER or name.endswith(("loss", "error", "mse", "mae")):
-        return False
-    if name in HIGHER_IS_BETTER or "acc" in name or name.startswith("top"):
-        return True
-    raise ValueError(f"is a higher {primary!r} better? Pass higher_is_better=True or False to Fixer")
-
 
 class Fixer:
     """Weight fixing in rounds around your own training loop; see the module docstring.
@@ -162,7 +92,7 @@ class Fixer:
         except BaseException:
             self.close()
             raise
-        self.log = _Log(self.out / "log.txt", verbose) if self.info.is_main else (lambda line: None)
+        self.log = RunLog(self.out / "log.txt", verbose) if self.info.is_main else (lambda line: None)
         self.log(self._start_line() if self._new else
                  f"resuming {self.out} after round {self.meta['rounds'][-1]['round'] if self.meta['rounds'] else '(none)'}")
         if note:
@@ -213,7 +143,7 @@ class Fixer:
         self.primary = primary or ("top1" if "top1" in baseline else next(iter(baseline)))
         if self.primary not in baseline:
             raise ValueError(f"primary={self.primary!r} is not among the metrics evaluate returns: {sorted(baseline)}")
-        self.higher_is_better = _guess_higher_is_better(self.primary) if higher_is_better is None else bool(higher_is_better)
+        self.higher_is_better = guess_higher_is_better(self.primary) if higher_is_better is None else bool(higher_is_better)
         n_params = sum(p.numel() for p in model.parameters())
         bayes.convert(model, config.sigma_init, **({"value": config.sigma_init_value}
                                                    if config.sigma_init == "constant" else {}))
@@ -224,7 +154,7 @@ class Fixer:
         self.meta = {"format_version": FORMAT_VERSION, "status": "running", "config": config.to_dict(),
                      "model_spec": model_spec or {"name": None, "class": f"{type(model).__module__}.{type(model).__qualname__}"},
                      "primary_metric": self.primary, "higher_is_better": self.higher_is_better,
-                     "versions": _versions(), "device": str(device),
+                     "versions": package_versions(), "device": str(device),
                      "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                      "world_size": info.world_size, "seed": config.seed,
                      "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -282,7 +212,7 @@ class Fixer:
         world = f" x {self.info.world_size}" if self.info.enabled else ""
         return (f"{what} ({m['device'].split(':')[0] if not self.info.enabled else m['device']}{world}): "
                 f"{m['n_converted']:,} converted weights; unquantised "
-                + ", ".join(f"{metric_label(k)} {_number(m['baseline'][k])}" for k in shown))
+                + ", ".join(f"{metric_label(k)} {number_text(m['baseline'][k])}" for k in shown))
 
     # ------------------------------------------------------------------ what the training loop uses
     @property
@@ -333,7 +263,7 @@ class Fixer:
         if self.round or "warmup" in self.meta:
             raise ValueError("the warm-up comes before round 0, once: this run has already "
                              + ("fixed a round" if self.round else "recorded its warm-up"))
-        metrics = {**self._measure(expected=self.meta["baseline"]), **{k: _as_number(v, k) for k, v in record.items()},
+        metrics = {**self._measure(expected=self.meta["baseline"]), **{k: as_number(v, k) for k, v in record.items()},
                    "seconds": round(time.time() - self._t0, 3)}
         if self.info.is_main:
             self.meta["checksums"]["warmup.safetensors"] = atomic_save_tensors(self.out / "warmup.safetensors",
@@ -341,7 +271,7 @@ class Fixer:
         self.meta["warmup"] = metrics
         if self.info.is_main:
             atomic_write_text(self.out / "run.json", strict_json.dumps(self.meta, indent=1))
-        shown = ", ".join(f"{metric_label(k)} {_number(v)}" for k, v in metrics.items() if k != "seconds")
+        shown = ", ".join(f"{metric_label(k)} {number_text(v)}" for k, v in metrics.items() if k != "seconds")
         self.log(f"warm-up: {shown}")
         self._seed_round()
         return metrics
@@ -394,7 +324,7 @@ class Fixer:
         for k in before:
             measured[f"{k}_before"], measured[f"{k}_after"] = before[k], after[k]
         metrics = {"round": r, "fraction": fraction, "n_fixed": int(new_fixed.sum()), **measured,
-                   **{k: _as_number(v, k) for k, v in record.items()}, **codebook_stats(new_mu),
+                   **{k: as_number(v, k) for k, v in record.items()}, **codebook_stats(new_mu),
                    "n_centres": len(result.centres) if main else None,
                    "n_steps": len(result.steps) if main else None, "seconds": round(time.time() - t0, 3),
                    **sigma_overall(learning)}
@@ -404,7 +334,7 @@ class Fixer:
         if r == len(self.config.fractions) - 1:
             self.meta["status"] = "complete"
         if main:
-            _write_round(self.out, r, model, pre, result.steps, learning, self.meta)
+            write_round(self.out, r, model, pre, result.steps, learning, self.meta)
         self.log(format_round(metrics, self.primary))
         self.log(f"         {describe_learning(metrics, learning)}")
         if self.meta["status"] == "complete":
@@ -425,7 +355,7 @@ class Fixer:
         if not isinstance(got, dict) or not got or not all(isinstance(k, str) for k in got):
             raise ValueError(f"evaluate(model) returned {type(got).__name__} {got!r:.80}; it must return a "
                              "non-empty dict of numbers by name, e.g. {'top1': 97.2} or {'mse': 0.013}")
-        got = {k: _as_number(v, k) for k, v in got.items()}
+        got = {k: as_number(v, k) for k, v in got.items()}
         if expected is not None and set(got) != set(expected):
             raise ValueError(f"evaluate(model) returned {sorted(got)}, at the start {sorted(expected)}: "
                              "return the same metrics every time")
@@ -443,7 +373,7 @@ class Fixer:
     def _log_end(self) -> None:
         meta, p = self.meta, self.primary
         final = meta["rounds"][-1]
-        self.log(f"done: {metric_label(p)} {_number(meta['baseline'][p])} unquantised -> {_number(final[f'{p}_after'])} "
+        self.log(f"done: {metric_label(p)} {number_text(meta['baseline'][p])} unquantised -> {number_text(final[f'{p}_after'])} "
                  f"with {final['unique']} unique values ({final['entropy_nonzero']:.2f} bits w/o 0); record in {self.out}")
         if self.config.preset:
             from .presets import published_lines
@@ -452,13 +382,3 @@ class Fixer:
         told = verdict(meta["rounds"])
         if told is not None:
             self.log(("" if told["learned"] else "WARNING: ") + verdict_line(told))
-
-
-def _as_number(value, name: str) -> float:
-    """A plain Python number from a metric value (int, float, numpy or 0-d tensor)."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"metric {name!r} is {type(value).__name__} {value!r:.60}; evaluate must return numbers "
-                         "(int, float, or a one-element tensor)")
-    return value if type(value) in (int, float) else float(value)

@@ -47,7 +47,8 @@ from ..record.schema import read_meta
 from . import distributed
 from . import semantics as training_semantics
 from .config import OPTIMIZERS, RunConfig
-from .fixer import RUNTIME_FIELDS, Fixer
+from .fixer import Fixer
+from .round_record import RUNTIME_FIELDS
 
 
 def train_steps(model: nn.Module, loader, epochs: float, *, lr: float, momentum: float, weight_decay: float,
