@@ -11,8 +11,9 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from pwfn_viz.data.cifar import _NumpyOnlyUnpickler, load_numpy_pickle
 from pwfn_viz.data.datasets import (CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD,
-                           _NumpyOnlyUnpickler, create_dataset, list_datasets, load_numpy_pickle, make_loader)
+                                    create_dataset, list_datasets, make_loader)
 
 
 @pytest.fixture(scope="module")
