@@ -321,8 +321,11 @@ def _check_dashboard_selection_is_linked(page):
     weight views too (their sigma against mu and position panels draw again)."""
     from playwright.sync_api import expect
     root = _widget(page, ".pwfn-dashboard")
+    panel = root.locator(".pwfn-panel-sigma-mu").first
+    panel.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
     before = _state(root)
-    box = root.locator(".pwfn-panel-sigma-mu").first.locator("canvas").last.bounding_box()
+    box = panel.locator("canvas").last.bounding_box()
     t0 = page.bench.now(page)
     # from the top left of the axes (large sigma, small mu: empty, so the press picks nothing)
     page.mouse.move(box["x"] + 0.2 * box["width"], box["y"] + 0.3 * box["height"])

@@ -70,6 +70,20 @@ def test_delta_slider_assignment_equals_the_hand_computation():
     assert bytes(drawn.image.value).startswith(b"\x89PNG")
 
 
+def test_teaching_widgets_leave_a_picture_and_a_line_for_readers_without_a_kernel():
+    import base64
+    drawn = DeltaExplorer(MU, SIGMA, CENTRES, delta=2.0)
+    data = drawn._repr_mimebundle_()
+    data = data[0] if isinstance(data, tuple) else data
+    assert base64.b64decode(data["image/png"]) == bytes(drawn.image.value)     # the picture the slider shows
+    assert data["text/plain"] == "DeltaExplorer: delta = 2 (run the notebook to drag it)"
+    assert "application/vnd.jupyter.widget-view+json" in data
+    answer = reveal(lambda: 42, label="Show the solution")
+    data = answer._repr_mimebundle_()
+    data = data[0] if isinstance(data, tuple) else data
+    assert data["text/plain"] == "Show the solution: hidden until you run the notebook and click"
+
+
 def test_delta_plot_draws_each_weight_its_band_and_centre():
     fig = plot_delta_assignment(torch.tensor(MU), torch.tensor(SIGMA), CENTRES, 1.0)
     ax = fig.axes[0]

@@ -65,6 +65,13 @@ class Answer(widgets.VBox):
     def toggle(self) -> "Answer":
         return self.hide() if self.shown else self.reveal()
 
+    def _repr_mimebundle_(self, **kwargs):
+        """The live button, and for a reader without a kernel a line saying what it hides."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        data["text/plain"] = f"{self._label}: hidden until you run the notebook and click"
+        return bundle
+
 
 def reveal(solution: Callable[[], object], label: str = "Show the answer") -> Answer:
     """An :class:`Answer` for ``solution`` (a function of no arguments), hidden until asked."""
@@ -110,3 +117,14 @@ class DeltaExplorer(widgets.VBox):
                               f"centres used: {', '.join(f'{c:g}' for c in used) or 'none'}")
         if self._draw:
             self.image.value = _png(plot_delta_assignment(self.mu, self.sigma, self.centres, d, labels=self.labels))
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The live slider and picture, and the picture itself (image/png) for a reader without
+        the widget manager (GitHub, a notebook opened without a kernel)."""
+        import base64
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        data["text/plain"] = f"DeltaExplorer: delta = {self.delta.value:g} (run the notebook to drag it)"
+        if self.image.value:
+            data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        return bundle
