@@ -35,6 +35,8 @@ notebooks: $(VENV)/.installed
 # The committed notebooks hold their outputs (figures, tables, and the widgets' state, which holds
 # each live figure's last image), so that GitHub, nbviewer and a JupyterLab without a kernel show
 # them: run this after `make notebooks` when a notebook or what it shows changed (a few minutes).
+# A widget's output carries a PNG of its view and each of its canvases the image of its own size
+# (pwfn_viz/widgets/_common.py); tests/test_browser_saved.py checks what a reader sees without a kernel.
 notebooks-outputs: $(VENV)/.installed
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 \
 		--ExecutePreprocessor.store_widget_state=True --ExecutePreprocessor.record_timing=False $(NOTEBOOKS)

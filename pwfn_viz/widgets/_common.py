@@ -1,5 +1,6 @@
 """What every widget shares: loading a run without a traceback, messages, a busy indicator,
-wrapping rows, figures rendered to PNG bytes (static exports), and the run's test loader.
+wrapping rows, figures rendered to PNG bytes (static exports), the images that stand in for a
+widget where it cannot run (a saved notebook opened without a kernel), and the run's test loader.
 
 The base class :class:`Explorer` is an ``ipywidgets.VBox``: a message line on top, the widget's own
 controls (with the busy indicator beside them), then its live panels. Subclasses do their work inside
@@ -106,19 +107,73 @@ def threads_for(run: Run | None) -> int | None:
     return 1 if n < SMALL else None
 
 
+# What a reader without a running widget sees: per panel, a PNG of exactly the size of its live
+# canvas (the canvas draws its saved image 1:1), and, for the whole view, those PNGs in wrapping
+# rows no wider than VIEW_WIDTH pixels (about a notebook's output width, so that the image is shown
+# at its own size: text as legible as in the live widget). A plot has few colours besides its
+# antialiasing: a 256-colour palette PNG looks the same as the full-colour one at under half the bytes.
+VIEW_WIDTH = 1000
+PALETTE_COLOURS = 256
+_GAP = 8             # pixels between the panels of the view image
+
+
+def _palette_png(image) -> bytes:
+    """``image`` (PIL) as an optimised palette PNG."""
+    from PIL import Image
+    buf = io.BytesIO()
+    image.convert("RGB").quantize(PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT).save(buf, "png", optimize=True)
+    return buf.getvalue()
+
+
+def panel_image(panel):
+    """The panel as its canvas shows it now (PIL image, RGB): drawn onto a new figure of its size
+    and resolution, animated artists included."""
+    from PIL import Image
+    dpi = panel.fig.dpi
+    fig = Figure(figsize=panel.fig.get_size_inches(), dpi=dpi, layout="constrained")
+    panel.copy_onto(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    return Image.open(buf).convert("RGB")
+
+
+def view_image(images, max_width: int = VIEW_WIDTH):
+    """``images`` (PIL) side by side in rows no wider than ``max_width`` (an image wider than that
+    gets a row of its own), as the widget's rows wrap in a narrow window."""
+    from PIL import Image
+    rows, row = [], []
+    for image in images:
+        if row and sum(i.width + _GAP for i in row) + image.width > max_width:
+            rows.append(row)
+            row = []
+        row.append(image)
+    rows.append(row)
+    width = max(sum(i.width for i in r) + _GAP * (len(r) - 1) for r in rows)
+    height = sum(max(i.height for i in r) for r in rows) + _GAP * (len(rows) - 1)
+    view = Image.new("RGB", (width, height), "white")
+    y = 0
+    for r in rows:
+        x = 0
+        for image in r:
+            view.paste(image, (x, y))
+            x += image.width + _GAP
+        y += max(i.height for i in r) + _GAP
+    return view
+
+
 def static_images(panels) -> dict:
-    """Base64 PNGs of ``panels`` as shown now: {"view": all of them side by side, "panels": one
-    per panel that has drawn something, in order}."""
+    """Base64 palette PNGs of ``panels`` as shown now: {"view": the panels that have drawn
+    something, in wrapping rows (:func:`view_image`), "panels": one per such panel, in order, each
+    the size of its live canvas}. Raises ValueError when no panel has drawn anything."""
     import base64
-    import tempfile
-    from ._live import save_panels
     shown = [p for p in panels if p is not None and p.data is not None]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = {}
-        for key, group in [("view", shown)] + [(i, [p]) for i, p in enumerate(shown)]:
-            path = save_panels(group, Path(tmp) / f"{key}.png")
-            out[key] = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return {"view": out["view"], "panels": [out[i] for i in range(len(shown))]}
+    if not shown:
+        raise ValueError("nothing is shown yet: there is no view to render")
+    images = [panel_image(p) for p in shown]
+
+    def encode(image) -> str:
+        return base64.b64encode(_palette_png(image)).decode("ascii")
+    return {"view": encode(view_image(images)), "panels": [encode(i) for i in images]}
 
 
 def layer_options(run: Run, allow_all: bool = True) -> list:
@@ -193,18 +248,27 @@ class Explorer(widgets.VBox):
         return save_panels(self.panels, path, self.__class__.__name__ if title is None else title)
 
     def _repr_mimebundle_(self, **kwargs):
-        """The live widget, plus what shows where it cannot run: a PNG of the current view (GitHub,
-        nbviewer, any reader without the widget manager) and each canvas's image in its saved state
-        (a notebook reopened without its kernel draws the canvases from it)."""
+        """The live widget, plus what shows where it cannot run: a PNG of the current view (the
+        output's image/png: GitHub, a JupyterLab that has not trusted the notebook, any reader
+        without the widget manager) and each canvas's image and size in its saved state (the
+        widget drawn from the notebook's saved state, e.g. by nbviewer, shows it; without a size
+        a saved canvas is 0 x 0 pixels)."""
         bundle = super()._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        # instead of ipywidgets' repr of every child: what a reader without images sees
+        data["text/plain"] = f"{type(self).__name__}: {self.message_text or 'a live view'} (run the notebook to use it)"
+        shown = [p for p in self.panels if p is not None and p.data is not None]
         try:
-            images = static_images(self.panels)
+            images = static_images(shown)
         except Exception:   # nothing drawn yet, or a panel that cannot draw: the live widget alone
             return bundle
-        for panel, encoded in zip([p for p in self.panels if p is not None and p.data is not None], images["panels"]):
-            if getattr(panel, "canvas", None) is not None and hasattr(panel.canvas, "_data_url"):
-                panel.canvas._data_url = "data:image/png;base64," + encoded
-        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        for panel, encoded in zip(shown, images["panels"]):
+            canvas = getattr(panel, "canvas", None)
+            if canvas is not None and hasattr(canvas, "_data_url"):
+                ratio = getattr(canvas, "device_pixel_ratio", 1) or 1   # as ipympl sizes a canvas
+                width, height = panel.fig.bbox.size
+                canvas._size = (round(width / ratio), round(height / ratio))
+                canvas._data_url = "data:image/png;base64," + encoded
         data["image/png"] = images["view"]
         return bundle
 
