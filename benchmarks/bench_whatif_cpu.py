@@ -1,9 +1,13 @@
 """Benchmark: one WhatIf update on the CPU at about a million weights.
 
-An update of :class:`pwfn_viz.widgets.WhatIf` is :func:`pwfn_viz.widgets.whatif_snap`
-(``cluster_round`` over the flat pre-snap mu and sigma, then ``codebook_stats`` of the snapped
-values); the accuracy after the snap (:func:`pwfn_viz.widgets.snapped_accuracy`: load the values
-into the network, evaluate the test split) is timed separately. The weights are synthetic: a
+An update of :class:`pwfn_viz.widgets.WhatIf` is :func:`pwfn_viz.widgets.whatif_snap` from the
+round's inputs sorted once (``SortedInputs``: ``cluster_sorted``, then the codebook counted from
+the centres); the "plain s" column times the plain calls it replaces (``cluster_round`` with the
+order, then ``codebook_stats`` of the snapped values), whose results it equals. The accuracy after
+the snap is timed separately, as the widget computes it (``PlainNetwork.accuracy``: the snapped
+values copied into the plain network, the test batches read once) and as the plain calls do
+(:func:`pwfn_viz.widgets.snapped_accuracy`: ``load_flat_state`` into the converted network,
+``evaluate`` over the loader); the widget runs it while the panels draw. The weights are synthetic: a
 digits CNN widened to 136 channels (1,011,274 converted weights) at its random initialisation,
 converted with the paper's sigma init. Two inputs:
 
@@ -30,11 +34,13 @@ import torch
 
 from pwfn_viz.core.bayes import convert, flat_state
 from pwfn_viz.core.clustering import ClusterConfig, cluster_round, mu_order
+from pwfn_viz.core.clustering_cpu import SortedInputs, cluster_sorted
 from pwfn_viz.data.datasets import create_dataset, make_loader
-from pwfn_viz.core.metrics import codebook_stats
+from pwfn_viz.core.metrics import counted_codebook_stats
 from pwfn_viz.models.factory import create_model
 from pwfn_viz.widgets import snapped_accuracy, whatif_snap
 from pwfn_viz.widgets._common import torch_threads
+from pwfn_viz.widgets._whatif_data import PlainNetwork, snapped_value_counts
 
 TARGET_S = 0.5
 WIDTH = 136   # digits_cnn(width=136): 1,011,274 converted weights
@@ -79,7 +85,7 @@ def main(argv=None) -> int:
     print(f"WhatIf update on CPU: N = {n:,} weights, {os.cpu_count()} cores, torch default threads "
           f"{default_threads}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(f"{'input':6} {'fraction':>8} {'threads':>7} {'median s':>9} {'min s':>7} {'cpu s':>6} {'cluster s':>9} "
-          f"{'stats s':>7}  unique  < {TARGET_S} s")
+          f"{'stats s':>7} {'plain s':>7}  unique  < {TARGET_S} s")
     verdicts = []
     for name, (m, s) in inputs.items():
         for fraction in args.fractions:
@@ -87,26 +93,31 @@ def main(argv=None) -> int:
                 continue
             for t in threads:
                 cpu = []
-                with torch_threads(t):   # the widget sorts its mu once and reuses the order
-                    order = mu_order(m)
-                    total = _time(lambda: whatif_snap(m, s, fraction, config, order=order), args.repeats, cpu)
-                    parts = _time(lambda: cluster_round(m, s, fraction, config=config, order=order), 1)
-                    result, stats = whatif_snap(m, s, fraction, config, order=order)
-                    stats_t = _time(lambda: codebook_stats(result.mu), 1)
+                with torch_threads(t):   # the widget sorts its mu once and reuses it
+                    inputs, order = SortedInputs.of(m, s), mu_order(m)
+                    total = _time(lambda: whatif_snap(m, s, fraction, config, inputs=inputs), args.repeats, cpu)
+                    parts = _time(lambda: cluster_sorted(inputs, fraction, config), 1)
+                    result, stats = whatif_snap(m, s, fraction, config, inputs=inputs)
+                    stats_t = _time(lambda: counted_codebook_stats(*snapped_value_counts(inputs, result)), 1)
+                    plain = _time(lambda: whatif_snap(m, s, fraction, config, order=order), 1)
                 med = statistics.median(total)
                 ok = med < TARGET_S
                 verdicts.append((name, fraction, t, med, ok))
                 print(f"{name:6} {fraction:8.2f} {t:7d} {med:9.3f} {min(total):7.3f} {statistics.median(cpu):6.3f} "
-                      f"{parts[0]:9.3f} {stats_t[0]:7.3f}  {stats['unique']:6d}  {'yes' if ok else 'NO'}")
+                      f"{parts[0]:9.3f} {stats_t[0]:7.3f} {plain[0]:7.3f}  {stats['unique']:6d}  "
+                      f"{'yes' if ok else 'NO'}")
 
     data = create_dataset("digits")
     loader = make_loader(data.test, 512)
     result, _ = whatif_snap(mu, sigma, 0.9, config)
+    network = PlainNetwork(synthetic_model(), loader)   # the same weights: a network of its own, made plain
     for t in threads:
         with torch_threads(t):
-            acc_t = _time(lambda: snapped_accuracy(model, result, loader), args.repeats)
-        print(f"accuracy after the snap (load_flat_state + evaluate on {len(data.test)} digits test images), "
-              f"threads {t}: median {statistics.median(acc_t):.3f} s, min {min(acc_t):.3f} s")
+            acc_t = _time(lambda: network.accuracy(result), args.repeats)
+            plain_t = _time(lambda: snapped_accuracy(model, result, loader), args.repeats)
+        print(f"accuracy after the snap ({len(data.test)} digits test images), threads {t}: the widget's "
+              f"PlainNetwork median {statistics.median(acc_t):.3f} s (min {min(acc_t):.3f}); load_flat_state + "
+              f"evaluate median {statistics.median(plain_t):.3f} s (min {min(plain_t):.3f})")
     worst = max(verdicts, key=lambda v: v[3])
     slowest = {t: max(v[3] for v in verdicts if v[2] == t) for t in threads}
     print("slowest update per thread count: " + ", ".join(f"{t} thread(s) {s:.3f} s" for t, s in slowest.items()))

@@ -18,7 +18,8 @@ arranged so that the passes do the arithmetic and a step only counts and indexes
   dtype conversions are the torch path's); a sigma join outside the built-in ones still runs once
   per step, on that step's weights, as in the torch path;
 * the stable sort by mu is a plain (SIMD) sort of distinct int64 keys, several times faster than
-  a stable argsort.
+  a stable argsort; a caller that re-clusters the same mu and sigma (the WhatIf widget) sorts
+  once: :class:`SortedInputs`, :func:`cluster_sorted`.
 
 Every float computation that decides something (band ends, distances, the statistics) is the
 torch path's, in the same precision and order, so the results are identical (the tests hold it).
@@ -34,7 +35,7 @@ import pandas as pd
 import torch
 
 from .clustering_readable import (SIGMA_JOINS, STEP_COLUMNS, ClusterConfig, ClusterResult, candidate_centres,
-                                  doublings_until_fit, grow, join_divide, join_keep, join_std_mu)
+                                  doublings_until_fit, grow, join_divide, join_keep, join_std_mu, target_count)
 
 CHUNK = 1 << 16          # per-weight arithmetic of a pass runs in chunks: temporaries O(chunk), in cache
 MAX_GRID_TABLE = 1 << 20   # wider candidate sets (absurd outliers, a large b) use a binary search
@@ -275,14 +276,61 @@ def _by_step(per_step: torch.Tensor, assignment: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.take(table, assignment)).view(per_step.dtype)
 
 
+@dataclass
+class SortedInputs:
+    """A round's inputs in mu order: the detached ``mu`` and ``sigma``, their values in numpy (at
+    least float32), the stable order ``index`` and the sorted mu, all read-only, and the sorted
+    sigma floored, per floor. What a round does before its first pass, done once for every
+    re-clustering of the same mu and sigma (the WhatIf widget): :func:`cluster_sorted`."""
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    mu_values: np.ndarray
+    sigma_values: np.ndarray
+    index: np.ndarray
+    sorted_mu: np.ndarray
+    floored: dict
+
+    @classmethod
+    def of(cls, mu: torch.Tensor, sigma: torch.Tensor, order: torch.Tensor | None = None) -> SortedInputs:
+        """``mu`` and ``sigma`` (CPU tensors, checked by the caller) in mu order; ``order``: ``mu_order(mu)``
+        (checked by the caller), else sorted here."""
+        mu, sigma = mu.detach(), sigma.detach()
+        mu_values, sigma_values = _storage(mu), _storage(sigma)
+        index = stable_order(mu_values) if order is None else order.numpy().astype(np.int64)
+        arrays = mu_values, sigma_values, index, np.take(mu_values, index)
+        for array in arrays:
+            array.flags.writeable = False   # shared by every round: none may write to them
+        return cls(mu, sigma, *arrays, {})
+
+    def floored_sigma(self, floor: float) -> np.ndarray:
+        """The sorted sigma floored at ``floor``, as the torch path floors it (read-only)."""
+        if floor not in self.floored:
+            sorted_sigma = torch.from_numpy(np.take(self.sigma_values, self.index))
+            self.floored[floor] = sorted_sigma.clamp_(min=floor).numpy()
+            self.floored[floor].flags.writeable = False
+        return self.floored[floor]
+
+
+def cluster_sorted(inputs: SortedInputs, fraction: float, cfg: ClusterConfig, round_index: int = 0) -> ClusterResult:
+    """``cluster_round(mu, sigma, fraction, config=cfg, round_index=round_index, threads=None)`` for
+    ``inputs = SortedInputs.of(mu, sigma)``, CPU tensors that ``check_inputs`` accepted once: the
+    same result, bit for bit, without the checks of mu and sigma and the sort at every call."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction} must be in (0, 1]")
+    return _sorted_round(inputs, target_count(fraction, inputs.mu.numel()), cfg, round_index)
+
+
 def cpu_cluster_round(mu: torch.Tensor, sigma: torch.Tensor, n_target: int, cfg: ClusterConfig, round_index: int,
                       order: torch.Tensor | None) -> ClusterResult:
     """The round of ``cluster_round`` (inputs checked, detached, on the CPU; ``order`` checked)."""
+    return _sorted_round(SortedInputs.of(mu, sigma, order), n_target, cfg, round_index)
+
+
+def _sorted_round(inputs: SortedInputs, n_target: int, cfg: ClusterConfig, round_index: int) -> ClusterResult:
+    """The round, fixing ``n_target`` weights, from its inputs in mu order (never written to)."""
+    mu, sigma, sigma_values = inputs.mu, inputs.sigma, inputs.sigma_values
     n_weights = mu.numel()
-    mu_values, sigma_values = _storage(mu), _storage(sigma)
-    index = stable_order(mu_values) if order is None else order.numpy().astype(np.int64)
-    floored = torch.from_numpy(np.take(sigma_values, index)).clamp_(min=cfg.sigma_floor).numpy()   # as the torch path
-    weights = _Weights(index, np.take(mu_values, index), floored)
+    weights = _Weights(inputs.index, inputs.sorted_mu, inputs.floored_sigma(cfg.sigma_floor))
 
     assignment = np.full(n_weights, -1, np.int64)
     join = SIGMA_JOINS.get(cfg.sigma_join)

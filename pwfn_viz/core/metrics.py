@@ -62,7 +62,13 @@ def entropy_bits(values: torch.Tensor) -> float:
 def codebook_stats(values: torch.Tensor) -> dict:
     """Unique values and entropy in bits, with and without zero (WFN reported without).
     One ``torch.unique`` serves all four numbers."""
-    uniq, counts = torch.unique(values.detach().flatten(), return_counts=True)
+    return counted_codebook_stats(*torch.unique(values.detach().flatten(), return_counts=True))
+
+
+def counted_codebook_stats(uniq: torch.Tensor, counts: torch.Tensor) -> dict:
+    """:func:`codebook_stats` from the distinct values in ascending order and how many entries
+    hold each (int64), as ``torch.unique(values, return_counts=True)`` gives them: for a caller
+    that knows them without a sort of the values (the same numbers, bit for bit)."""
     nonzero = counts[uniq != 0]
     return {"unique": int(uniq.numel()), "unique_nonzero": int(nonzero.numel()),
             "entropy": _entropy(counts), "entropy_nonzero": _entropy(nonzero)}

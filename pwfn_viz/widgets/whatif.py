@@ -10,10 +10,15 @@ and (optionally) the test accuracy of the network with the snapped values loaded
     >>> w.delta.value = 2.0                                       # doctest: +SKIP
     >>> w.stats["unique"], w.stats["entropy"], w.stats["top1"]    # doctest: +SKIP
 
-The numbers come from two pure functions, also used by ``benchmarks/bench_whatif_cpu.py``:
+The numbers come from pure functions in :mod:`pwfn_viz.widgets._whatif_data`, also used by
+``benchmarks/bench_whatif_cpu.py``:
 
     >>> result, stats = whatif_snap(mu, sigma, 0.5, ClusterConfig(delta=2.0))   # doctest: +SKIP
     >>> snapped_accuracy(model, result, loader)                                # doctest: +SKIP
+
+An update re-clusters, counts the codebook and evaluates without repeating what depends only on
+the round (sorted once, converted once, the test split read once); the evaluation runs on its own
+thread while the panels draw. The numbers and pictures are those of the direct calls.
 """
 from __future__ import annotations
 
@@ -21,65 +26,27 @@ import dataclasses
 import time
 
 import ipywidgets as widgets
-import numpy as np
 import pandas as pd
 import torch
 
 from ..core.bayes import load_flat_state
-from ..core.clustering import ClusterConfig, ClusterResult, cluster_round, mu_order
-from ..core.metrics import codebook_stats, evaluate
+from ..core.clustering import ClusterConfig
+from ..core.clustering_cpu import SortedInputs
+from ..core.clustering_readable import check_inputs
+from ..kernels import use_triton
 from ..analysis.tables import value_counts
 from ._common import Explorer, as_run, incomplete_message, row, table_html, test_loader, torch_threads
-from ._data import SigmaMu, clamped_sigma, fixed_rounds, hover_info
+from ._data import fixed_rounds, hover_info
 from ._interact import Hover
 from ._live import Coalescer, Memo, from_frontend, redraw
 from ._panels import SigmaMuPanel
 from ._panels_codebook import Codebooks, ValueCountsPanel
+from ._whatif_data import (PlainNetwork, RoundArrays, clamp_fraction, fixed_value_counts, snapped_accuracy, started,
+                           whatif_snap, whatif_view)
 
 __all__ = ["WhatIf", "whatif_snap", "snapped_accuracy", "whatif_view", "clamp_fraction"]
 
 STAT_KEYS = ["n_fixed", "unique", "unique_nonzero", "entropy", "entropy_nonzero", "n_centres", "n_steps"]
-
-
-def whatif_snap(mu: torch.Tensor, sigma: torch.Tensor, fraction: float, config: ClusterConfig,
-                round_index: int = 0, order: torch.Tensor | None = None) -> tuple[ClusterResult, dict]:
-    """One re-clustering: ``cluster_round`` and the codebook of its snapped values
-    (``codebook_stats``) plus the number fixed, of centres and of greedy steps. ``order``:
-    ``mu_order(mu)``, computed once for a widget's mu (the round's sort, reused)."""
-    result = cluster_round(mu, sigma, fraction, config=config, round_index=round_index, order=order, threads=None)
-    stats = {"n_fixed": int(result.fixed_mask.sum()), **codebook_stats(result.mu),
-             "n_centres": len(result.centres), "n_steps": len(result.steps)}
-    return result, stats
-
-
-def snapped_accuracy(model: torch.nn.Module, result: ClusterResult, loader, device="cpu") -> dict:
-    """Load a re-clustered round into a converted ``model`` (in place) and evaluate it."""
-    load_flat_state(model, result.mu, result.sigma, result.fixed_mask)
-    return evaluate(model, loader, device)
-
-
-def clamp_fraction(fraction: float, already: float) -> tuple[float, str]:
-    """The fraction to re-cluster with and a note: a round cannot free weights an earlier round
-    fixed, so a fraction below ``already`` (the share fixed before the round) becomes ``already``.
-
-    >>> clamp_fraction(0.3, 0.5)
-    (0.5, 'fraction 0.3 is below the 0.5 fixed before this round: weights are never freed; re-clustered at 0.5')
-    """
-    if fraction + 1e-9 >= already:
-        return fraction, ""
-    return already, (f"fraction {fraction:g} is below the {already:.4g} fixed before this round: weights are "
-                     f"never freed; re-clustered at {already:.4g}")
-
-
-def whatif_view(names, mu, sigma, pre_fixed, result: ClusterResult, round_index: int, zero_band) -> SigmaMu:
-    """Sigma against mu of a re-clustered round (every weight, network order), as the round views draw it."""
-    fixed = result.fixed_mask.bool().numpy()
-    before = pre_fixed.bool().numpy()
-    steps = result.steps
-    col = lambda c, t: steps[c].to_numpy(t) if len(steps) else np.zeros(0, t)  # noqa: E731
-    return SigmaMu(round_index, list(names), mu.double().numpy(), clamped_sigma(sigma.double().numpy()),
-                   np.where(~fixed, 2, np.where(before, 0, 1)).astype(np.int8), result.mu.double().numpy(),
-                   col("centre", float), col("P", int), col("delta", float), zero_band, float(fixed.mean()))
 
 
 class WhatIf(Explorer):
@@ -113,8 +80,8 @@ class WhatIf(Explorer):
         super().__init__()
         self.width, self.device, self._data, self.cluster_threads = width, device, data, cluster_threads
         self._user_model, self._user_evaluate = model, evaluate
-        self.result, self.stats, self._model, self._loader, self._holding = None, {}, None, None, False
-        self._order = None
+        self.result, self.stats, self._model, self._holding = None, {}, None, False
+        self._inputs = self._arrays = None   # the round's sorted inputs and view arrays, made at first use
         self.delta = widgets.FloatLogSlider(value=1.0, base=2, min=-3, max=4, step=0.25, description="delta",
                                             continuous_update=False)
         self.b = widgets.IntSlider(value=7, min=1, max=16, description="zero 2^-b", continuous_update=False)
@@ -191,14 +158,33 @@ class WhatIf(Explorer):
             self._holding = False
         self.update()
 
+    def _accuracy_later(self, result, key):
+        """A function that gives :meth:`_evaluate` of ``result``. The built-in evaluation of a
+        result not yet cached starts now, on a thread of its own: torch releases the GIL while the
+        network runs, so it runs while the panels draw (with the same torch threads: the same
+        numbers). Your ``evaluate`` runs when the function is called, on the widget's thread."""
+        if ("acc",) + key in self.memo or self._user_evaluate is not None or not self.plots.value:
+            return lambda: self._evaluate(result)
+        self._network()   # built here, not on the thread
+        return started(lambda: self._evaluate(result))
+
+    def _network(self):
+        """The network to evaluate, made at first use: a :class:`PlainNetwork` for the built-in
+        evaluation, the converted network for yours."""
+        if self._model is None:
+            converted = self.run.model_at(self.round.index, model=self._user_model)
+            if self._user_evaluate is None:
+                self._model = PlainNetwork(converted, test_loader(self.run, self._data), self.device)
+            else:
+                self._model = converted.to(self.device)
+        return self._model
+
     def _evaluate(self, result) -> dict:
         """The re-clustered network measured: top-1/top-5 on the run's test split, or the numbers
         of the ``evaluate`` given (all but ``loss``)."""
-        if self._model is None:
-            self._model = self.run.model_at(self.round.index, model=self._user_model).to(self.device)
-            self._loader = test_loader(self.run, self._data) if self._user_evaluate is None else None
+        self._network()
         if self._user_evaluate is None:
-            acc = snapped_accuracy(self._model, result, self._loader, self.device)
+            acc = self._model.accuracy(result)
         else:
             load_flat_state(self._model, result.mu, result.sigma, result.fixed_mask)
             with torch.no_grad():
@@ -207,10 +193,11 @@ class WhatIf(Explorer):
 
     def _snap(self, fraction: float, config: ClusterConfig):
         with torch_threads(self.cluster_threads):
-            if self._order is None:   # the sort of this round's mu, once for every update
-                self._order = mu_order(self.mu)
+            if self._inputs is None and not use_triton(self.mu):   # once: the round's checks and sort
+                check_inputs(self.mu, self.sigma, 1.0)
+                self._inputs = SortedInputs.of(self.mu, self.sigma)
             t0 = time.perf_counter()
-            result, stats = whatif_snap(self.mu, self.sigma, fraction, config, self.round.index, order=self._order)
+            result, stats = whatif_snap(self.mu, self.sigma, fraction, config, self.round.index, inputs=self._inputs)
             stats["seconds"] = time.perf_counter() - t0
         return result, stats
 
@@ -224,16 +211,17 @@ class WhatIf(Explorer):
             key = (config.delta, config.b, round(fraction, 6))
             result, stats = self.memo.get(("snap",) + key, lambda: self._snap(fraction, config))
             stats = dict(stats)
-            if self.accuracy.value:
-                step("evaluating on the test split")
-                stats.update(self.memo.get(("acc",) + key, lambda: self._evaluate(result)))
-            self.result, self.stats = result, stats
-            self.table.value = table_html(self._table(), height="320px")
+            accuracy = self._accuracy_later(result, key) if self.accuracy.value else None
             self.plot_box.layout.display = "flex" if self.plots.value else "none"
             if self.plots.value:   # off: the panels are hidden, not left showing an old state
                 step("panels")
                 self._draw(result, key)
                 redraw(self.panels)
+            if accuracy is not None:
+                step("evaluating on the test split")
+                stats.update(self.memo.get(("acc",) + key, accuracy))
+            self.result, self.stats = result, stats
+            self.table.value = table_html(self._table(), height="320px")
         if note and self.error is None:
             self.show_message(note, "warning")
 
@@ -242,12 +230,18 @@ class WhatIf(Explorer):
             recorded, fixed = self.round.mu, self.round.fixed
             self.memo.get("recorded", lambda: value_counts(torch.cat([recorded[n].flatten()[fixed[n].flatten()]
                                                                       for n in recorded])))
-        series = {"what-if": self.memo.get(("counts",) + key, lambda: value_counts(result.mu[result.fixed_mask])),
+
+        def fixed_counts():   # value_counts(result.mu[result.fixed_mask]), read off the steps
+            values, counts = fixed_value_counts(result, self.mu.dtype)
+            return values.double().numpy(), counts.numpy()
+        series = {"what-if": self.memo.get(("counts",) + key, fixed_counts),
                   "recorded": self.memo.get("recorded", None)}
         self.plot.show(Codebooks(series, "values of the fixed weights", self.round.index))
         zero = 2.0 ** -int(self.b.value) if self.base.zero_fix else None
+        if self._arrays is None:
+            self._arrays = RoundArrays(self.round.mu.keys(), self.mu, self.sigma, self.pre_fixed)
         view = self.memo.get(("view",) + key, lambda: whatif_view(
-            self.round.mu.keys(), self.mu, self.sigma, self.pre_fixed, result, self.round.index, zero))
+            self.round.mu.keys(), self.mu, self.sigma, self.pre_fixed, result, self.round.index, zero, self._arrays))
         view.title = (f"what-if: round {self.round.index} with delta {self.delta.value:g}, zero 2^-{self.b.value}, "
                       f"fraction {view.fraction:.3g}")
         self.bands.show(view)
