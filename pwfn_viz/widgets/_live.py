@@ -8,6 +8,10 @@ A :class:`Panel` owns one matplotlib Figure. ``Panel(width, height)`` puts it on
 once in :meth:`Panel.build` and change them in :meth:`Panel.show` (``set_data``,
 ``set_offsets``, ...); :func:`redraw` then draws every changed canvas once.
 
+A full drawing costs mostly text, so a live panel keeps what it can between drawings (see
+:mod:`~pwfn_viz.widgets._draw_cache`): its layout, while every label fits, and the pixels of
+artists that stay (a legend, a colour bar, an axis whose ticks did not change).
+
     >>> calls = []
     >>> c = Coalescer(lambda: calls.append(1))
     >>> c.request()              # no frontend event loop here: runs at once
@@ -20,7 +24,11 @@ import asyncio
 from collections import OrderedDict
 
 import ipywidgets as widgets
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ._draw_cache import KeptLayout, PixelCache
 
 __all__ = ["Coalescer", "Memo", "Panel", "redraw", "from_frontend", "save_panels"]
 
@@ -142,11 +150,24 @@ def _canvas_class():
     if _CANVAS is None:
         import io
 
-        import numpy as np
         from ipympl.backend_nbagg import Canvas
         from PIL import Image
 
         class FastCanvas(Canvas):
+            after_render = None   # the panel's look at a rendering before it is sent: True renders again
+
+            def draw(self):
+                # FigureCanvasWebAggCore.draw, rendering again while the panel asks for it
+                self._png_is_old = True
+                try:
+                    FigureCanvasAgg.draw(self)
+                    for _ in range(3):   # room was made for a cut-off label: render again, look again
+                        if self.after_render is None or not self.after_render():
+                            break
+                        FigureCanvasAgg.draw(self)
+                finally:
+                    self.manager.refresh_all()
+
             def get_diff_image(self):
                 # matplotlib's FigureCanvasWebAggCore.get_diff_image with compress_level=1
                 if not self._png_is_old:
@@ -191,29 +212,41 @@ class Panel:
     canvas carries it as the CSS class ``pwfn-at-round-<i>``, which the browser tests read)."""
 
     label = "panel"
-    relayout = False   # True: lay the figure out again whenever its axes change (tick labels of varying width)
+    relayout = False   # True: tick labels change width with the data (see KeptLayout.fits)
 
     def __init__(self, width: float = 5.6, height: float = 4.0, *, target=None, **options):
         self.width, self.height, self.options = width, height, options
         self.data, self.round_shown, self._dirty = None, None, False
         self.animated: list = []   # artists that move alone (a marker): redrawn over a cached background
-        self._background = None
+        self._background, self._check_fit = None, False
+        self.pixel_caches: list = []   # PixelCache of the artists drawn from their last pixels
         if target is None:
             self.fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
             self.canvas = _canvas(self.fig, self.label)
-            self._freeze_id = self.canvas.mpl_connect("draw_event", self._freeze_layout)
+            self.kept_layout = KeptLayout(self.fig)
+            self.canvas.mpl_connect("draw_event", lambda _event: self.kept_layout.rendered())
             self.canvas.mpl_connect("draw_event", self._keep_background)
+            self.canvas.after_render = self._after_render
         else:
-            self.fig, self.canvas = target, None
+            self.fig, self.canvas, self.kept_layout = target, None, None
         self.build()
         for artist in self.animated:
             artist.set_animated(self.canvas is not None)   # a saved figure draws them as usual
 
-    def _freeze_layout(self, _event) -> None:
-        """After the first draw keep the positions constrained layout found: running it again at
-        every update costs more than drawing the panel (ticks change little between rounds)."""
-        self.canvas.mpl_disconnect(self._freeze_id)
-        self.fig.set_layout_engine("none")
+    def _after_render(self) -> bool:
+        """After a rendering of new axes, before it is sent: True to render again (the kept
+        layout cut a label off and made room for it; the next rendering is looked at too)."""
+        if not self._check_fit or self.kept_layout.fits(self.canvas.get_renderer()):
+            self._check_fit = False
+            return False
+        return True
+
+    def keep_pixels(self, artist, key=None) -> None:
+        """Draw ``artist`` from the pixels of its last drawing while ``key()`` (what places and
+        shapes it; for an axis by default its :meth:`PixelCache.axis_key`) is unchanged (see
+        :class:`PixelCache`); live panels only."""
+        if self.canvas is not None:
+            self.pixel_caches.append(PixelCache(artist, key or PixelCache.axis_key(artist)))
 
     def _keep_background(self, _event) -> None:
         """After a full draw: keep the picture without the animated artists, then add them."""
@@ -243,9 +276,8 @@ class Panel:
         are as before), the next redraw blits them over the cached background."""
         self.data = data
         static_changed = self.update(data) is not False
-        if static_changed and self.relayout and self.canvas is not None and self._background is not None:
-            self.fig.set_layout_engine("constrained")   # frozen again after the next draw
-            self._freeze_id = self.canvas.mpl_connect("draw_event", self._freeze_layout)
+        if static_changed and self.relayout and self.kept_layout is not None:
+            self._check_fit = True   # the next rendering looks whether every label still fits
         if static_changed or self._background is None:
             self._dirty = True
         else:

@@ -31,6 +31,7 @@ class SigmaMuPanel(Panel):
     weight and shows the band of its centre; :meth:`highlight` outlines a set of weights."""
 
     label = "sigma-mu"
+    relayout = True   # the tick labels change with the layer or selection shown
 
     def build(self):
         ax = self.ax = self.fig.subplots()
@@ -57,9 +58,12 @@ class SigmaMuPanel(Panel):
         proxies = [ax.scatter([], [], s=12, color=STATUS_COLOURS[s]) for s in range(3)]
         proxies.append(ax.scatter([], [], marker="|", s=60, color="black"))
         # the legend names the statuses (static, outside the data); the counts are in the title
-        ax.legend(proxies, [STATUS_LABELS[s] for s in range(3)] + ["centres of the round (in view)"],
-                  fontsize="x-small", loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2, borderaxespad=0,
-                  frameon=False)
+        legend = ax.legend(proxies, [STATUS_LABELS[s] for s in range(3)] + ["centres of the round (in view)"],
+                           fontsize="x-small", loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2, borderaxespad=0,
+                           frameon=False)
+        # a new frame (layer, selection) redraws in full: the static legend comes back as pixels, and
+        # the kept layout makes room when new tick labels would be cut off
+        self.keep_pixels(legend, lambda: ax.bbox.bounds)
         self.title = self.fig.suptitle("\n", fontsize="small")   # two lines: what, and the round's counts
         # everything that changes with the round is animated: with the axes the same (limits
         # shared by the rounds) an update blits these over the cached axes
@@ -105,7 +109,8 @@ class SigmaMuPanel(Panel):
         else:
             self._show_centres()
         self.top = y1
-        what = d.title or f"{SYMBOL['sigma']} against {SYMBOL['mu']} before the snap: {d.layer or 'all layers'}"
+        # Unicode letters, not mathtext: a title changes every round, and mathtext parses each new one
+        what = d.title or f"σ against μ before the snap: {d.layer or 'all layers'}"
         self.title.set_text(f"{what}\nround {d.round_index}: {counts[1]:,} fixed now, {counts[0]:,} before, "
                             f"{counts[2]:,} free, {len(d.centres)} centres{sampled}")
         self.mark(None, None)

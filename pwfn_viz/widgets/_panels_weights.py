@@ -12,10 +12,12 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import NullLocator
 
-from ..viz.style import COLOURS, ROLE, SEQUENTIAL_CMAP
+from ..viz.style import COLOURS, ROLE, SEQUENTIAL_CMAP, SYMBOL
 from ._live import Panel
 
 __all__ = ["PositionData", "PositionPanel", "TrajectoryPanel"]
+
+SIGMA_CLAMPED = f"{SYMBOL['sigma']} (clamped)"
 
 
 @dataclass
@@ -43,13 +45,19 @@ class PositionPanel(Panel):
         ax = self.ax = self.fig.subplots()
         self.image = ax.imshow(np.ones((2, 2)), aspect="auto", interpolation="nearest", cmap=SEQUENTIAL_CMAP,
                                norm=LogNorm(1e-3, 1))
-        self.colorbar = self.fig.colorbar(self.image, ax=ax, label="sigma (clamped)")
+        self.colorbar = self.fig.colorbar(self.image, ax=ax, label=SIGMA_CLAMPED)
         self.line, = ax.plot([], [], "o-", ms=3, lw=0.8, color=ROLE["free"])
         self.pick_mark, = ax.plot([], [], "s", ms=9, mfc="none", mec=COLOURS["vermillion"], mew=1.5)
         self.marks, = ax.plot([], [], "s", ms=4, mfc="none", mec="black", mew=0.6)
         self.title = ax.set_title("", fontsize="small")
         self.animated = [self.image, self.line, self.pick_mark, self.marks]
-        self._frame = None
+        self._frame = self._limits = None
+        # text costs most of a drawing: the colour bar (one per layer) and axes that stay (the
+        # same grid at another channel or tap) come back as the pixels of their last drawing
+        cbar = self.colorbar
+        self.keep_pixels(cbar.ax, lambda: (cbar.ax.bbox.bounds, cbar.norm.vmin, cbar.norm.vmax))
+        self.keep_pixels(ax.xaxis)
+        self.keep_pixels(ax.yaxis)
 
     def _xy(self, d, flat):
         flat = np.atleast_1d(np.asarray(flat, dtype=np.int64))
@@ -76,18 +84,21 @@ class PositionPanel(Panel):
         self._frame = frame
         if one_d:
             flat = d.grid.reshape(-1)
-            ax.set_yscale("log")
-            ax.yaxis.set_minor_locator(NullLocator())   # decades of minor ticks cost more than the data
+            if ax.get_yscale() != "log":
+                ax.set_yscale("log")
+                ax.yaxis.set_minor_locator(NullLocator())   # decades of minor ticks cost more than the data
             ax.set_xlim(-0.5, flat.size - 0.5)
             ax.set_ylim(d.limits[0] / 1.3, d.limits[1] * 1.3)
             ax.set_xlabel(d.dims[0] if d.dims else "position")
-            ax.set_ylabel("sigma (clamped)")
+            ax.set_ylabel(SIGMA_CLAMPED)
         else:
-            ax.set_yscale("linear")
+            if ax.get_yscale() != "linear":
+                ax.set_yscale("linear")
             self.image.set_extent((-0.5, d.grid.shape[1] - 0.5, d.grid.shape[0] - 0.5, -0.5))
-            self.image.set_norm(LogNorm(*d.limits))
-            self.colorbar.update_normal(self.image)
-            self.colorbar.minorticks_off()
+            if d.limits != self._limits:   # a new layer (a channel or tap of the same one keeps them)
+                self._limits = d.limits
+                self.image.set_norm(LogNorm(*d.limits))   # the colour bar follows the image
+                self.colorbar.minorticks_off()
             ax.set_xlim(-0.5, d.grid.shape[1] - 0.5)
             ax.set_ylim(d.grid.shape[0] - 0.5, -0.5)
             ax.set_xlabel(d.dims[1] if len(d.dims) == 2 else f"({', '.join(d.dims[1:])}), row-major")
@@ -144,7 +155,8 @@ class TrajectoryPanel(Panel):
 
     def build(self):
         ax = self.ax = self.fig.subplots()
-        self.band = ax.fill_between([0, 1], [0, 0], [0, 0], color=ROLE["pre"], alpha=0.2, lw=0, label="mu +- sigma")
+        self.band = ax.fill_between([0, 1], [0, 0], [0, 0], color=ROLE["pre"], alpha=0.2, lw=0,
+                                    label=r"$\mu \pm \sigma$")
         self.path, = ax.plot([], [], "-", color=ROLE["pre"], lw=1)
         self.before, = ax.plot([], [], "o", color=ROLE["pre"], ms=5, label="before the snap")
         self.after, = ax.plot([], [], "s", color=ROLE["post"], ms=5, label="after the snap")
@@ -154,8 +166,13 @@ class TrajectoryPanel(Panel):
         self.animated = [self.now]
         self._shown = None
         ax.set_xlabel("round")
-        ax.set_ylabel("mu")
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.set_ylabel(SYMBOL["mu"])
+        legend = ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        # text costs most of a drawing: the legend and the round axis stay, and so does the mu
+        # axis of weights with the same ticks; they come back as the pixels of their last drawing
+        self.keep_pixels(legend, lambda: ax.bbox.bounds)
+        self.keep_pixels(ax.xaxis)
+        self.keep_pixels(ax.yaxis)
         self.title = ax.set_title("", fontsize="small")
 
     def update(self, data):

@@ -178,7 +178,7 @@ class UncertaintyExplorer(Explorer):
         where = self._describe_selection(name)
         frame = get(("frame", name, channel, tap), lambda: shared_limits(run, name, chosen.numpy()))
         data = get(("sel", i, name, channel, tap), lambda: selection_data(run, i, name, chosen.numpy()))
-        data.limits, data.title = frame, f"sigma against value: {where}"
+        data.limits, data.title = frame, f"σ against value: {where}"   # Unicode: mathtext would parse each new title
         limits = get(("limits", name), lambda: layer_sigma_limits(run, name))
         def view():
             v = clamped_sigma(select_view(run.rounds[i].pre_sigma[name], channel, tap).double().numpy())

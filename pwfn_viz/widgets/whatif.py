@@ -242,7 +242,7 @@ class WhatIf(Explorer):
             self._arrays = RoundArrays(self.round.mu.keys(), self.mu, self.sigma, self.pre_fixed)
         view = self.memo.get(("view",) + key, lambda: whatif_view(
             self.round.mu.keys(), self.mu, self.sigma, self.pre_fixed, result, self.round.index, zero, self._arrays))
-        view.title = (f"what-if: round {self.round.index} with delta {self.delta.value:g}, zero 2^-{self.b.value}, "
+        view.title = (f"what-if: round {self.round.index} with δ {self.delta.value:g}, zero 2^-{self.b.value}, "
                       f"fraction {view.fraction:.3g}")
         self.bands.show(view)
 
