@@ -117,3 +117,21 @@ def test_module_doctests():
 
     from pwfn_viz.widgets import _link
     assert doctest.testmod(_link).failed == 0
+
+
+def test_saving_keeps_the_zoom_the_pick_and_the_selection(run, tmp_path):
+    from matplotlib.figure import Figure
+    w = RoundExplorer(run, round_index=1)
+    d = w.sigma_mu.data
+    box = (float(np.quantile(d.mu, 0.45)), float(np.quantile(d.mu, 0.55)), 0.0, float(d.sigma.max()))
+    w._select_in_sigma_mu(*box)
+    w.pick_position(int(np.argmax(d.sigma)))
+    w.sigma_mu.ax.set_xlim(box[0], box[1])                   # the reader zoomed in
+    copy = w.sigma_mu.copy_onto(Figure())
+    assert copy.ax.get_xlim() == w.sigma_mu.ax.get_xlim() and copy.ax.get_ylim() == w.sigma_mu.ax.get_ylim()
+    for name in ("selected", "picked"):
+        np.testing.assert_array_equal(getattr(copy, name).get_offsets(), getattr(w.sigma_mu, name).get_offsets())
+        assert len(getattr(copy, name).get_offsets()) > 0
+    assert copy.band.get_visible() == w.sigma_mu.band.get_visible()
+    np.testing.assert_array_equal(copy.band.get_xy(), w.sigma_mu.band.get_xy())
+    assert w.save(tmp_path / "view.png").endswith("view.png")

@@ -26,7 +26,10 @@ from collections import OrderedDict
 import ipywidgets as widgets
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Polygon
 
 from ._draw_cache import KeptLayout, PixelCache
 
@@ -295,12 +298,36 @@ class Panel:
         raise NotImplementedError
 
     def copy_onto(self, target) -> "Panel":
-        """The same panel drawn onto ``target`` with the data shown now (for saving)."""
+        """The same panel drawn onto ``target`` as it shows now (for saving): the data, then what
+        the reader did to it: zoom and pan (each axis's limits), and the marks of the picked,
+        hovered and selected weights (the animated artists' positions and colours)."""
         other = type(self)(self.width, self.height, target=target, **self.options)
-        if self.data is not None:
-            other.data = self.data   # before update: artists that follow the axes read it
-            other.update(self.data)
+        if self.data is None:
+            return other
+        other.data = self.data   # before update: artists that follow the axes read it
+        other.update(self.data)
+        for mine, theirs in zip(self.fig.axes, other.fig.axes):
+            if (mine.get_xlim(), mine.get_ylim()) != (theirs.get_xlim(), theirs.get_ylim()):
+                theirs.set_xlim(mine.get_xlim())
+                theirs.set_ylim(mine.get_ylim())
+        for mine, theirs in zip(self.animated, other.animated):
+            _copy_marks(mine, theirs)
         return other
+
+
+def _copy_marks(source, target) -> None:
+    """Give ``target`` the position, colour and visibility of ``source`` (the same kind of artist)."""
+    if isinstance(source, Line2D):
+        target.set_data(*source.get_data())
+    elif isinstance(source, PathCollection):
+        target.set_offsets(source.get_offsets())
+        target.set_facecolor(source.get_facecolor())
+        target.set_edgecolor(source.get_edgecolor())
+    elif isinstance(source, Polygon):
+        target.set_xy(source.get_xy())
+        target.set_facecolor(source.get_facecolor())
+        target.set_edgecolor(source.get_edgecolor())
+    target.set_visible(source.get_visible())
 
 
 def redraw(panels) -> None:
