@@ -104,16 +104,9 @@ def _blank(image) -> bool:
 
 
 # --- without a browser ------------------------------------------------------------------------------
-SMALL_RUN = dict(model="digits_cnn", pretrain_epochs=1, first_round_epochs=0.1, epochs_per_round=0.1,
-                 fractions=(0.5, 1.0), threads=1)
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    import pwfn_viz
-    out = tmp_path_factory.mktemp("saved") / "run"
-    pwfn_viz.run(pwfn_viz.RunConfig(**SMALL_RUN), out_dir=out, progress=False, verbose=False)
-    return pwfn_viz.load_run(out)
+def run(view_run):   # tests/conftest.py: a small digits run
+    return view_run
 
 
 def test_view_image_wraps_panels_into_rows_no_wider_than_the_output():

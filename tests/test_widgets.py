@@ -30,20 +30,14 @@ from pwfn_viz.widgets._live import Coalescer, Memo
 from pwfn_viz.widgets._panels import MAX_POINTS
 from pwfn_viz.widgets.whatif import clamp_fraction
 
-CONFIG = dict(model="digits_cnn", pretrain_epochs=2, first_round_epochs=0.1, epochs_per_round=0.2,
-              fractions=(0.5, 1.0), threads=1)
+@pytest.fixture(scope="module")
+def run_dir(view_run_dir):   # tests/conftest.py: a small digits run
+    return view_run_dir
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("widgets") / "run"
-    pwfn_viz.run(pwfn_viz.RunConfig(**CONFIG), out_dir=out, progress=False, verbose=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def run(run_dir):
-    return pwfn_viz.load_run(run_dir)
+def run(view_run):
+    return view_run
 
 
 @pytest.fixture(scope="module")

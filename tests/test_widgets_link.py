@@ -6,20 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import pwfn_viz
 from pwfn_viz.widgets import RoundExplorer
 from pwfn_viz.widgets._data import clamped_sigma, position_of, selection_data, sigma_mu_data, where
 from pwfn_viz.widgets._link import positions_in, selection_text, weights_at
 
-CONFIG = dict(model="digits_cnn", pretrain_epochs=2, first_round_epochs=0.1, epochs_per_round=0.2,
-              fractions=(0.5, 1.0), threads=1)
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("link") / "run"
-    pwfn_viz.run(pwfn_viz.RunConfig(**CONFIG), out_dir=out, progress=False, verbose=False)
-    return pwfn_viz.load_run(out)
+def run(view_run):   # tests/conftest.py: a small digits run
+    return view_run
 
 
 def _inside(run, i, x0, x1, y0, y1) -> dict:
