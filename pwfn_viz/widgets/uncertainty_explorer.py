@@ -192,7 +192,7 @@ class UncertaintyExplorer(Explorer):
                           f"median sigma {float(np.median(data.sigma)):.3g} (clamped)"),
                 "learning": get(("learning", i, name), lambda: sigma_learning_html(run, i, name)),
                 "table": get(("table", name, flat), lambda: table_html(traj.table, height="300px")),
-                "position": PositionData(rnd.index, view, limits, self._dims(), f"sigma by position: {where}", pick),
+                "position": PositionData(rnd.index, view, limits, self._dims(), f"σ by position: {where}", pick),
                 "title": where}
 
     def prefetch(self) -> bool:
