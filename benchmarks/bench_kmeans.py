@@ -4,7 +4,9 @@ Both run Lloyd's algorithm on the same values from the same initial centres (k-m
 pwfn_viz, handed to scikit-learn as an explicit ``init`` array) with the same stopping rule:
 ``tol=0`` (stop when the assignment repeats) and ``max_iter=300``.  Both timings are end to end
 from a float64 NumPy array: pwfn_viz's includes its sort, scikit-learn's its input checks.
-The init itself is timed separately and is not part of either.
+The init itself is timed separately and is not part of either.  A third column times pwfn_viz
+again on values sorted once beforehand (:class:`SortedValues`, what an explorer that re-clusters
+the same weights at many k does): the same result, without the sort and the prefix sums.
 
     python -m benchmarks.bench_kmeans            # N = 1M, k = 16 and 256 (a few minutes)
     python -m benchmarks.bench_kmeans --quick    # N = 100k
@@ -23,7 +25,7 @@ import sklearn
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_info
 
-from pwfn_viz.baselines.kmeans import init_centres, kmeans_1d
+from pwfn_viz.baselines.kmeans import SortedValues, init_centres, kmeans_1d
 
 TARGET_SPEEDUP = 20.0  # at the largest k
 INERTIA_SLACK = 1e-9  # relative: ours may be worse than scikit-learn's by at most this
@@ -56,11 +58,15 @@ def timed(fn, repeat: int = 1):
 def bench(x: np.ndarray, k: int, max_iter: int, seed: int) -> dict:
     t_init, start = timed(lambda: init_centres(x, k, init="kmeans++", seed=seed).numpy())
     t_ours, ours = timed(lambda: kmeans_1d(x, k, init_centres=start, max_iter=max_iter), repeat=3)
+    values = SortedValues(x)
+    t_sorted, again = timed(lambda: kmeans_1d(values, k, init_centres=start, max_iter=max_iter), repeat=3)
+    if not (np.array_equal(again.centres, ours.centres) and np.array_equal(again.labels, ours.labels)):
+        raise AssertionError(f"k={k}: the sorted-once values gave another result")
     sk_model = KMeans(n_clusters=k, init=start.reshape(-1, 1), n_init=1, algorithm="lloyd",
                       tol=0.0, max_iter=max_iter)
     t_sk, sk = timed(lambda: sk_model.fit(x.reshape(-1, 1)))
     sk_centres = np.sort(sk.cluster_centers_.ravel())
-    return {"k": k, "n": len(x), "init_s": t_init, "ours_s": t_ours, "sklearn_s": t_sk,
+    return {"k": k, "n": len(x), "init_s": t_init, "ours_s": t_ours, "sorted_s": t_sorted, "sklearn_s": t_sk,
             "speedup": t_sk / t_ours, "inertia_ours": ours.inertia, "inertia_sklearn": sk.inertia_,
             "rel_diff": (ours.inertia - sk.inertia_) / sk.inertia_,
             "max_centre_diff": float(np.max(np.abs(ours.centres.numpy() - sk_centres))),
@@ -68,12 +74,12 @@ def bench(x: np.ndarray, k: int, max_iter: int, seed: int) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ("| N | k | pwfn_viz (s) | sklearn (s) | speed-up | inertia pwfn_viz | inertia sklearn "
+    head = ("| N | k | pwfn_viz (s) | sorted once (s) | sklearn (s) | speed-up | inertia pwfn_viz | inertia sklearn "
             "| rel. diff | max centre diff | iters (ours / sklearn) | converged |")
     print(head)
     print("|" + "---|" * head.count(" | ") + "---|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['k']} | {r['ours_s']:.3f} | {r['sklearn_s']:.2f} "
+        print(f"| {r['n']:,} | {r['k']} | {r['ours_s']:.3f} | {r['sorted_s']:.3f} | {r['sklearn_s']:.2f} "
               f"| {r['speedup']:.0f}x | {r['inertia_ours']:.10g} | {r['inertia_sklearn']:.10g} "
               f"| {r['rel_diff']:+.2e} | {r['max_centre_diff']:.1e} "
               f"| {r['iter_ours']} / {r['iter_sklearn']} | {r['converged']} |")

@@ -161,6 +161,8 @@ class Comparison:
     start: the starting weights, flat float64; sigma: each weight's learned sigma (flat float64).
     target_entropy: the PWFN final entropy; entropy_search: {k: entropy} evaluated to match it.
     primary, higher_is_better: the metric the table reports first (the run's) and its direction.
+    distinct: method -> (sorted distinct values, counts) of its weights where already known;
+        :meth:`value_counts` fills in the rest.
     """
     table: pd.DataFrame
     layers: pd.DataFrame
@@ -172,6 +174,14 @@ class Comparison:
     run_path: Path | None = None
     primary: str = "top1"
     higher_is_better: bool = True
+    distinct: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def value_counts(self, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distinct values of ``method``'s weights (sorted, float64) and how many weights hold
+        each: ``torch.unique(weights[method], return_counts=True)``, computed once."""
+        if method not in self.distinct:
+            self.distinct[method] = torch.unique(self.weights[method], return_counts=True)
+        return self.distinct[method]
 
     def __repr__(self):
         metric = "" if self.primary == "top1" else \
@@ -183,27 +193,34 @@ class Comparison:
 
 
 def measure_method(method, k, finetuned, model, names, w_start, sigma, test_loader, device, *, evaluate_fn=None,
-                   primary: str | None = None):
+                   primary: str | None = None, codebook=None):
     """One table row and the per-layer rows for a model whose converted tensors are final: top1/top5
-    on ``test_loader``, or with ``evaluate_fn`` (your ``evaluate(model)``) its metrics, ``primary`` first."""
+    on ``test_loader``, or with ``evaluate_fn`` (your ``evaluate(model)``) its metrics, ``primary`` first.
+
+    ``codebook``: a :class:`~pwfn_viz.analysis.codebook_weights.CodebookWeights` holding the converted
+    tensors' values (k-means weights); the unique counts and entropies then come from it instead of
+    sorting every weight. The numbers are the same."""
     tensors = converted_weights(model, names)
-    w = flatten_named(tensors, names)
+    w = flatten_named(tensors, names) if codebook is None else codebook.flat
     if evaluate_fn is None:
         acc = evaluate(model, test_loader, device)
         acc = {"top1": acc["top1"], "top5": acc["top5"]}
     else:
         acc = user_metrics(evaluate_fn, model, primary)
-    moved = (w - w_start).abs() / sigma
-    row = {"method": method, "k": int(k), "finetuned": bool(finetuned), **acc,
-           **codebook_stats(torch.cat([t.reshape(-1).cpu() for t in tensors.values()])),
-           "weight_error": float((w - w_start).norm() / w_start.norm()),
-           **{f"moved_gt_{s}sigma": float((moved > s).double().mean()) for s in (1, 2, 3)}}
-    layers, at = [], 0
-    for n, t in tensors.items():
-        ws, wf = w_start[at:at + t.numel()], w[at:at + t.numel()]
-        at += t.numel()
-        layers.append({"layer": n, "method": method, "numel": t.numel(), "unique": int(torch.unique(t).numel()),
-                       "weight_error": float((wf - ws).norm() / ws.norm())})
+    if codebook is None:
+        stats = codebook_stats(torch.cat([t.reshape(-1).cpu() for t in tensors.values()]))
+        unique = [int(torch.unique(t).numel()) for t in tensors.values()]
+    else:
+        stats, unique = codebook.stats(), codebook.per_tensor_unique()
+    change = w - w_start
+    moved = change.abs().div_(sigma)   # the fractions below: exact counts over n, as the mean of 0/1 values is
+    row = {"method": method, "k": int(k), "finetuned": bool(finetuned), **acc, **stats,
+           "weight_error": float(change.norm() / w_start.norm()),
+           **{f"moved_gt_{s}sigma": int(torch.count_nonzero(moved > s)) / moved.numel() for s in (1, 2, 3)}}
+    sizes = [t.numel() for t in tensors.values()]
+    layers = [{"layer": n, "method": method, "numel": t.numel(), "unique": n_unique,
+               "weight_error": float(part.norm() / ws.norm())}
+              for (n, t), n_unique, part, ws in zip(tensors.items(), unique, change.split(sizes), w_start.split(sizes))]
     return row, layers, w
 
 

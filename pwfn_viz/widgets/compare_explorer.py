@@ -21,9 +21,10 @@ import ipywidgets as widgets
 import pandas as pd
 import torch
 
+from ..analysis.codebook_weights import CodebookWeights
 from ..analysis.compare import (CLAMP_WARNING, COLUMNS, Comparison, columns_for, converted_weights, flatten_named,
                                 learned_sigma, measure_method)
-from ..baselines.kmeans import kmeans_quantize, list_inits
+from ..baselines.kmeans import SortedValues, kmeans_1d, list_inits
 from ._common import Explorer, as_run, incomplete_message, row, table_html, test_loader
 from ._live import Coalescer, Memo, from_frontend, redraw
 from ._panels_codebook import Codebooks, LayerErrorPanel, ValueCountsPanel
@@ -32,6 +33,23 @@ __all__ = ["CompareExplorer", "KMeansAtK"]
 
 TABLE_COLUMNS = ["method", "k", "top1", "top5", "unique", "entropy", "weight_error", "moved_gt_1sigma",
                  "moved_gt_3sigma"]
+HELD_BATCHES_BYTES = 64 * 2**20   # test sets up to this size are kept in memory as batches
+
+
+def held_batches(loader, limit: int = HELD_BATCHES_BYTES):
+    """The loader's ``(x, y)`` batches in a list when they fit in ``limit`` bytes, else the loader.
+
+    Every k is evaluated on the same test split; keeping its batches skips the data pipeline
+    (per-sample transforms, collation) at each evaluation. A test loader yields the same batches
+    at every pass (no shuffling, no augmentation), so the numbers do not change.
+    """
+    batches, size = [], 0
+    for x, y in loader:
+        size += x.nbytes + y.nbytes
+        if size > limit or (not batches and size * (len(loader) if hasattr(loader, "__len__") else 1) > limit):
+            return loader
+        batches.append((x, y))
+    return batches
 
 
 class KMeansAtK:
@@ -41,6 +59,13 @@ class KMeansAtK:
     returns a :class:`~pwfn_viz.analysis.compare.Comparison` with two rows, ``<method>`` and
     ``kmeans@<k>``, measured with the same function :func:`pwfn_viz.analysis.compare` uses.
     ``model`` and ``evaluate`` (a run of your own model) are as in :func:`~pwfn_viz.analysis.compare.compare`.
+
+    A call costs little more than evaluating one network, whatever ``k``: the starting weights are
+    sorted once (:class:`~pwfn_viz.baselines.kmeans.SortedValues`), the unique counts and entropies
+    come from the codebook (:class:`~pwfn_viz.analysis.codebook_weights.CodebookWeights`) and, with
+    the built-in evaluation, one network takes every codebook in turn. The numbers are those of
+    global :func:`~pwfn_viz.baselines.kmeans.kmeans_quantize` on the starting network, measured by
+    :func:`~pwfn_viz.analysis.compare.measure_method`.
     """
 
     def __init__(self, run, loader=None, device="cpu", *, model=None, evaluate=None):
@@ -48,7 +73,7 @@ class KMeansAtK:
             raise ValueError(f"{run.path} has no completed round: there is no PWFN network to compare")
         run.require("CompareExplorer", model=model, evaluate=evaluate)
         self.run, self.device, self.model, self.evaluate = run, device, model, evaluate
-        self.loader = None if evaluate is not None else loader if loader is not None else test_loader(run)
+        self.loader = None if evaluate is not None else held_batches(loader if loader is not None else test_loader(run))
         self.names = list(run.meta["tensors"])
         self.start = converted_weights(self._plain(None), self.names)
         self.w_start = flatten_named(self.start, self.names)
@@ -57,7 +82,15 @@ class KMeansAtK:
         row, layers, w = self._measure(self.method, 0, self._plain(-1))
         row["k"] = row["unique"]
         self.pwfn = (row, layers, w)
-        self.k_max = int(torch.unique(self.w_start).numel())
+        self.pwfn_distinct = torch.unique(w, return_counts=True)
+        self.sorted_start = SortedValues(self.w_start)     # sorted once, for every k and init
+        self.k_max = self.sorted_start.n_distinct
+        self.shapes, self.sizes = [t.shape for t in self.start.values()], [t.numel() for t in self.start.values()]
+        dtypes = {t.dtype for t in self.start.values()}
+        self.dtype = dtypes.pop() if len(dtypes) == 1 else None   # mixed: measured from the tensors
+        # one network takes every codebook in turn (the built-in evaluation leaves it as it was);
+        # your own evaluate gets a fresh copy each time, as compare() gives it
+        self._reused = self._plain(None).to(device) if evaluate is None else None
         keys = list(row)
         self.metrics = ["top1", "top5"] if evaluate is None else keys[3:keys.index("unique")]
         self.columns = COLUMNS if evaluate is None else columns_for(self.metrics)
@@ -65,10 +98,10 @@ class KMeansAtK:
     def _plain(self, round_index):
         return self.run.plain_model_at(round_index, model=None if self.model is None else copy.deepcopy(self.model))
 
-    def _measure(self, method, k, model):
+    def _measure(self, method, k, model, codebook=None):
         return measure_method(method, k, False, model.to(self.device), self.names, self.w_start, self.sigma,
                               self.loader, self.device, evaluate_fn=self.evaluate,
-                              primary=self.run.primary if self.evaluate is not None else None)
+                              primary=self.run.primary if self.evaluate is not None else None, codebook=codebook)
 
     def __call__(self, k: int, init: str = "kmeans++", seed: int = 0) -> Comparison:
         if init not in list_inits():
@@ -77,18 +110,28 @@ class KMeansAtK:
             raise ValueError(f"k={k} must be between 1 and {self.k_max} (the distinct starting values)")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", CLAMP_WARNING, UserWarning)
-            quantized = kmeans_quantize(self.start, k, scope="global", init=init, seed=seed).quantized
-        model = self._plain(None)
+            result = kmeans_1d(self.sorted_start, k, init=init, seed=seed)   # global kmeans_quantize's result
+        if self.dtype is not None:
+            codebook = CodebookWeights(result.centres, result.labels, self.dtype, self.sizes)
+            quantized = codebook.tensors(self.shapes)
+        else:
+            codebook = None
+            quantized = [result.centres[labels].view(shape) for labels, shape
+                         in zip(result.labels.split(self.sizes), self.shapes)]
+        model = self._reused if self._reused is not None else self._plain(None)
         with torch.no_grad():
-            for n, p in converted_weights(model, self.names).items():
-                p.copy_(quantized[n])
-        row, layers, w = self._measure(f"kmeans@{k}", k, model)
+            for p, values in zip(converted_weights(model, self.names).values(), quantized):
+                p.copy_(values)
+        method = f"kmeans@{k}"
+        row, layers, w = self._measure(method, k, model, codebook)
         rows, all_layers = [self.pwfn[0], row], self.pwfn[1] + layers
         measured = self.evaluate is not None
         return Comparison(pd.DataFrame(rows, columns=self.columns), pd.DataFrame(all_layers),
-                          {self.method: self.pwfn[2], f"kmeans@{k}": w}, self.w_start, self.sigma,
+                          {self.method: self.pwfn[2], method: w}, self.w_start, self.sigma,
                           self.pwfn[0]["entropy"], {}, self.run.path, self.run.primary if measured else "top1",
-                          self.run.higher_is_better if measured else True)
+                          self.run.higher_is_better if measured else True,
+                          {self.method: self.pwfn_distinct,
+                           **({method: codebook.distinct()} if codebook is not None else {})})
 
 
 class CompareExplorer(Explorer):
@@ -162,7 +205,7 @@ class CompareExplorer(Explorer):
             self.table.value = table_html(self.comparison.table[shown], height="120px")
             series = {}
             for m in methods:
-                values, counts = torch.unique(self.comparison.weights[m], return_counts=True)
+                values, counts = self.comparison.value_counts(m)
                 series[m] = (values.double().numpy(), counts.numpy())
             self.codebooks.show(Codebooks(series, f"codebooks: PWFN against k-means ({init}) at k={k}"))
             self.layer_error.show(self.comparison.layers)

@@ -35,7 +35,8 @@ Rules shared by all of them (documented once, here):
 
 The code, one idea per module, each readable on its own from top to bottom:
 
-* :mod:`pwfn_viz.baselines.kmeans.common` -- :class:`KMeansResult`, the input checks and the clamp.
+* :mod:`pwfn_viz.baselines.kmeans.common` -- :class:`KMeansResult`, :class:`SortedValues` (values
+  sorted once for many runs), the input checks and the clamp.
 * :mod:`pwfn_viz.baselines.kmeans.init` -- the registry of starting-centre rules, :func:`init_centres`.
 * :mod:`pwfn_viz.baselines.kmeans.lloyd` -- :func:`kmeans_1d`.
 * :mod:`pwfn_viz.baselines.kmeans.optimal` -- :func:`optimal_kmeans_1d`.
@@ -56,7 +57,7 @@ Example:
     4.0
 """
 
-from .common import KMeansResult
+from .common import KMeansResult, SortedValues
 from .init import init_centres, list_inits, register_init
 from .lloyd import kmeans_1d
 from .optimal import optimal_kmeans_1d
@@ -69,6 +70,7 @@ from .lloyd import _boundaries  # noqa: F401
 __all__ = [
     "KMeansResult",
     "QuantizeResult",
+    "SortedValues",
     "kmeans_1d",
     "optimal_kmeans_1d",
     "kmeans_quantize",

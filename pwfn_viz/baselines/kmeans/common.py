@@ -4,6 +4,7 @@
 * Input checks: values become a flat float64 NumPy copy (ValueError if empty or not finite),
   ``k`` must be an integer >= 1.
 * The clamp: with at most ``k`` distinct values the answer is those values (inertia 0).
+* :class:`SortedValues` -- values sorted once (with their prefix sums) for many k-means runs.
 
 Example:
     >>> import torch
@@ -80,26 +81,73 @@ def _n_distinct(xs: np.ndarray) -> int:
     return 1 + int(np.count_nonzero(xs[1:] != xs[:-1]))
 
 
+# ----------------------------------------------------------------------------- sorted values
+
+class SortedValues:
+    """Values sorted once, for many 1-D k-means runs on them (any k, init or seed).
+
+    Every :func:`~pwfn_viz.baselines.kmeans.kmeans_1d` call sorts its input and takes prefix
+    sums; on a million values that costs more than the Lloyd iterations.  Pass a
+    ``SortedValues`` in place of the values and both are done once.  The results are exactly
+    those for the plain values.  ``keep_order`` also keeps the sorting permutation, so the
+    labels come from one scatter instead of a binary search per value (worth it when the same
+    values are clustered more than once).
+
+    >>> import torch
+    >>> from pwfn_viz.baselines.kmeans import kmeans_1d
+    >>> values = SortedValues(torch.tensor([[0.0, 10.0], [1.0, 12.0]]))
+    >>> res = kmeans_1d(values, 2, init="linear")
+    >>> res.centres.tolist(), res.labels.tolist()
+    ([0.5, 11.0], [[0, 1], [0, 1]])
+    """
+
+    def __init__(self, x, name: str = "x", *, keep_order: bool = True):
+        flat, self.shape = _as_flat_float64(x, name)
+        self.flat = flat.copy() if keep_order else flat   # kept for later calls: not a view of the caller's data
+        self.xs = np.sort(self.flat)
+        self.order = np.argsort(self.flat, kind="stable") if keep_order else None
+        self.n_distinct = _n_distinct(self.xs)
+        self._prefix = self._var = None
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+    @property
+    def prefix_sums(self) -> tuple[np.ndarray, float]:
+        """(prefix, shift): ``prefix[i] = sum(xs[:i] - shift)`` with ``shift`` the mean (centred
+        values keep the segment sums accurate), in extended precision where available."""
+        if self._prefix is None:
+            shift = self.xs.mean()
+            self._prefix = np.concatenate([[0.0], np.cumsum(self.xs - shift, dtype=np.longdouble)]), shift
+        return self._prefix
+
+    @property
+    def var(self) -> float:
+        if self._var is None:
+            self._var = float(np.var(self.xs))
+        return self._var
+
+
 # ----------------------------------------------------------------------------- the clamp
 
-def _clamped(xs, flat, shape, k, keep_zero) -> KMeansResult | None:
+def _clamped(values: SortedValues, k, keep_zero) -> KMeansResult | None:
     """The trivial answer when there are at most k distinct values (else None)."""
-    if _n_distinct(xs) > k:
+    if values.n_distinct > k:
         return None
-    values = np.unique(np.append(xs, 0.0) if keep_zero else xs)
-    if values.size > k:  # keep_zero added a (k+1)-th value
+    xs = values.xs
+    distinct = np.unique(np.append(xs, 0.0) if keep_zero else xs)
+    if distinct.size > k:  # keep_zero added a (k+1)-th value
         return None
-    labels = np.searchsorted(values, flat).reshape(shape)
-    centres = torch.from_numpy(values)
+    labels = np.searchsorted(distinct, values.flat).reshape(values.shape)
+    centres = torch.from_numpy(distinct)
     return KMeansResult(centres, torch.from_numpy(labels), 0.0, 0, True, centres.clone())
 
 
-def _prepare(x, k, keep_zero, name):
-    """The flat float64 values, their shape and sorted copy, and the trivial answer when there are
-    at most k distinct values (else None): the start of every 1-D k-means here."""
-    flat, shape = _as_flat_float64(x, name)
-    xs = np.sort(flat)
-    return flat, shape, xs, _clamped(xs, flat, shape, k, keep_zero)
+def _prepare(x, k, keep_zero, name) -> tuple[SortedValues, KMeansResult | None]:
+    """The values sorted (``x`` itself when it is a :class:`SortedValues`), and the trivial answer
+    when there are at most k distinct values (else None): the start of every 1-D k-means here."""
+    values = x if isinstance(x, SortedValues) else SortedValues(x, name, keep_order=False)
+    return values, _clamped(values, k, keep_zero)
 
 
 def _warn_clamped(k: int, used: int) -> None:

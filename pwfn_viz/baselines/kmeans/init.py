@@ -67,10 +67,20 @@ def _init_linear(xs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray
 
 @register_init("random")
 def _init_random(xs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k distinct values drawn from the data (each element equally likely, repeats skipped)."""
-    shuffled = xs[rng.permutation(len(xs))]
-    _, first_seen = np.unique(shuffled, return_index=True)
-    return shuffled[np.sort(first_seen)[:k]]
+    """k distinct values drawn from the data (each element equally likely, repeats skipped).
+
+    The first k distinct values of a random permutation.  They are found in a prefix of it
+    (grown until it holds k distinct values), which gives the same values as sorting the whole
+    permutation: a value's first appearance in a prefix is its first appearance overall.
+    """
+    order = rng.permutation(len(xs))
+    size = min(len(xs), 2 * k)
+    while True:
+        head = xs[order[:size]]
+        _, first_seen = np.unique(head, return_index=True)
+        if first_seen.size >= k or size == len(xs):
+            return head[np.sort(first_seen)[:k]]
+        size = min(len(xs), 4 * size)
 
 
 @register_init("density")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .common import KMeansResult, _check_k, _prepare, _warn_clamped
+from .common import KMeansResult, SortedValues, _check_k, _prepare, _warn_clamped
 from .init import _INITS, _initial_centres
 
 
@@ -31,11 +31,11 @@ def _boundaries(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
     n = len(xs)
     lo, hi = c[:-1], c[1:]
     pos = np.searchsorted(xs, lo / 2 + hi / 2, side="right")
-    while True:
-        up = pos < n  # first value above the boundary, but at least as close to lo
-        up[up] = (xs[pos[up]] - lo[up]) <= (hi[up] - xs[pos[up]])
-        down = pos > 0  # last value below the boundary, but closer to hi
-        down[down] = (xs[pos[down] - 1] - lo[down]) > (hi[down] - xs[pos[down] - 1])
+    while True:  # (the indices are clipped rather than masked: a few whole-array steps are quicker)
+        at = xs[np.minimum(pos, n - 1)]  # first value above the boundary, but at least as close to lo
+        up = (pos < n) & ((at - lo) <= (hi - at))
+        before = xs[np.maximum(pos - 1, 0)]  # last value below the boundary, but closer to hi
+        down = (pos > 0) & ((before - lo) > (hi - before))
         if not (up.any() or down.any()):
             break
         pos[up] = np.searchsorted(xs, xs[pos[up]], side="right")
@@ -47,31 +47,36 @@ def _boundaries(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(pos)
 
 
-def _lloyd(xs, c, *, zero_fixed, max_iter, tol_abs):
-    """Lloyd iterations on sorted xs from sorted centres c. Returns (centres, n_iter, converged)."""
-    n = len(xs)
-    shift = xs.mean()  # prefix sums of centred values, in extended precision where available
-    prefix = np.concatenate([[0.0], np.cumsum(xs - shift, dtype=np.longdouble)])
+def _lloyd(values: SortedValues, c, *, zero_fixed, max_iter, tol_abs):
+    """Lloyd iterations on the sorted values from sorted centres c. Returns (centres, n_iter, converged)."""
+    xs, n = values.xs, len(values)
+    prefix, shift = values.prefix_sums
     prev_pos, n_iter, converged = None, 0, False
+    edges = np.zeros(len(c) + 1, dtype=np.int64)  # cluster j is xs[edges[j]:edges[j+1]]
+    edges[-1] = n
     for n_iter in range(1, max_iter + 1):
         pos = _boundaries(xs, c)
-        edges = np.concatenate([[0], pos, [n]])
-        counts = np.diff(edges)
-        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        edges[1:-1] = pos
+        counts = edges[1:] - edges[:-1]
+        at_edges = prefix[edges]
+        sums = at_edges[1:] - at_edges[:-1]
         zero = np.searchsorted(c, 0.0) if zero_fixed else -1
         empty = counts == 0
         if zero >= 0:
             empty[zero] = False
         if empty.any():
             _relocate(xs - shift, c - shift, edges, counts, sums, np.flatnonzero(empty))
-        new = c.copy()
-        filled = counts > 0
-        new[filled] = (sums[filled] / counts[filled]).astype(np.float64) + shift
+        if counts.all():  # the usual case: every cluster has values
+            new = (sums / counts).astype(np.float64) + shift
+        else:
+            new = c.copy()
+            filled = counts > 0
+            new[filled] = (sums[filled] / counts[filled]).astype(np.float64) + shift
         if zero >= 0:
             new[zero] = 0.0
         centre_shift = float(np.sum((new - c) ** 2))
         c = np.sort(new)
-        if prev_pos is not None and np.array_equal(pos, prev_pos):
+        if prev_pos is not None and (pos == prev_pos).all():
             converged = True  # same assignment twice: the centres are a fixed point
             break
         if centre_shift <= tol_abs:
@@ -95,14 +100,19 @@ def _relocate(xc, cc, edges, counts, sums, empty) -> None:
         counts[cluster] = 1
 
 
-def _finish(xs, flat, shape, centres, n_iter, converged, init) -> KMeansResult:
+def _finish(values: SortedValues, centres, n_iter, converged, init) -> KMeansResult:
     """Final labels (in the input's order and shape) and the inertia from a direct pass."""
+    xs = values.xs
     pos = _boundaries(xs, centres)
     counts = np.diff(np.concatenate([[0], pos, [len(xs)]]))
     residual = xs - np.repeat(centres, counts)
-    upper = np.where(pos > 0, xs[np.maximum(pos - 1, 0)], -np.inf)  # largest value of clusters <= j
-    labels = np.searchsorted(upper, flat, side="left").reshape(shape)
-    return KMeansResult(torch.from_numpy(centres), torch.from_numpy(labels),
+    if values.order is not None:  # cluster j is the run xs[pos[j-1]:pos[j]]: put its label back in input order
+        labels = np.empty(len(xs), dtype=np.int64)
+        labels[values.order] = np.repeat(np.arange(len(centres)), counts)
+    else:  # equal values never straddle a boundary, so a value's cluster is the first whose largest value reaches it
+        upper = np.where(pos > 0, xs[np.maximum(pos - 1, 0)], -np.inf)  # largest value of clusters <= j
+        labels = np.searchsorted(upper, values.flat, side="left")
+    return KMeansResult(torch.from_numpy(centres), torch.from_numpy(labels.reshape(values.shape)),
                         float(np.sum(residual * residual)), n_iter, converged,
                         None if init is None else torch.from_numpy(init))
 
@@ -117,13 +127,13 @@ def _kmeans(x, k, *, init="kmeans++", seed=0, keep_zero=False, max_iter=300, tol
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     if init_centres is None:
         _INITS.get(init)   # an unknown name fails before any work, even when k is clamped
-    flat, shape, xs, trivial = _prepare(x, k, keep_zero, name)
+    values, trivial = _prepare(x, k, keep_zero, name)
     if trivial is not None:
         return trivial, trivial.k < k
-    start = _initial_centres(xs, k, init, seed, keep_zero, init_centres)
-    centres, n_iter, converged = _lloyd(xs, start.copy(), zero_fixed=keep_zero, max_iter=max_iter,
-                                        tol_abs=tol * float(np.var(xs)))
-    return _finish(xs, flat, shape, centres, n_iter, converged, start), False
+    start = _initial_centres(values.xs, k, init, seed, keep_zero, init_centres)
+    centres, n_iter, converged = _lloyd(values, start.copy(), zero_fixed=keep_zero, max_iter=max_iter,
+                                        tol_abs=tol * values.var)
+    return _finish(values, centres, n_iter, converged, start), False
 
 
 def kmeans_1d(x, k: int, *, init: str = "kmeans++", seed: int = 0, keep_zero: bool = False,
@@ -136,7 +146,8 @@ def kmeans_1d(x, k: int, *, init: str = "kmeans++", seed: int = 0, keep_zero: bo
     empty-cluster rule and the same iteration count.
 
     Args:
-        x: values (tensor, array or sequence), any shape.
+        x: values (tensor, array or sequence), any shape, or a :class:`SortedValues` of them
+            (sorted once for many calls; the result is the same).
         k: number of centres (clamped, with a warning, to the number of distinct values).
         init: one of :func:`list_inits`; ignored when ``init_centres`` is given.
         seed: seed for the random inits ("random", "kmeans++").

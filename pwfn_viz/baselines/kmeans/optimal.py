@@ -45,9 +45,10 @@ def optimal_kmeans_1d(x, k: int) -> KMeansResult:
 def _optimal(x, k, *, name="x") -> tuple[KMeansResult, bool]:
     """optimal_kmeans_1d without the warning; also returns whether k was clamped."""
     _check_k(k)
-    flat, shape, xs, trivial = _prepare(x, k, False, name)
+    prepared, trivial = _prepare(x, k, False, name)
     if trivial is not None:
         return trivial, trivial.k < k
+    xs = prepared.xs
     values, counts = np.unique(xs, return_counts=True)
     limit = OPTIMAL_MAX_CELLS
     if values.size * k > limit:
@@ -56,7 +57,7 @@ def _optimal(x, k, *, name="x") -> tuple[KMeansResult, bool]:
     starts = np.cumsum(np.concatenate([[0], counts]))[_optimal_starts(values, counts, k)]
     sizes = np.diff(np.append(starts, len(xs)))
     centres = np.add.reduceat(xs, starts) / sizes
-    return _finish(xs, flat, shape, centres, 0, True, None), False
+    return _finish(prepared, centres, 0, True, None), False
 
 
 def _optimal_starts(v: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
