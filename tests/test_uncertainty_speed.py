@@ -7,21 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import pwfn_viz
 from pwfn_viz.viz.style import SYMBOL
 from pwfn_viz.widgets import UncertaintyExplorer
 from pwfn_viz.widgets._draw_cache import label_overflow
 from pwfn_viz.widgets._live import Panel
 
-CONFIG = dict(model="digits_cnn", pretrain_epochs=2, first_round_epochs=0.1, epochs_per_round=0.2,
-              fractions=(0.5, 1.0), threads=1)
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("uncertainty") / "run"
-    pwfn_viz.run(pwfn_viz.RunConfig(**CONFIG), out_dir=out, progress=False, verbose=False)
-    return pwfn_viz.load_run(out)
+def run(view_run):   # tests/conftest.py: a small digits run
+    return view_run
 
 
 def _live(widget) -> UncertaintyExplorer:
