@@ -169,3 +169,21 @@ def test_kept_pixels_equal_a_full_drawing(run):
             assert np.array_equal(kept, full), (panel.label, w.layer.value, w.channel.value, w.tap.value)
     hits = {panel.label: sum(c.hits for c in panel.pixel_caches) for panel in w.panels}
     assert min(hits.values()) >= 3, hits   # kept pixels were used in every panel
+
+
+def test_every_widgets_kept_layout_cuts_no_label_off(run):
+    """The layout is kept after the first drawing in every widget: the codebook, layer-error and
+    round panels change their ticks with k, delta or the layer, and still cut nothing off."""
+    from pwfn_viz.widgets import CompareExplorer, RoundExplorer, WhatIf
+    compare, whatif, rounds = CompareExplorer(run), WhatIf(run, accuracy=False), RoundExplorer(run)
+    for w in (compare, whatif, rounds):
+        _live(w)
+    steps = [(compare.k, v) for v in (1, 2, 5, compare.k.max)] + [(compare.init, "linear")] + \
+            [(whatif.delta, v) for v in (0.125, 8.0)] + [(whatif.b, v) for v in (1, 16)] + \
+            [(whatif.fraction, v) for v in (0.6, 1.0)] + [(rounds.layer, v) for v in list(run.meta["tensors"])[:4]]
+    for control, value in steps:
+        control.value = value
+        for w in (compare, whatif, rounds):
+            for panel in w.panels:
+                panel.canvas.draw()
+                assert _inside(panel.fig), (type(w).__name__, panel.label, control.description, value)

@@ -215,7 +215,10 @@ class Panel:
     canvas carries it as the CSS class ``pwfn-at-round-<i>``, which the browser tests read)."""
 
     label = "panel"
-    relayout = False   # True: tick labels change width with the data (see KeptLayout.fits)
+    # the layout is kept after the first drawing; after a drawing with new axes or ticks, look whether
+    # every label still fits and make room if not (KeptLayout.fits). False only for a panel whose
+    # labels never change.
+    relayout = True
 
     def __init__(self, width: float = 5.6, height: float = 4.0, *, target=None, **options):
         self.width, self.height, self.options = width, height, options
@@ -279,7 +282,7 @@ class Panel:
         are as before), the next redraw blits them over the cached background."""
         self.data = data
         static_changed = self.update(data) is not False
-        if static_changed and self.relayout and self.kept_layout is not None:
+        if (static_changed or self._background is None) and self.relayout and self.kept_layout is not None:
             self._check_fit = True   # the next rendering looks whether every label still fits
         if static_changed or self._background is None:
             self._dirty = True

@@ -31,7 +31,6 @@ class SigmaMuPanel(Panel):
     weight and shows the band of its centre; :meth:`highlight` outlines a set of weights."""
 
     label = "sigma-mu"
-    relayout = True   # the tick labels change with the layer or selection shown
 
     def build(self):
         ax = self.ax = self.fig.subplots()

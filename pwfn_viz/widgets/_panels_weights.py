@@ -39,7 +39,6 @@ class PositionPanel(Panel):
     flat position in the selection (for clicks)."""
 
     label = "position"
-    relayout = True
 
     def build(self):
         ax = self.ax = self.fig.subplots()
@@ -151,7 +150,6 @@ class TrajectoryPanel(Panel):
     :class:`~pwfn_viz.widgets.trajectory.Trajectory`; ``round_index`` marks the round shown."""
 
     label = "trajectory"
-    relayout = True
 
     def build(self):
         ax = self.ax = self.fig.subplots()
