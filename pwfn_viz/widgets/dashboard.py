@@ -47,8 +47,8 @@ class Dashboard(Explorer):
     steps) and the weight views (one layer's sigma by position, a weight's trajectory): every
     panel is computed first, then all change together. A weight clicked in the round view is
     followed in the weight views too. Weights selected with a rectangle in any sigma-against-mu or
-    position view are outlined in the others, and stay outlined as the rounds change (the weight
-    views switch to the layer holding most of them when theirs holds none). The rows wrap in a
+    position view are outlined in the others, and stay outlined as the rounds, layers, channels and
+    taps change (the weight views switch to the layer holding most of them when theirs holds none). The rows wrap in a
     narrow window.
 
     ``rounds`` and ``weights`` are the :class:`RoundExplorer` and :class:`UncertaintyExplorer`
@@ -81,6 +81,7 @@ class Dashboard(Explorer):
 
     def _selected_in_rounds(self, weights: dict) -> None:
         """A rectangle in the round view: the same weights outlined in the weight views."""
+        self.weights.linked_selection = weights
         if weights and self.weights.layer.value not in weights:
             layer = max(weights, key=lambda name: len(weights[name]))
             self.weights.follow(layer, int(weights[layer][0]))
@@ -88,15 +89,10 @@ class Dashboard(Explorer):
 
     def _selected_in_weights(self, positions) -> None:
         """A rectangle in a weight view: outlined there and in the round view."""
+        weights = weights_at(self.weights.sigma_mu.data, self._shapes(), positions)
+        self.weights.linked_selection = weights
         self._outline_weights(positions)
-        self.rounds.select_weights(weights_at(self.weights.sigma_mu.data, self._shapes(), positions))
-
-    def _outline_after_update(self) -> None:
-        """The selection (kept by the round view) outlined again in the weight views' new round."""
-        shown = positions_in(self.weights.sigma_mu.data, self._shapes(), self.rounds.selection)
-        self.weights.selected = shown
-        self.weights.sigma_mu.highlight(shown)
-        self.weights.position.highlight(shown)
+        self.rounds.select_weights(weights)
 
     def _pick_both(self, pick):
         def both(name, flat):
@@ -115,7 +111,6 @@ class Dashboard(Explorer):
             second = self.weights.prepare(i)
             self.rounds.apply(first)
             self.weights.apply(second)
-            self._outline_after_update()
             redraw(self.panels)
 
 

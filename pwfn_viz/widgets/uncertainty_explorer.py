@@ -26,6 +26,7 @@ import torch
 from ._common import ALL, Explorer, layer_options, row, sigma_learning_html, table_html, unknown_layer
 from ._data import clamped_sigma, fixed_rounds, hover_info, hover_text, selection_data, shared_limits
 from ._interact import Hover, rectangle_selector
+from ._link import positions_in
 from ._live import Coalescer, Memo, from_frontend, redraw
 from ._panels import SigmaMuPanel
 from ._panels_weights import PositionData, PositionPanel, TrajectoryPanel
@@ -63,6 +64,7 @@ class UncertaintyExplorer(Explorer):
         self.width = width
         self.trajectory = None
         self.selected = np.zeros(0, dtype=np.int64)   # positions outlined by a rectangle selection
+        self.linked_selection = {}   # tensor -> flat indices selected in a linked view: outlined whenever shown
         self.memo = Memo()
         self._holding = False
         self.layer = widgets.Dropdown(description="layer", layout=widgets.Layout(width="340px"))
@@ -218,8 +220,11 @@ class UncertaintyExplorer(Explorer):
         self.sigma_learning.value = state["learning"]
         self.sigma_mu.show(state["data"])
         self.sigma_mu.mark(state["pick"])
-        self.selected = np.zeros(0, dtype=np.int64)
         self.position.show(state["position"])
+        # a selection made here belongs to its view; one made in a linked view follows the weights
+        self.selected = positions_in(state["data"], self.run.meta["tensors"], self.linked_selection)
+        self.sigma_mu.highlight(self.selected)
+        self.position.highlight(self.selected)
         self.trajectory_plot.show(SimpleNamespace(round_index=state["data"].round_index,
                                                   trajectory=state["trajectory"]))
         self.weight_label.value = state["trajectory"].describe()
