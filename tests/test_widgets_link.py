@@ -85,8 +85,9 @@ def test_dashboard_links_the_round_view_and_the_weight_views_both_ways(run):
     dash.round_slider.value = 1                               # still outlined, in both, at round 1
     assert set(dash.weights.sigma_mu.data.flat_index[dash.weights.selected].tolist()) == set(expected[layer].tolist())
     assert len(dash.rounds.sigma_mu.selected.get_offsets()) == sum(v.size for v in expected.values())
-    dash.weights.channel.value = 1                            # the weight views' own controls keep it too
-    in_channel = dash.weights.sigma_mu.data.flat_index        # the weights of output channel 1
+    per_channel = int(np.prod(shapes[layer][1:]))
+    dash.weights.channel.value = int(expected[layer][0]) // per_channel   # the weight views' own controls keep it too
+    in_channel = dash.weights.sigma_mu.data.flat_index        # the weights of that output channel
     assert set(in_channel[dash.weights.selected].tolist()) == set(expected[layer].tolist()) & set(in_channel.tolist())
     assert 0 < len(dash.weights.position.marks.get_xdata()) == dash.weights.selected.size
     dash.weights.channel.value = dash.weights.channel.options[0][1]   # all channels again
