@@ -18,7 +18,7 @@ from ..registry import Registry
 from ._common import Explorer, as_run, row
 from ._data import fixed_rounds, hover_info, sigma_mu_data
 from ._interact import Hover
-from ._link import positions_in, weights_at
+from ._link import positions_in
 from ._live import Coalescer, Memo, from_frontend, redraw
 from ._panels import SigmaMuPanel, TimelinePanel
 from .round_explorer import RoundExplorer, round_label
@@ -48,8 +48,8 @@ class Dashboard(Explorer):
     panel is computed first, then all change together. A weight clicked in the round view is
     followed in the weight views too. Weights selected with a rectangle in any sigma-against-mu or
     position view are outlined in the others, and stay outlined as the rounds, layers, channels and
-    taps change (the weight views switch to the layer holding most of them when theirs holds none). The rows wrap in a
-    narrow window.
+    taps change (the weight views switch to the layer holding most of them when theirs holds none).
+    The rows wrap in a narrow window.
 
     ``rounds`` and ``weights`` are the :class:`RoundExplorer` and :class:`UncertaintyExplorer`
     inside (their layer and weight controls stay theirs)."""
@@ -73,11 +73,7 @@ class Dashboard(Explorer):
         self.round_slider.observe(lambda c: self._updater.request(deferred=from_frontend(c)), names="value")
         self.rounds.pick_weight = self._pick_both(self.rounds.pick_weight)
         self.rounds.on_select = self._selected_in_rounds
-        self._outline_weights = self.weights.highlight   # the weight views' own outlining
-        self.weights.highlight = self._selected_in_weights
-
-    def _shapes(self):
-        return self.run.meta["tensors"]
+        self.weights.on_select = self._selected_in_weights
 
     def _selected_in_rounds(self, weights: dict) -> None:
         """A rectangle in the round view: the same weights outlined in the weight views."""
@@ -85,13 +81,11 @@ class Dashboard(Explorer):
         if weights and self.weights.layer.value not in weights:
             layer = max(weights, key=lambda name: len(weights[name]))
             self.weights.follow(layer, int(weights[layer][0]))
-        self._outline_weights(positions_in(self.weights.sigma_mu.data, self._shapes(), weights))
+        self.weights.highlight(positions_in(self.weights.sigma_mu.data, self.run.meta["tensors"], weights))
 
-    def _selected_in_weights(self, positions) -> None:
-        """A rectangle in a weight view: outlined there and in the round view."""
-        weights = weights_at(self.weights.sigma_mu.data, self._shapes(), positions)
+    def _selected_in_weights(self, weights: dict) -> None:
+        """A rectangle in a weight view (outlined there already): kept, and outlined in the round view."""
         self.weights.linked_selection = weights
-        self._outline_weights(positions)
         self.rounds.select_weights(weights)
 
     def _pick_both(self, pick):

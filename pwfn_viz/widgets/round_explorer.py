@@ -8,8 +8,9 @@ the line below it says whether the sigma shown has learned or is still its initi
 Hovering a weight in sigma against mu names it (tensor, index, mu, sigma, centre, the round that
 fixed it) in ``hover_label`` and shows its centre's band; a click picks it (``pick``), and the
 pick follows the weight through the rounds. A rectangle dragged over it selects weights
-(``selection``: tensor name -> flat indices), outlined in every round until the next selection. Every round's data is computed once (``memo``); a
-burst of slider moves in the browser becomes one update, for the last value.
+(``selection``: tensor name -> flat indices), outlined in every round until the next selection.
+Every round's data is computed once (``memo``); a burst of slider moves in the browser becomes one
+update, for the last value.
 
     >>> w = RoundExplorer(pwfn_viz.load_run("runs/digits"))    # doctest: +SKIP
     >>> w.round_slider.value = 3          # the label, panels and table follow  # doctest: +SKIP

@@ -26,7 +26,7 @@ import torch
 from ._common import ALL, Explorer, layer_options, row, sigma_learning_html, table_html, unknown_layer
 from ._data import clamped_sigma, fixed_rounds, hover_info, hover_text, selection_data, shared_limits
 from ._interact import Hover, rectangle_selector
-from ._link import positions_in
+from ._link import positions_in, weights_at
 from ._live import Coalescer, Memo, from_frontend, redraw
 from ._panels import SigmaMuPanel
 from ._panels_weights import PositionData, PositionPanel, TrajectoryPanel
@@ -54,6 +54,9 @@ class UncertaintyExplorer(Explorer):
     (``sigma_mu.data``, ``position.data``, ``trajectory_plot.data``), ``trajectory`` (the
     :class:`~pwfn_viz.widgets.trajectory.Trajectory`) and ``trajectory_table.value`` (HTML).
     ``round_slider``: a slider to use instead of the widget's own (the dashboard shares one).
+    :meth:`highlight` outlines weights of the selection; ``on_select`` (None or a function of the
+    weights, tensor name -> flat indices) hears of the rectangles dragged in the views, and
+    ``linked_selection`` (such weights) stays outlined through every change (the dashboard's link).
     """
 
     css_class = "pwfn-uncertainty-explorer"
@@ -65,6 +68,7 @@ class UncertaintyExplorer(Explorer):
         self.trajectory = None
         self.selected = np.zeros(0, dtype=np.int64)   # positions outlined by a rectangle selection
         self.linked_selection = {}   # tensor -> flat indices selected in a linked view: outlined whenever shown
+        self.on_select = None
         self.memo = Memo()
         self._holding = False
         self.layer = widgets.Dropdown(description="layer", layout=widgets.Layout(width="340px"))
@@ -267,10 +271,15 @@ class UncertaintyExplorer(Explorer):
             self.pick_position(cell)
 
     def _select_in_sigma_mu(self, x0, x1, y0, y1):
-        self.highlight(self.sigma_mu.inside(x0, x1, y0, y1))
+        self._selected(self.sigma_mu.inside(x0, x1, y0, y1))
 
     def _select_in_position(self, x0, x1, y0, y1):
-        self.highlight(self.position.cells_inside(x0, x1, y0, y1))
+        self._selected(self.position.cells_inside(x0, x1, y0, y1))
+
+    def _selected(self, positions) -> None:
+        self.highlight(positions)
+        if self.on_select is not None:
+            self.on_select(weights_at(self.sigma_mu.data, self.run.meta["tensors"], positions))
 
     def highlight(self, positions) -> None:
         """Outline the weights at ``positions`` (in the selection) in both views."""
