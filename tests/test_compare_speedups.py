@@ -21,7 +21,8 @@ from pwfn_viz.baselines.kmeans.init import _init_random
 from pwfn_viz.baselines.kmeans.lloyd import _boundaries, _relocate
 from pwfn_viz.core.metrics import codebook_stats, evaluate
 from pwfn_viz.data.datasets import make_loader
-from pwfn_viz.widgets.compare_explorer import KMeansAtK, held_batches
+from pwfn_viz.widgets._common import held_batches
+from pwfn_viz.widgets.compare_explorer import HELD_BATCHES_BYTES, KMeansAtK
 
 CONFIG = dict(model="digits_cnn", pretrain_epochs=2, first_round_epochs=0.1, epochs_per_round=0.2,
               fractions=(0.5, 1.0), threads=1)
@@ -258,7 +259,7 @@ def session(run, loader):
 
 
 def test_held_batches_are_the_loaders_batches(loader):
-    held = held_batches(loader)
+    held = held_batches(loader, HELD_BATCHES_BYTES)
     assert isinstance(held, list) and len(held) == len(loader) > 1
     for (x, y), (x0, y0) in zip(held, loader):
         assert torch.equal(x, x0) and torch.equal(y, y0)

@@ -94,6 +94,23 @@ def test_loader(run: Run, data=None, batch_size: int = 512):
     return make_loader(data.test, batch_size=max(batch_size, run.config.get("batch_size", 0)))
 
 
+def held_batches(loader, limit: int):
+    """The loader's ``(x, y)`` batches in a list when they fit in ``limit`` bytes, else the loader.
+
+    A widget that evaluates the same test split at every update (WhatIf, CompareExplorer) keeps
+    its batches: the data pipeline (per-sample transforms, collation) runs once. A test loader
+    yields the same batches at every pass (no shuffling, no augmentation), so the numbers do not
+    change. When the first batch times the loader's length exceeds ``limit``, reading stops there.
+    """
+    batches, size = [], 0
+    for x, y in loader:
+        size += x.nbytes + y.nbytes
+        if size > limit or (not batches and size * (len(loader) if hasattr(loader, "__len__") else 1) > limit):
+            return loader
+        batches.append((x, y))
+    return batches
+
+
 def threads_for(run: Run | None) -> int | None:
     """CPU threads for a widget update, by the pipeline's rule: the run's ``threads`` setting if
     given, else 1 for networks under a million converted weights (many small tensor operations,

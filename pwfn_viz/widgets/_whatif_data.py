@@ -23,6 +23,7 @@ from ..core.bayes import bayes_tensors, load_flat_state
 from ..core.clustering import ClusterConfig, ClusterResult, cluster_round
 from ..core.clustering_cpu import SortedInputs, cluster_sorted
 from ..core.metrics import codebook_stats, counted_codebook_stats, evaluate
+from ._common import held_batches
 from ._data import SigmaMu, clamped_sigma, density_grid
 from ._panels import MAX_POINTS
 
@@ -106,7 +107,7 @@ class PlainNetwork:
             parametrize.remove_parametrizations(t.module, t.attr, leave_parametrized=True)
         self.tensors = [getattr(t.module, t.attr) for t in tensors]
         self.model, self.device = converted.to(device).eval(), device
-        self.batches, self._lock = _read_once(loader, self.MAX_CACHED_BYTES), threading.Lock()
+        self.batches, self._lock = held_batches(loader, self.MAX_CACHED_BYTES), threading.Lock()
 
     @torch.no_grad()
     def accuracy(self, result: ClusterResult) -> dict:
@@ -117,17 +118,6 @@ class PlainNetwork:
                 param.copy_(result.mu[offset:offset + param.numel()].view(param.shape))
                 offset += param.numel()
             return evaluate(self.model, self.batches, self.device)
-
-
-def _read_once(loader, max_bytes: int):
-    """The loader's batches as a list when they hold at most ``max_bytes``, else the loader."""
-    batches, size = [], 0
-    for batch in loader:
-        size += sum(t.numel() * t.element_size() for t in batch)
-        if size > max_bytes:
-            return loader
-        batches.append(batch)
-    return batches
 
 
 def clamp_fraction(fraction: float, already: float) -> tuple[float, str]:

@@ -25,7 +25,7 @@ from ..analysis.codebook_weights import CodebookWeights
 from ..analysis.compare import (CLAMP_WARNING, COLUMNS, Comparison, columns_for, converted_weights, flatten_named,
                                 learned_sigma, measure_method)
 from ..baselines.kmeans import SortedValues, kmeans_1d, list_inits
-from ._common import Explorer, as_run, incomplete_message, row, table_html, test_loader
+from ._common import Explorer, as_run, held_batches, incomplete_message, row, table_html, test_loader
 from ._live import Coalescer, Memo, from_frontend, redraw
 from ._panels_codebook import Codebooks, LayerErrorPanel, ValueCountsPanel
 
@@ -34,22 +34,6 @@ __all__ = ["CompareExplorer", "KMeansAtK"]
 TABLE_COLUMNS = ["method", "k", "top1", "top5", "unique", "entropy", "weight_error", "moved_gt_1sigma",
                  "moved_gt_3sigma"]
 HELD_BATCHES_BYTES = 64 * 2**20   # test sets up to this size are kept in memory as batches
-
-
-def held_batches(loader, limit: int = HELD_BATCHES_BYTES):
-    """The loader's ``(x, y)`` batches in a list when they fit in ``limit`` bytes, else the loader.
-
-    Every k is evaluated on the same test split; keeping its batches skips the data pipeline
-    (per-sample transforms, collation) at each evaluation. A test loader yields the same batches
-    at every pass (no shuffling, no augmentation), so the numbers do not change.
-    """
-    batches, size = [], 0
-    for x, y in loader:
-        size += x.nbytes + y.nbytes
-        if size > limit or (not batches and size * (len(loader) if hasattr(loader, "__len__") else 1) > limit):
-            return loader
-        batches.append((x, y))
-    return batches
 
 
 class KMeansAtK:
@@ -73,7 +57,7 @@ class KMeansAtK:
             raise ValueError(f"{run.path} has no completed round: there is no PWFN network to compare")
         run.require("CompareExplorer", model=model, evaluate=evaluate)
         self.run, self.device, self.model, self.evaluate = run, device, model, evaluate
-        self.loader = None if evaluate is not None else held_batches(loader if loader is not None else test_loader(run))
+        self.loader = None if evaluate is not None else held_batches(loader if loader is not None else test_loader(run), HELD_BATCHES_BYTES)
         self.names = list(run.meta["tensors"])
         self.start = converted_weights(self._plain(None), self.names)
         self.w_start = flatten_named(self.start, self.names)
